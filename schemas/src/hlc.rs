@@ -1,0 +1,219 @@
+//! Hybrid logical clock (SPEC §3): `{physical}:{logical}:{node}`.
+//!
+//! The clock never reads time itself: callers pass the wall clock in
+//! milliseconds, so the send and receive rules are testable and the fold stays pure.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The largest physical part: 12 hex digits.
+pub const HLC_PHYSICAL_MAX: u64 = 0xFFFF_FFFF_FFFF;
+
+/// One HLC timestamp. Order is the tuple order (physical, logical, node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hlc {
+    pub physical_ms: u64,
+    pub logical: u16,
+    pub node: u16,
+}
+
+/// Why a string is not an HLC.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hlc must be {{physical}}:{{logical}}:{{node}}: physical 1-12 lowercase hex digits without leading zeros, logical and node 4 lowercase hex digits each")]
+pub struct HlcParseError;
+
+impl Hlc {
+    pub fn new(physical_ms: u64, logical: u16, node: u16) -> Self {
+        assert!(physical_ms <= HLC_PHYSICAL_MAX, "hlc physical beyond 12 hex digits");
+        Hlc {
+            physical_ms,
+            logical,
+            node,
+        }
+    }
+}
+
+fn lower_hex_value(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+impl FromStr for Hlc {
+    type Err = HlcParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(':');
+        let (Some(physical), Some(logical), Some(node), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HlcParseError);
+        };
+        let leading_zero = physical.len() > 1 && physical.starts_with('0');
+        if physical.len() > 12 || leading_zero || logical.len() != 4 || node.len() != 4 {
+            return Err(HlcParseError);
+        }
+        Ok(Hlc {
+            physical_ms: lower_hex_value(physical).ok_or(HlcParseError)?,
+            logical: lower_hex_value(logical).ok_or(HlcParseError)? as u16,
+            node: lower_hex_value(node).ok_or(HlcParseError)? as u16,
+        })
+    }
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}:{:04x}:{:04x}", self.physical_ms, self.logical, self.node)
+    }
+}
+
+impl serde::Serialize for Hlc {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hlc {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A node's clock: the send and receive rules of a hybrid logical clock.
+#[derive(Debug, Clone)]
+pub struct HlcClock {
+    last: Hlc,
+}
+
+impl HlcClock {
+    pub fn new(node: u16) -> Self {
+        HlcClock {
+            last: Hlc {
+                physical_ms: 0,
+                logical: 0,
+                node,
+            },
+        }
+    }
+
+    /// The last timestamp issued or merged.
+    pub fn last(&self) -> Hlc {
+        self.last
+    }
+
+    /// A timestamp for a local event or a message sent now (`wall_ms` = the wall clock).
+    pub fn send(&mut self, wall_ms: u64) -> Hlc {
+        let wall_ms = wall_ms.min(HLC_PHYSICAL_MAX);
+        if wall_ms > self.last.physical_ms {
+            self.set(wall_ms, 0);
+        } else {
+            self.tick(self.last.physical_ms, self.last.logical);
+        }
+        self.last
+    }
+
+    /// Merges a received timestamp: physical = max(wall, last, remote).
+    pub fn receive(&mut self, remote: Hlc, wall_ms: u64) -> Hlc {
+        let wall_ms = wall_ms.min(HLC_PHYSICAL_MAX);
+        let last = self.last;
+        let physical = wall_ms.max(last.physical_ms).max(remote.physical_ms);
+        match (physical == last.physical_ms, physical == remote.physical_ms) {
+            (true, true) => self.tick(physical, last.logical.max(remote.logical)),
+            (true, false) => self.tick(physical, last.logical),
+            (false, true) => self.tick(physical, remote.logical),
+            (false, false) => self.set(physical, 0),
+        }
+        self.last
+    }
+
+    fn set(&mut self, physical_ms: u64, logical: u16) {
+        self.last.physical_ms = physical_ms;
+        self.last.logical = logical;
+    }
+
+    /// logical+1; a full counter moves physical on by one millisecond instead,
+    /// so timestamps stay strictly increasing.
+    fn tick(&mut self, physical_ms: u64, logical: u16) {
+        match logical.checked_add(1) {
+            Some(next) => self.set(physical_ms, next),
+            None => self.set((physical_ms + 1).min(HLC_PHYSICAL_MAX), 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_formats() {
+        let h: Hlc = "f4240:0000:00a1".parse().unwrap();
+        assert_eq!(h, Hlc::new(1_000_000, 0, 0xa1));
+        assert_eq!(h.to_string(), "f4240:0000:00a1");
+        assert_eq!("0:0000:0000".parse::<Hlc>().unwrap(), Hlc::default());
+        for bad in [
+            "",
+            "0f:0000:0000",
+            "F4240:0000:00a1",
+            "f4240:000:00a1",
+            "f4240:0000:00A1",
+            "1234567890abc:0000:0000",
+            "1:0000:0000:0",
+            "1:0000",
+            "-1:0000:0000",
+            "+1:0000:0000",
+            ":0000:0000",
+        ] {
+            assert!(bad.parse::<Hlc>().is_err(), "{bad:?} accepted");
+        }
+        assert!("ffffffffffff:ffff:ffff".parse::<Hlc>().is_ok());
+    }
+
+    #[test]
+    fn send_and_receive_rules() {
+        let mut c = HlcClock::new(1);
+        assert_eq!(c.send(100), Hlc::new(100, 0, 1));
+        assert_eq!(c.send(100), Hlc::new(100, 1, 1));
+        assert_eq!(
+            c.send(90),
+            Hlc::new(100, 2, 1),
+            "a clock going back does not move the HLC back"
+        );
+        assert_eq!(c.receive(Hlc::new(200, 7, 2), 150), Hlc::new(200, 8, 1));
+        assert_eq!(c.receive(Hlc::new(200, 3, 2), 150), Hlc::new(200, 9, 1));
+        assert_eq!(c.receive(Hlc::new(100, 3, 2), 300), Hlc::new(300, 0, 1));
+        let mut full = HlcClock::new(1);
+        full.receive(Hlc::new(5, u16::MAX, 2), 5);
+        assert_eq!(full.last(), Hlc::new(6, 0, 1));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(p in 0..=HLC_PHYSICAL_MAX, l: u16, n: u16) {
+            let h = Hlc::new(p, l, n);
+            prop_assert_eq!(h.to_string().parse::<Hlc>().unwrap(), h);
+        }
+
+        #[test]
+        fn strictly_monotonic(events in prop::collection::vec((any::<bool>(), 0u64..1000, 0u64..1000, any::<u16>()), 1..200)) {
+            let mut c = HlcClock::new(7);
+            let mut previous = c.last();
+            for (is_send, wall, remote_p, remote_l) in events {
+                let next = if is_send {
+                    c.send(wall)
+                } else {
+                    let remote = Hlc::new(remote_p, remote_l, 3);
+                    let merged = c.receive(remote, wall);
+                    prop_assert!((merged.physical_ms, merged.logical) > (remote.physical_ms, remote.logical));
+                    merged
+                };
+                prop_assert!(next > previous);
+                prop_assert!(next.physical_ms >= wall.min(HLC_PHYSICAL_MAX));
+                previous = next;
+            }
+        }
+    }
+}

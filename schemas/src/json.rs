@@ -1,0 +1,433 @@
+//! A strict JSON reader for the rules of SPEC §2.
+//!
+//! `serde_json` accepts documents SPEC §2 calls `invalid_json` (duplicate keys),
+//! and erases the difference between `3` and `3.0`, which SPEC §2 keeps (`3.0`
+//! is not an integer). This reader returns a borrowed tree that keeps each
+//! number's source text, so every rule of §2 can be checked exactly, and it
+//! borrows unescaped strings from the input so a claim costs few allocations.
+
+use std::borrow::Cow;
+
+/// Nesting deeper than this many levels is `invalid_json` (SPEC §2).
+pub const NESTING_DEPTH_MAX: usize = 128;
+
+/// A parsed JSON value borrowing from its source text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Number(Number<'a>),
+    String(Cow<'a, str>),
+    Array(Vec<Value<'a>>),
+    /// Members in document order; keys are unique (a duplicate is an error).
+    Object(Vec<(Cow<'a, str>, Value<'a>)>),
+}
+
+/// A JSON number as written in the document.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Number<'a> {
+    /// The source text, e.g. `-0`, `3.0`, `1e2`.
+    pub raw: &'a str,
+    /// True when written without a fraction or exponent (SPEC §2's integers).
+    pub is_integer: bool,
+}
+
+impl Number<'_> {
+    /// The value as an unsigned integer: `None` when it is not an integer, is
+    /// negative (other than `-0`), or does not fit in a `u64`.
+    pub fn as_u64(&self) -> Option<u64> {
+        if !self.is_integer {
+            return None;
+        }
+        match self.raw.strip_prefix('-') {
+            Some(digits) => digits.bytes().all(|b| b == b'0').then_some(0),
+            None => self.raw.parse::<u64>().ok(),
+        }
+    }
+
+    /// The value as a float (always finite: the parser refuses the rest).
+    pub fn as_f64(&self) -> f64 {
+        // The grammar was checked while parsing, so this cannot fail.
+        self.raw.parse::<f64>().unwrap_or(f64::NAN)
+    }
+}
+
+impl<'a> Value<'a> {
+    /// The JSON type's name, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+}
+
+/// Why a document is not JSON, with the byte offset where reading stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    pub offset: usize,
+    pub message: &'static str,
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.message, self.offset)
+    }
+}
+
+/// Parses one complete JSON document (surrounding whitespace allowed).
+pub fn parse(bytes: &[u8]) -> Result<Value<'_>, JsonError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| JsonError {
+        offset: e.valid_up_to(),
+        message: "not valid UTF-8",
+    })?;
+    let mut parser = Parser { text, bytes, pos: 0 };
+    parser.skip_whitespace();
+    let value = parser.value(1)?;
+    parser.skip_whitespace();
+    if parser.pos != bytes.len() {
+        return Err(parser.error("trailing characters after the document"));
+    }
+    Ok(value)
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn error(&self, message: &'static str) -> JsonError {
+        JsonError {
+            offset: self.pos,
+            message,
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    fn expect_literal(&mut self, literal: &'static str) -> Result<(), JsonError> {
+        if self.bytes[self.pos..].starts_with(literal.as_bytes()) {
+            self.pos += literal.len();
+            Ok(())
+        } else {
+            Err(self.error("invalid literal"))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        match self.peek() {
+            None => Err(self.error("unexpected end of document")),
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => Ok(Value::String(self.string()?)),
+            Some(b't') => self.expect_literal("true").map(|()| Value::Bool(true)),
+            Some(b'f') => self.expect_literal("false").map(|()| Value::Bool(false)),
+            Some(b'n') => self.expect_literal("null").map(|()| Value::Null),
+            Some(b'-' | b'0'..=b'9') => Ok(Value::Number(self.number()?)),
+            Some(_) => Err(self.error("unexpected character")),
+        }
+    }
+
+    fn enter(&self, depth: usize) -> Result<(), JsonError> {
+        if depth > NESTING_DEPTH_MAX {
+            Err(self.error("nesting deeper than 128 levels"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        self.enter(depth)?;
+        self.pos += 1;
+        let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(10);
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(Value::Object(members));
+        }
+        loop {
+            self.skip_whitespace();
+            if self.peek() != Some(b'"') {
+                return Err(self.error("expected a member name"));
+            }
+            let key_offset = self.pos;
+            let key = self.string()?;
+            if members.iter().any(|(existing, _)| *existing == key) {
+                return Err(JsonError {
+                    offset: key_offset,
+                    message: "duplicate key",
+                });
+            }
+            self.skip_whitespace();
+            if self.peek() != Some(b':') {
+                return Err(self.error("expected ':'"));
+            }
+            self.pos += 1;
+            self.skip_whitespace();
+            let value = self.value(depth + 1)?;
+            members.push((key, value));
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(Value::Object(members));
+                }
+                _ => return Err(self.error("expected ',' or '}'")),
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        self.enter(depth)?;
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.skip_whitespace();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(Value::Array(items));
+        }
+        loop {
+            self.skip_whitespace();
+            items.push(self.value(depth + 1)?);
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Value::Array(items));
+                }
+                _ => return Err(self.error("expected ',' or ']'")),
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    fn number(&mut self) -> Result<Number<'a>, JsonError> {
+        let start = self.pos;
+        if self.peek() == Some(b'-') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.error("invalid number")),
+        }
+        let mut is_integer = true;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            if self.digits() == 0 {
+                return Err(self.error("invalid number: no digits after '.'"));
+            }
+            is_integer = false;
+        }
+        let mut has_exponent = false;
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.error("invalid number: no digits in exponent"));
+            }
+            is_integer = false;
+            has_exponent = true;
+        }
+        let raw = &self.text[start..self.pos];
+        // Without an exponent, a number needs more than 308 integer digits to
+        // leave the f64 range; only then (or with an exponent) is parsing needed.
+        if (has_exponent || raw.len() > 300) && !raw.parse::<f64>().is_ok_and(f64::is_finite) {
+            return Err(JsonError {
+                offset: start,
+                message: "number beyond the 64-bit float range",
+            });
+        }
+        Ok(Number { raw, is_integer })
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonError> {
+        let Some(digits) = self.bytes.get(self.pos..self.pos + 4) else {
+            return Err(self.error("truncated \\u escape"));
+        };
+        let mut value = 0u32;
+        for &b in digits {
+            let nibble = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return Err(self.error("invalid \\u escape")),
+            };
+            value = value * 16 + u32::from(nibble);
+        }
+        self.pos += 4;
+        Ok(value)
+    }
+
+    fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
+        self.pos += 1;
+        let start = self.pos;
+        // Fast path: no escapes, borrow the source.
+        loop {
+            match self.peek() {
+                None => return Err(self.error("unterminated string")),
+                Some(b'"') => {
+                    let s = &self.text[start..self.pos];
+                    self.pos += 1;
+                    return Ok(Cow::Borrowed(s));
+                }
+                Some(b'\\') => break,
+                Some(0x00..=0x1f) => return Err(self.error("control character in string")),
+                Some(_) => self.pos += 1,
+            }
+        }
+        let mut out = String::with_capacity(self.pos - start + 16);
+        out.push_str(&self.text[start..self.pos]);
+        loop {
+            match self.peek() {
+                None => return Err(self.error("unterminated string")),
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(Cow::Owned(out));
+                }
+                Some(0x00..=0x1f) => return Err(self.error("control character in string")),
+                Some(b'\\') => {
+                    self.pos += 1;
+                    let escaped = self.peek().ok_or_else(|| self.error("unterminated string"))?;
+                    self.pos += 1;
+                    match escaped {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => out.push(self.unicode_escape()?),
+                        _ => return Err(self.error("invalid escape")),
+                    }
+                }
+                Some(_) => {
+                    // Copy a run of plain characters at once (UTF-8 boundaries
+                    // are safe: only ASCII bytes stop the run).
+                    let run_start = self.pos;
+                    while let Some(b) = self.peek() {
+                        if b == b'"' || b == b'\\' || b < 0x20 {
+                            break;
+                        }
+                        self.pos += 1;
+                    }
+                    out.push_str(&self.text[run_start..self.pos]);
+                }
+            }
+        }
+    }
+
+    fn unicode_escape(&mut self) -> Result<char, JsonError> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if !self.bytes[self.pos..].starts_with(b"\\u") {
+                    return Err(self.error("lone surrogate in \\u escape"));
+                }
+                self.pos += 2;
+                let second = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err(self.error("lone surrogate in \\u escape"));
+                }
+                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(self.error("lone surrogate in \\u escape")),
+            other => other,
+        };
+        char::from_u32(code).ok_or_else(|| self.error("invalid \\u escape"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> Value<'_> {
+        parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn err(s: &str) -> JsonError {
+        parse(s.as_bytes()).expect_err(s)
+    }
+
+    #[test]
+    fn parses_documents() {
+        assert_eq!(ok(" {} "), Value::Object(vec![]));
+        assert_eq!(ok("[1, 2.5, \"x\", true, null]").type_name(), "array");
+        match ok(r#"{"a":"b\n\u00e9\ud83d\ude00"}"#) {
+            Value::Object(m) => assert_eq!(m[0].1, Value::String("b\né😀".into())),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_keep_their_form() {
+        fn n(s: &str) -> Number<'_> {
+            match ok(s) {
+                Value::Number(n) => n,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(n("3").as_u64(), Some(3));
+        assert_eq!(n("-0").as_u64(), Some(0));
+        assert_eq!(n("-1").as_u64(), None);
+        assert_eq!(n("3.0").as_u64(), None);
+        assert_eq!(n("3e0").as_u64(), None);
+        assert_eq!(n("18446744073709551616").as_u64(), None);
+        assert_eq!(n("1e308").as_f64(), 1e308);
+    }
+
+    #[test]
+    fn refuses_what_spec_calls_invalid() {
+        assert_eq!(err(r#"{"a":1,"a":2}"#).message, "duplicate key");
+        assert_eq!(err(r#"{"a":1,"\u0061":2}"#).message, "duplicate key");
+        assert_eq!(err("NaN").message, "unexpected character");
+        assert_eq!(err("[Infinity]").message, "unexpected character");
+        assert_eq!(err("1e400").message, "number beyond the 64-bit float range");
+        assert_eq!(err(&"9".repeat(400)).message, "number beyond the 64-bit float range");
+        assert_eq!(err(r#""\ud800""#).message, "lone surrogate in \\u escape");
+        assert_eq!(err(r#""\udc00x""#).message, "lone surrogate in \\u escape");
+        assert!(parse(b"\"\xff\"").is_err());
+        err("01");
+        err("1.");
+        err("{\"a\":1,}");
+        err("{} {}");
+        err("\"a\tb\"");
+    }
+
+    #[test]
+    fn nesting_limit_is_128_levels() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        ok(&deep(128));
+        assert_eq!(err(&deep(129)).message, "nesting deeper than 128 levels");
+    }
+}
