@@ -66,7 +66,7 @@ pub fn to_beat(window: u64, bar_length: u64) -> u64 {
 
 /// Whether `beat` opens its bar.
 pub fn is_downbeat(beat: u64, bar_length: u64) -> bool {
-    beat % bar_length == 0
+    beat.is_multiple_of(bar_length)
 }
 
 /// The phase of `beat`: `plan` if `p < L/4`, `review` if `p >= L − L/4`, else `execution`.
