@@ -1,0 +1,1 @@
+//! placeholder: the pulse (see ARCHITECTURE.md)
