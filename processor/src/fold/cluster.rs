@@ -1,0 +1,299 @@
+//! One cluster's fold (SPEC §5): beats move the clock and close windows,
+//! claims land in windows, and each closed window becomes a BarReport.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use backbeat_schemas::message::{task_kind, BarReportType};
+use backbeat_schemas::window::{from_beat, to_beat, window_id, window_of};
+use backbeat_schemas::{validate_beat, validate_claim, BarReport, ClaimState};
+use serde::{Deserialize, Serialize};
+
+use super::accumulator::{IssueCode, WindowAccumulator};
+use super::tasks::{TaskClaimKind, TaskKeyRef, TaskTable};
+use super::{ClusterStatus, FoldConfig, Outcome};
+
+/// A beat that was applied: what drift and tempo need of it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RecordedBeat {
+    index: u64,
+    hlc_ms: u64,
+    tempo_bpm: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ClusterFold {
+    cluster_id: String,
+    /// None until the first beat is applied.
+    current_beat: Option<u64>,
+    /// The lowest window not yet reported (meaningful once a beat was seen).
+    next_to_close: u64,
+    /// Counts made before the first beat; they go into the first report.
+    before_first_beat: WindowAccumulator,
+    /// Accumulators of windows at or above `next_to_close`.
+    windows: BTreeMap<u64, WindowAccumulator>,
+    /// Applied beats with index >= from_beat(next_to_close), ascending.
+    recent_beats: VecDeque<RecordedBeat>,
+    /// Tempo of the highest applied beat below `recent_beats`, if any.
+    tempo_before_recent: Option<u32>,
+    /// Tempo of the last applied beat (for `tempo_changes`).
+    last_tempo: Option<u32>,
+    tasks: TaskTable,
+}
+
+impl ClusterFold {
+    pub(super) fn new(cluster_id: String) -> Self {
+        ClusterFold {
+            cluster_id,
+            current_beat: None,
+            next_to_close: 0,
+            before_first_beat: WindowAccumulator::default(),
+            windows: BTreeMap::new(),
+            recent_beats: VecDeque::new(),
+            tempo_before_recent: None,
+            last_tempo: None,
+            tasks: TaskTable::default(),
+        }
+    }
+
+    pub(super) fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            cluster_id: self.cluster_id.clone(),
+            current_beat: self.current_beat,
+            next_to_close: self.current_beat.map(|_| self.next_to_close),
+            open_windows: self.windows.keys().copied().collect(),
+            tasks: self.tasks.len() as u64,
+        }
+    }
+
+    /// Where rejected, stale and late events are counted: window `next_to_close`
+    /// as it stands, or the first report before any beat.
+    fn counting_window(&mut self) -> &mut WindowAccumulator {
+        if self.current_beat.is_none() {
+            &mut self.before_first_beat
+        } else {
+            self.windows.entry(self.next_to_close).or_default()
+        }
+    }
+
+    pub(super) fn apply_beat(
+        &mut self,
+        config: &FoldConfig,
+        seq: u64,
+        payload: &[u8],
+        out: &mut Vec<BarReport>,
+    ) -> Outcome {
+        let bar_length = config.bar_length;
+        let beat = match validate_beat(payload, &self.cluster_id, bar_length) {
+            Ok(beat) => beat,
+            Err(rejection) => {
+                self.counting_window()
+                    .issue(IssueCode::RejectedBeats)
+                    .add(&rejection.reason.as_str());
+                return Outcome::BeatRejected;
+            }
+        };
+        let index = beat.beat_index;
+        match self.current_beat {
+            Some(current) if index <= current => {
+                self.counting_window()
+                    .issue(IssueCode::StaleBeats)
+                    .add(&index.to_string());
+                return Outcome::BeatStale;
+            }
+            Some(current) if index - current > config.max_jump => {
+                self.counting_window().issue(IssueCode::RejectedBeats).add("beat_jump");
+                return Outcome::BeatRejected;
+            }
+            Some(current) => self.count_missing(current + 1, index, bar_length),
+            None => {
+                self.next_to_close = window_of(index, bar_length);
+                let first = std::mem::take(&mut self.before_first_beat);
+                self.windows.insert(self.next_to_close, first);
+            }
+        }
+
+        let window = self.windows.entry(window_of(index, bar_length)).or_default();
+        window.beats_observed += 1;
+        window.applied(seq);
+        if self.last_tempo.is_some_and(|tempo| tempo != beat.tempo_bpm) {
+            window.issue(IssueCode::TempoChanges).add(&index.to_string());
+        }
+        self.last_tempo = Some(beat.tempo_bpm);
+        self.recent_beats.push_back(RecordedBeat {
+            index,
+            hlc_ms: beat.hlc.physical_ms,
+            tempo_bpm: beat.tempo_bpm,
+        });
+        self.current_beat = Some(index);
+
+        while (self.next_to_close + 1)
+            .saturating_mul(bar_length)
+            .saturating_add(config.lateness)
+            <= index
+        {
+            out.push(self.close(config));
+        }
+        Outcome::BeatApplied
+    }
+
+    /// Counts beats `from..to` (exclusive) missing, each in its window.
+    fn count_missing(&mut self, from: u64, to: u64, bar_length: u64) {
+        let mut beat = from;
+        while beat < to {
+            let window = window_of(beat, bar_length);
+            let end = to.min(to_beat(window, bar_length).saturating_add(1));
+            self.windows
+                .entry(window)
+                .or_default()
+                .issue(IssueCode::MissingBeats)
+                .add_many(end - beat, (beat..end).map(|b| b.to_string()));
+            beat = end;
+        }
+    }
+
+    pub(super) fn apply_claim(&mut self, config: &FoldConfig, seq: u64, payload: &[u8]) -> Outcome {
+        let claim = match validate_claim(payload) {
+            Ok(claim) => claim,
+            Err(rejection) => {
+                self.reject_claim(&rejection.reason.as_str());
+                return Outcome::ClaimRejected;
+            }
+        };
+        let Some(current) = self.current_beat else {
+            self.reject_claim("no_beat_yet");
+            return Outcome::ClaimRejected;
+        };
+        if claim.beat_index > current.saturating_add(config.future) {
+            self.reject_claim("future_beat");
+            return Outcome::ClaimRejected;
+        }
+        let window_index = window_of(claim.beat_index, config.bar_length);
+        if window_index < self.next_to_close {
+            let window = self.counting_window();
+            window.claims_late += 1;
+            window.issue(IssueCode::LateClaims).add(&claim.agent_id);
+            return Outcome::ClaimLate;
+        }
+
+        let window = self.windows.entry(window_index).or_default();
+        window.claims_accepted += 1;
+        window.applied(seq);
+        if !window.agents.contains(&*claim.agent_id) {
+            window.agents.insert(claim.agent_id.as_ref().into());
+        }
+        if let Some(task_id) = claim.task_id.as_deref() {
+            let kind = match claim.state {
+                ClaimState::Helping => TaskClaimKind::Helping,
+                ClaimState::Reviewing => TaskClaimKind::Delivering,
+                ClaimState::Done => TaskClaimKind::Done,
+                _ => TaskClaimKind::Other,
+            };
+            let key = TaskKeyRef {
+                agent_id: &claim.agent_id,
+                task_id,
+            };
+            let effect = self.tasks.apply_claim(
+                key,
+                claim.beat_index,
+                claim.beats_left,
+                kind,
+                window_index,
+                config.bar_length,
+            );
+            window.on_time_reviews += u64::from(effect.on_time_review);
+            window.help_promises_fulfilled += u64::from(effect.help_fulfilled);
+            if claim.state == ClaimState::Failed && task_kind(task_id) == "secret-rotation" {
+                window.secret_rotations_ok = false;
+                window.issue(IssueCode::SecretRotationFailed).add(task_id);
+            }
+        }
+        Outcome::ClaimApplied
+    }
+
+    fn reject_claim(&mut self, reason: &str) {
+        let window = self.counting_window();
+        window.claims_rejected += 1;
+        window.issue(IssueCode::RejectedClaims).add(reason);
+    }
+
+    /// Reports window `next_to_close` and moves past it.
+    fn close(&mut self, config: &FoldConfig) -> BarReport {
+        let bar_length = config.bar_length;
+        let w = self.next_to_close;
+        let (first, last) = (from_beat(w, bar_length), to_beat(w, bar_length));
+        let mut acc = self.windows.remove(&w).unwrap_or_default();
+
+        let overdue = self.tasks.take_overdue(w);
+        if !overdue.is_empty() {
+            let issue = acc.issue(IssueCode::OverdueTasks);
+            for id in &overdue {
+                issue.add(id);
+            }
+        }
+
+        let report = BarReport {
+            kind: BarReportType,
+            window_id: window_id(&self.cluster_id, bar_length, w),
+            from_beat: first,
+            to_beat: last,
+            agents_reporting: acc.agents.len() as u64,
+            on_time_reviews: acc.on_time_reviews,
+            help_promises_fulfilled: acc.help_promises_fulfilled,
+            secret_rotations_ok: acc.secret_rotations_ok,
+            tempo_drift_ms: self.drift_ms(first, last),
+            issues: acc.issue_list(),
+            cluster_id: self.cluster_id.clone(),
+            window_index: w,
+            bar_length,
+            beats_observed: acc.beats_observed,
+            claims_accepted: acc.claims_accepted,
+            claims_late: acc.claims_late,
+            claims_rejected: acc.claims_rejected,
+            tempo_bpm: self.tempo_at_or_below(last),
+            seq_first: acc.seq_first,
+            seq_last: acc.seq_last,
+        };
+
+        self.tasks.expire(w, config.task_ttl);
+        self.next_to_close = w + 1;
+        let next_first = last.saturating_add(1);
+        while self.recent_beats.front().is_some_and(|b| b.index < next_first) {
+            let dropped = self.recent_beats.pop_front().expect("front exists");
+            self.tempo_before_recent = Some(dropped.tempo_bpm);
+        }
+        report
+    }
+
+    /// SPEC §5 "Tempo drift" over beats `first ..= last + 1`.
+    fn drift_ms(&self, first: u64, last: u64) -> i64 {
+        let beats: Vec<&RecordedBeat> = self
+            .recent_beats
+            .iter()
+            .filter(|b| b.index >= first && b.index <= last.saturating_add(1))
+            .collect();
+        let (Some(f), Some(g)) = (beats.first(), beats.last()) else {
+            return 0;
+        };
+        if beats.len() < 2 {
+            return 0;
+        }
+        let actual_us = (i128::from(g.hlc_ms) - i128::from(f.hlc_ms)) * 1000;
+        let expected_us: i128 = beats
+            .windows(2)
+            .map(|pair| i128::from(pair[1].index - pair[0].index) * i128::from(60_000_000 / pair[0].tempo_bpm))
+            .sum();
+        // Integer division truncates toward zero, as SPEC asks (-1999 µs is -1).
+        ((actual_us - expected_us) / 1000) as i64
+    }
+
+    /// The tempo of the last applied beat with index <= `beat`; 0 if none.
+    fn tempo_at_or_below(&self, beat: u64) -> u32 {
+        self.recent_beats
+            .iter()
+            .rev()
+            .find(|b| b.index <= beat)
+            .map(|b| b.tempo_bpm)
+            .or(self.tempo_before_recent)
+            .unwrap_or(0)
+    }
+}
