@@ -6,8 +6,15 @@
 //! live, replayed from the stream and folded from a log file, the reports are
 //! the same bytes. This crate never uses `ingest` or `query`.
 
+pub mod checkpoint;
 pub mod config;
+pub mod driver;
 pub mod fold;
+pub mod history;
+pub mod http;
 pub mod logfold;
+pub mod metrics;
+pub mod publisher;
+pub mod status;
 
 pub use fold::{fold_all, Fold, FoldConfig, Outcome};

@@ -1,15 +1,28 @@
 //! `backbeat-processor`: fold logs, run the live fold on JetStream, export and replay windows.
 
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write as _};
+use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use backbeat_processor::config::FoldArgs;
+use backbeat_processor::driver::RunConfig;
+use backbeat_processor::history::{self, WindowRange};
+use backbeat_processor::metrics::Metrics;
+use backbeat_processor::publisher::{BarPublisher, PublishOutcome};
+use backbeat_processor::status::SharedStatus;
+use backbeat_schemas::names::is_valid_cluster_id;
+use backbeat_service::{init_logging, LogFormat, NatsArgs};
 use clap::{Parser, Subcommand};
 
 /// BACKBEAT processor: folds beats and claims into BarReports (SPEC §5-§6).
+///
+/// Every flag also reads the environment variable shown beside it.
 #[derive(Debug, Parser)]
 #[command(name = "backbeat-processor", version, about)]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "BACKBEAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,10 +37,84 @@ enum Command {
         #[command(flatten)]
         fold: FoldArgs,
     },
+    /// Fold BACKBEAT_EVENTS live; publish each BarReport exactly once to BACKBEAT_BARS.
+    Run {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        fold: FoldArgs,
+        /// Fold only these clusters (repeat the flag; default: every cluster).
+        #[arg(long = "cluster", env = "BACKBEAT_CLUSTER", value_delimiter = ',')]
+        clusters: Vec<String>,
+        /// Name of the durable consumer and of the checkpoint ([A-Za-z0-9_-]).
+        #[arg(long, env = "BACKBEAT_NAME", default_value = "backbeat-processor")]
+        name: String,
+        /// Admin HTTP address (/health, /ready, /metrics, /api/v1/...).
+        #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Checkpoint at most this often when reports are published, in milliseconds.
+        #[arg(long, env = "BACKBEAT_CHECKPOINT_MIN_INTERVAL_MS", default_value_t = 1000)]
+        checkpoint_min_interval_ms: u64,
+        /// Checkpoint at least this often while events arrive, in milliseconds.
+        #[arg(long, env = "BACKBEAT_CHECKPOINT_INTERVAL_MS", default_value_t = 5000)]
+        checkpoint_interval_ms: u64,
+        /// Messages per pull request.
+        #[arg(long, env = "BACKBEAT_BATCH", default_value_t = 1000)]
+        batch: usize,
+        /// /ready answers 200 only within this many messages of the stream's end.
+        #[arg(long, env = "BACKBEAT_READY_LAG_MAX", default_value_t = 1000)]
+        ready_lag_max: u64,
+        /// Replicas of the streams and bucket this service creates (3 on a NATS cluster).
+        #[arg(long, env = "BACKBEAT_REPLICAS", default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Write a cluster's events (or the slice of some windows) as a SPEC §7 log file.
+    Export {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        fold: FoldArgs,
+        #[arg(long, env = "BACKBEAT_CLUSTER")]
+        cluster: String,
+        /// Start just after the event that closed the window before this one.
+        #[arg(long, env = "BACKBEAT_FROM_WINDOW")]
+        from_window: Option<u64>,
+        /// Stop after the event that closed this window.
+        #[arg(long, env = "BACKBEAT_TO_WINDOW")]
+        to_window: Option<u64>,
+        /// Output file (default stdout).
+        #[arg(long, env = "BACKBEAT_OUT")]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Re-derive past windows' reports from the stream and print them (byte-identical to the live run).
+    Replay {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        fold: FoldArgs,
+        #[arg(long, env = "BACKBEAT_CLUSTER")]
+        cluster: String,
+        #[arg(long, env = "BACKBEAT_FROM_WINDOW")]
+        from_window: u64,
+        #[arg(long, env = "BACKBEAT_TO_WINDOW")]
+        to_window: Option<u64>,
+        /// Also publish them (windows already in BACKBEAT_BARS are skipped).
+        #[arg(long, env = "BACKBEAT_PUBLISH")]
+        publish: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn check_cluster(cluster: &str) -> anyhow::Result<()> {
+    if !is_valid_cluster_id(cluster) {
+        bail!("cluster id {cluster:?} must match [A-Za-z0-9_-]{{1,64}}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Fold { log, fold } => {
             let config = fold.to_config()?;
@@ -38,6 +125,148 @@ fn main() -> anyhow::Result<()> {
                 let file = std::fs::File::open(&log).with_context(|| format!("opening log {log}"))?;
                 backbeat_processor::logfold::fold_log(config, BufReader::with_capacity(1 << 20, file), stdout)
                     .with_context(|| format!("folding {log}"))?;
+            }
+            Ok(())
+        }
+        Command::Run {
+            nats,
+            fold,
+            clusters,
+            name,
+            listen,
+            checkpoint_min_interval_ms,
+            checkpoint_interval_ms,
+            batch,
+            ready_lag_max,
+            replicas,
+        } => {
+            for cluster in &clusters {
+                check_cluster(cluster)?;
+            }
+            check_cluster(&name).context("--name")?;
+            let config = RunConfig {
+                fold: fold.to_config()?,
+                name,
+                clusters,
+                checkpoint_min_interval: Duration::from_millis(checkpoint_min_interval_ms),
+                checkpoint_interval: Duration::from_millis(checkpoint_interval_ms.max(1)),
+                batch: batch.clamp(1, 10_000),
+                replicas,
+                ready_lag_max,
+            };
+            let metrics = Metrics::new();
+            let status = SharedStatus::default();
+            status.update(|s| {
+                s.name = config.name.clone();
+                s.clusters_filter = config.clusters.clone();
+                s.bar_length = config.fold.bar_length;
+            });
+            let client = nats.connect("backbeat-processor").await?;
+            let connected_client = client.clone();
+            let router = backbeat_processor::http::router(&metrics, status.clone(), move || {
+                connected_client.connection_state() == async_nats::connection::State::Connected
+            });
+            let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+            let (_addr, http) = backbeat_service::serve_admin(&listen, router, async move {
+                let _ = stop_http_rx.await;
+            })
+            .await?;
+            let result = backbeat_processor::driver::run(
+                client.clone(),
+                config,
+                metrics,
+                status.clone(),
+                backbeat_service::shutdown_signal(),
+            )
+            .await;
+            if let Err(e) = &result {
+                status.update(|s| s.error = Some(format!("{e:#}")));
+                tracing::error!(error = %format!("{e:#}"), "processor stopped");
+            }
+            let _ = stop_http_tx.send(());
+            let _ = http.await;
+            client.flush().await.ok();
+            result
+        }
+        Command::Export {
+            nats,
+            fold,
+            cluster,
+            from_window,
+            to_window,
+            out,
+        } => {
+            check_cluster(&cluster)?;
+            let client = nats.connect("backbeat-processor-export").await?;
+            let js = async_nats::jetstream::new(client);
+            let range = WindowRange {
+                from: from_window.unwrap_or(0),
+                to: to_window,
+            };
+            let written = match out {
+                Some(path) => {
+                    let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                    history::export(&js, fold.to_config()?, &cluster, range, BufWriter::new(file)).await?
+                }
+                None => {
+                    history::export(
+                        &js,
+                        fold.to_config()?,
+                        &cluster,
+                        range,
+                        BufWriter::new(std::io::stdout()),
+                    )
+                    .await?
+                }
+            };
+            tracing::info!(written, "exported");
+            Ok(())
+        }
+        Command::Replay {
+            nats,
+            fold,
+            cluster,
+            from_window,
+            to_window,
+            publish,
+        } => {
+            check_cluster(&cluster)?;
+            let client = nats.connect("backbeat-processor-replay").await?;
+            let js = async_nats::jetstream::new(client);
+            let range = WindowRange {
+                from: from_window,
+                to: to_window,
+            };
+            let mut derived = Vec::new();
+            history::replay(&js, fold.to_config()?, &cluster, range, |report| {
+                derived.push(report);
+                Ok(())
+            })
+            .await?;
+            let mut stdout = std::io::stdout().lock();
+            for report in &derived {
+                writeln!(stdout, "{}", report.to_json())?;
+            }
+            stdout.flush()?;
+            drop(stdout);
+            if publish {
+                let mut publisher = BarPublisher::new(js);
+                for report in &derived {
+                    match publisher.publish(report, Duration::from_secs(30)).await? {
+                        PublishOutcome::Published(seq) => {
+                            tracing::info!(window = report.window_index, seq, "published")
+                        }
+                        PublishOutcome::AlreadyPublished => {
+                            tracing::info!(window = report.window_index, "already in BACKBEAT_BARS")
+                        }
+                    }
+                }
+                if publisher.mismatches > 0 {
+                    bail!("{} replayed reports differ from the stored ones", publisher.mismatches);
+                }
+            }
+            if derived.is_empty() {
+                tracing::warn!("no window in that range has closed in the stream");
             }
             Ok(())
         }

@@ -152,7 +152,7 @@ impl TaskTable {
             .iter()
             .filter(|key| {
                 let entry = &self.entries[*key];
-                !entry.delivered_at.is_some_and(|at| at <= entry.deadline)
+                entry.delivered_at.is_none_or(|at| at > entry.deadline)
             })
             .collect();
         overdue.sort_unstable();

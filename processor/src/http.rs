@@ -1,0 +1,74 @@
+//! The processor's admin HTTP: the common endpoints plus `/api/v1/windows`
+//! (open windows and recent reports per cluster) and `/api/v1/windows/{id}`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use backbeat_service::admin::{admin_router, AdminState};
+
+use crate::metrics::Metrics;
+use crate::status::SharedStatus;
+
+/// The whole router; `connected` tells whether NATS is connected right now.
+pub fn router(metrics: &Metrics, status: SharedStatus, connected: impl Fn() -> bool + Send + Sync + 'static) -> Router {
+    let ready_status = status.clone();
+    let status_for_body = status.clone();
+    let admin = AdminState::new(
+        metrics.registry.clone(),
+        move || {
+            let s = ready_status.get();
+            if !connected() {
+                Err("not connected to NATS".into())
+            } else if let Some(error) = s.error {
+                Err(error)
+            } else if !s.started {
+                Err("starting: loading the checkpoint and creating the consumer".into())
+            } else if !s.caught_up {
+                Err(format!("catching up: {} messages behind", s.consumer_lag))
+            } else {
+                Ok(())
+            }
+        },
+        move || {
+            let mut s = status_for_body.get();
+            // The status page is a summary; the windows endpoint has the reports.
+            for cluster in s.clusters.values_mut() {
+                cluster.recent_reports.clear();
+            }
+            serde_json::to_value(s).unwrap_or_default()
+        },
+    );
+    admin_router(admin).merge(
+        Router::new()
+            .route("/api/v1/windows", get(windows))
+            .route("/api/v1/windows/{id}", get(window))
+            .with_state(status),
+    )
+}
+
+async fn windows(State(status): State<SharedStatus>) -> Json<serde_json::Value> {
+    let s = status.get();
+    Json(serde_json::json!({ "clusters": s.clusters }))
+}
+
+async fn window(State(status): State<SharedStatus>, Path(id): Path<String>) -> Response {
+    let s = status.get();
+    for cluster in s.clusters.values() {
+        if let Some(report) = cluster.recent_reports.iter().find(|r| r.window_id == id) {
+            return Json(serde_json::json!({"state": "closed", "report": report})).into_response();
+        }
+        if let Some(open) = cluster.open_windows.iter().find(|w| w.window_id == id) {
+            return Json(serde_json::json!({"state": "open", "cluster_id": cluster.cluster_id, "window": open}))
+                .into_response();
+        }
+    }
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({
+            "error": format!("window {id} is neither open nor among the recent reports; query BACKBEAT_BARS or use `backbeat-processor replay`")
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,149 @@
+//! The processor's Prometheus metrics: the original reverb names, plus lag,
+//! rollup latency and checkpoints.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::fold::Outcome;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `backbeat_reverb_agents_reporting{cluster}`: of the last report.
+    pub agents_reporting: IntGaugeVec,
+    /// `backbeat_reverb_on_time_reviews{cluster}`: of the last report.
+    pub on_time_reviews: IntGaugeVec,
+    pub windows_completed: IntCounterVec,
+    /// From the closing event's arrival to the report's publication (or skip).
+    pub window_processing: Histogram,
+    pub claims_processed: IntCounterVec,
+    pub beats_processed: IntCounterVec,
+    pub consumer_lag: IntGauge,
+    /// Closing beat's arrival to the report's ack.
+    pub rollup_latency: Histogram,
+    pub reports_published: IntCounter,
+    pub reports_skipped: IntCounter,
+    pub report_mismatches: IntCounter,
+    pub checkpoints: IntCounter,
+    pub checkpoint_bytes: IntGauge,
+    pub last_seq: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let latency_buckets = exponential_buckets(0.0001, 2.0, 18).expect("valid buckets");
+        let m = Metrics {
+            agents_reporting: IntGaugeVec::new(
+                Opts::new(
+                    "backbeat_reverb_agents_reporting",
+                    "Agents reporting in the last closed window",
+                ),
+                &["cluster"],
+            )
+            .unwrap(),
+            on_time_reviews: IntGaugeVec::new(
+                Opts::new(
+                    "backbeat_reverb_on_time_reviews",
+                    "On-time reviews in the last closed window",
+                ),
+                &["cluster"],
+            )
+            .unwrap(),
+            windows_completed: IntCounterVec::new(
+                Opts::new("backbeat_reverb_windows_completed_total", "Windows reported"),
+                &["cluster"],
+            )
+            .unwrap(),
+            window_processing: Histogram::with_opts(
+                HistogramOpts::new(
+                    "backbeat_reverb_window_processing_seconds",
+                    "Time from a window's closing event to its report being stored",
+                )
+                .buckets(latency_buckets.clone()),
+            )
+            .unwrap(),
+            claims_processed: IntCounterVec::new(
+                Opts::new("backbeat_reverb_claims_processed_total", "Claims folded, by outcome"),
+                &["outcome"],
+            )
+            .unwrap(),
+            beats_processed: IntCounterVec::new(
+                Opts::new(
+                    "backbeat_processor_beats_processed_total",
+                    "Beat frames folded, by outcome",
+                ),
+                &["outcome"],
+            )
+            .unwrap(),
+            consumer_lag: IntGauge::new(
+                "backbeat_processor_consumer_lag_messages",
+                "Messages in the stream not yet folded",
+            )
+            .unwrap(),
+            rollup_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "backbeat_processor_rollup_latency_seconds",
+                    "Closing beat's arrival at the processor to the report's ack",
+                )
+                .buckets(latency_buckets),
+            )
+            .unwrap(),
+            reports_published: IntCounter::new("backbeat_processor_reports_published_total", "Reports stored").unwrap(),
+            reports_skipped: IntCounter::new(
+                "backbeat_processor_reports_skipped_total",
+                "Re-derived reports already in BACKBEAT_BARS (after a restart)",
+            )
+            .unwrap(),
+            report_mismatches: IntCounter::new(
+                "backbeat_processor_report_mismatches_total",
+                "Re-derived reports whose bytes differ from the stored ones (must stay 0)",
+            )
+            .unwrap(),
+            checkpoints: IntCounter::new("backbeat_processor_checkpoints_total", "Checkpoints written").unwrap(),
+            checkpoint_bytes: IntGauge::new("backbeat_processor_checkpoint_bytes", "Size of the last checkpoint")
+                .unwrap(),
+            last_seq: IntGauge::new(
+                "backbeat_processor_last_seq",
+                "Stream sequence of the last event folded",
+            )
+            .unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.agents_reporting.clone())).unwrap();
+        r.register(Box::new(m.on_time_reviews.clone())).unwrap();
+        r.register(Box::new(m.windows_completed.clone())).unwrap();
+        r.register(Box::new(m.window_processing.clone())).unwrap();
+        r.register(Box::new(m.claims_processed.clone())).unwrap();
+        r.register(Box::new(m.beats_processed.clone())).unwrap();
+        r.register(Box::new(m.consumer_lag.clone())).unwrap();
+        r.register(Box::new(m.rollup_latency.clone())).unwrap();
+        r.register(Box::new(m.reports_published.clone())).unwrap();
+        r.register(Box::new(m.reports_skipped.clone())).unwrap();
+        r.register(Box::new(m.report_mismatches.clone())).unwrap();
+        r.register(Box::new(m.checkpoints.clone())).unwrap();
+        r.register(Box::new(m.checkpoint_bytes.clone())).unwrap();
+        r.register(Box::new(m.last_seq.clone())).unwrap();
+        m
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ignored => {}
+            Outcome::BeatApplied | Outcome::BeatStale | Outcome::BeatRejected => {
+                self.beats_processed.with_label_values(&[outcome.as_str()]).inc()
+            }
+            Outcome::ClaimApplied | Outcome::ClaimLate | Outcome::ClaimRejected => {
+                self.claims_processed.with_label_values(&[outcome.as_str()]).inc()
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,99 @@
+//! What the admin endpoints show: a snapshot the fold loop refreshes, never the
+//! fold itself (HTTP never waits on the fold, and the fold never waits on HTTP).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use backbeat_schemas::window::{from_beat, to_beat, window_id};
+use backbeat_schemas::BarReport;
+use serde::Serialize;
+
+use crate::fold::{ClusterStatus, Fold};
+
+/// How many recent reports each cluster keeps for `/api/v1/windows`.
+pub const RECENT_REPORTS_MAX: usize = 32;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct OpenWindow {
+    pub window_index: u64,
+    pub window_id: String,
+    pub from_beat: u64,
+    pub to_beat: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    pub current_beat: Option<u64>,
+    pub next_to_close: Option<u64>,
+    pub open_windows: Vec<OpenWindow>,
+    pub tasks: u64,
+    pub recent_reports: VecDeque<BarReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ProcessorStatus {
+    pub name: String,
+    pub clusters_filter: Vec<String>,
+    pub bar_length: u64,
+    pub last_seq: u64,
+    pub consumer_lag: u64,
+    pub caught_up: bool,
+    pub checkpoint_seq: u64,
+    pub checkpoint_generation: u64,
+    pub reports_published: u64,
+    pub started: bool,
+    pub error: Option<String>,
+    pub clusters: BTreeMap<String, ClusterView>,
+}
+
+/// Shared between the fold loop (writer) and HTTP handlers (readers).
+#[derive(Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<ProcessorStatus>>);
+
+impl SharedStatus {
+    pub fn update(&self, f: impl FnOnce(&mut ProcessorStatus)) {
+        f(&mut self.0.lock().expect("status lock"));
+    }
+
+    pub fn get(&self) -> ProcessorStatus {
+        self.0.lock().expect("status lock").clone()
+    }
+
+    /// Refreshes the clusters' positions from the fold.
+    pub fn refresh_from(&self, fold: &Fold) {
+        let bar_length = fold.config().bar_length;
+        let views: Vec<ClusterStatus> = fold.cluster_ids().filter_map(|id| fold.cluster_status(id)).collect();
+        self.update(|status| {
+            status.last_seq = fold.last_seq();
+            for view in views {
+                let entry = status.clusters.entry(view.cluster_id.clone()).or_default();
+                entry.cluster_id = view.cluster_id.clone();
+                entry.current_beat = view.current_beat;
+                entry.next_to_close = view.next_to_close;
+                entry.tasks = view.tasks;
+                entry.open_windows = view
+                    .open_windows
+                    .iter()
+                    .map(|&w| OpenWindow {
+                        window_index: w,
+                        window_id: window_id(&view.cluster_id, bar_length, w),
+                        from_beat: from_beat(w, bar_length),
+                        to_beat: to_beat(w, bar_length),
+                    })
+                    .collect();
+            }
+        });
+    }
+
+    pub fn record_report(&self, report: &BarReport) {
+        self.update(|status| {
+            let entry = status.clusters.entry(report.cluster_id.clone()).or_default();
+            entry.cluster_id = report.cluster_id.clone();
+            if entry.recent_reports.len() == RECENT_REPORTS_MAX {
+                entry.recent_reports.pop_front();
+            }
+            entry.recent_reports.push_back(report.clone());
+        });
+    }
+}
