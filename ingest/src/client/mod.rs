@@ -1,0 +1,1 @@
+//! Agent client library (in progress).

@@ -1,0 +1,260 @@
+//! HTTP intake: `POST /api/v1/clusters/{cluster}/claims`.
+//!
+//! One JSON claim per request, or, with `Content-Type: application/x-ndjson`, a
+//! batch of claims one per line. Status codes: 202 accepted (a batch: at least
+//! one line stored or all fine), 400 invalid (a batch: every line refused),
+//! 413 too large (the body, the line count, or a single claim over 8 KiB),
+//! 503 with `Retry-After` when JetStream did not acknowledge in time (a batch:
+//! when any line was not acknowledged; its results say which).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use super::publisher::{Input, Publisher, Source};
+use super::reply::{Outcome, Reply};
+
+/// The content type of a batch.
+pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// The reason given for a batch without a single non-blank line (no dead letter:
+/// nothing was sent). Not a SPEC reason: the fold never sees batches.
+pub const REASON_EMPTY_BATCH: &str = "empty_batch";
+
+/// Limits of HTTP intake.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// A request body (single claim or batch) is at most this many bytes.
+    pub batch_bytes_max: usize,
+    /// A batch holds at most this many non-blank lines.
+    pub batch_lines_max: usize,
+    /// The `Retry-After` of a 503, in seconds.
+    pub retry_after_secs: u32,
+}
+
+/// The body of a batch's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReply {
+    /// One result per non-blank line, in line order.
+    pub results: Vec<LineResult>,
+    /// Lines stored (duplicates included: they are stored, once).
+    pub accepted: u64,
+    /// Lines refused (kept as dead letters).
+    pub rejected: u64,
+    /// Lines not acknowledged by JetStream in time: send them again.
+    pub unavailable: u64,
+}
+
+/// The answer for one line of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineResult {
+    /// The 1-based line number in the body (blank lines count).
+    pub line: u64,
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+struct HttpIntake {
+    publisher: Arc<Publisher>,
+    limits: HttpLimits,
+}
+
+/// The claims route, to merge into the admin router.
+pub fn claims_router(publisher: Arc<Publisher>, limits: HttpLimits) -> Router {
+    Router::new()
+        .route("/api/v1/clusters/{cluster}/claims", post(post_claims))
+        .with_state(Arc::new(HttpIntake { publisher, limits }))
+}
+
+/// Splits an NDJSON body into its non-blank lines: (1-based line number, bytes
+/// without the line end). A trailing `\r` is part of the line end.
+pub fn ndjson_lines(body: &Bytes) -> Vec<(u64, Bytes)> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut number = 0u64;
+    while start < body.len() {
+        number += 1;
+        let end = body[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |i| start + i);
+        let mut line_end = end;
+        if line_end > start && body[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        let line = body.slice(start..line_end);
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            lines.push((number, line));
+        }
+        start = end + 1;
+    }
+    lines
+}
+
+async fn post_claims(
+    State(intake): State<Arc<HttpIntake>>,
+    Path(cluster): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = intake.limits.batch_bytes_max;
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|len| len > limit as u64) {
+        return body_too_large(limit);
+    }
+    // The admin router's default body limit does not apply to a raw `Body`:
+    // this route reads it with its own, larger one.
+    let bytes = match read_body(body, limit).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return body_too_large(limit),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                &format!("reading the body: {e}"),
+            );
+        }
+    };
+    let is_batch = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON_CONTENT_TYPE));
+    let origin = uri.path().to_string();
+    if is_batch {
+        post_batch(&intake, cluster, origin, bytes).await
+    } else {
+        let input = Input {
+            cluster,
+            payload: bytes,
+            source: Source::Http,
+            origin,
+        };
+        let outcome = intake.publisher.submit(input).await.await;
+        let status = match &outcome {
+            Outcome::Accepted { .. } => StatusCode::ACCEPTED,
+            Outcome::Rejected { reason, .. } if reason == "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Rejected { .. } => StatusCode::BAD_REQUEST,
+            Outcome::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        with_retry_after(status, Json(outcome.to_reply()), intake.limits.retry_after_secs)
+    }
+}
+
+async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: Bytes) -> Response {
+    let lines = ndjson_lines(&body);
+    if lines.is_empty() {
+        return error_response(StatusCode::BAD_REQUEST, REASON_EMPTY_BATCH, "the batch holds no claim");
+    }
+    if lines.len() > intake.limits.batch_lines_max {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!(
+                "a batch holds at most {} lines; got {}",
+                intake.limits.batch_lines_max,
+                lines.len()
+            ),
+        );
+    }
+    // Submit every line before awaiting any ack: the publishes are pipelined.
+    let mut pending = Vec::with_capacity(lines.len());
+    for (number, payload) in lines {
+        let input = Input {
+            cluster: cluster.clone(),
+            payload,
+            source: Source::Http,
+            origin: origin.clone(),
+        };
+        pending.push((number, intake.publisher.submit(input).await));
+    }
+    let mut reply = BatchReply {
+        results: Vec::with_capacity(pending.len()),
+        accepted: 0,
+        rejected: 0,
+        unavailable: 0,
+    };
+    let (numbers, futures): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
+    let outcomes = futures::future::join_all(futures).await;
+    for (line, outcome) in numbers.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Accepted { .. } => reply.accepted += 1,
+            Outcome::Rejected { .. } => reply.rejected += 1,
+            Outcome::Unavailable { .. } => reply.unavailable += 1,
+        }
+        reply.results.push(LineResult {
+            line,
+            reply: outcome.to_reply(),
+        });
+    }
+    let status = if reply.unavailable > 0 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if reply.accepted == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    with_retry_after(status, Json(reply), intake.limits.retry_after_secs)
+}
+
+fn with_retry_after(status: StatusCode, body: impl IntoResponse, retry_after_secs: u32) -> Response {
+    let mut response = (status, body).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    response
+}
+
+fn body_too_large(limit: usize) -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &format!("a request body is at most {limit} bytes (--batch-bytes-max)"),
+    )
+}
+
+fn error_response(status: StatusCode, reason: &str, message: &str) -> Response {
+    (status, Json(Reply::error(reason, message))).into_response()
+}
+
+/// Reads at most `limit` bytes of `body`; `None` when it is longer (the rest is not read).
+async fn read_body(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    let mut stream = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if collected.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Some(collected.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_ndjson() {
+        let body = Bytes::from_static(b"a\n\n  \r\nb\r\nc");
+        let owned: Vec<(u64, Vec<u8>)> = ndjson_lines(&body).into_iter().map(|(n, l)| (n, l.to_vec())).collect();
+        assert_eq!(owned, vec![(1, b"a".to_vec()), (4, b"b".to_vec()), (5, b"c".to_vec())]);
+        assert!(ndjson_lines(&Bytes::from_static(b"\n\n")).is_empty());
+        assert_eq!(ndjson_lines(&Bytes::from_static(b"x\n")).len(), 1);
+    }
+}

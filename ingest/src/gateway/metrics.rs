@@ -1,0 +1,114 @@
+//! The gateway's Prometheus metrics. Every limit the gateway enforces shows up
+//! here when it is hit (unavailable answers, failed dead letters).
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Counters, gauges and histograms, registered in [`GatewayMetrics::registry`].
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    /// Inputs taken, by `source` (`nats`, `http`).
+    pub claims_received: IntCounterVec,
+    /// Claims JetStream acknowledged as new.
+    pub claims_accepted: IntCounter,
+    /// Inputs refused, by SPEC `reason` (or `invalid_cluster`).
+    pub claims_rejected: IntCounterVec,
+    /// The sum of `claims_rejected` over reasons, for `/api/v1/status` (not exported).
+    pub claims_rejected_all: IntCounter,
+    /// Claims JetStream acknowledged as duplicates of a stored one.
+    pub claims_duplicate: IntCounter,
+    /// Inputs answered `unavailable` (no ack slot, ack timeout, shutting down).
+    pub claims_unavailable: IntCounter,
+    /// Dead letters JetStream did not acknowledge (the sender was still told why).
+    pub dead_letters_failed: IntCounter,
+    /// From sending a publish to its JetStream ack.
+    pub publish_latency: Histogram,
+    /// JetStream publishes (claims and dead letters) awaiting their ack.
+    pub acks_in_flight: IntGauge,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let claims_received = IntCounterVec::new(
+            Opts::new("backbeat_ingest_claims_received_total", "Claims taken, by source."),
+            &["source"],
+        )
+        .expect("valid metric");
+        let claims_accepted = IntCounter::new(
+            "backbeat_ingest_claims_accepted_total",
+            "Claims stored in BACKBEAT_EVENTS (not counting duplicates).",
+        )
+        .expect("valid metric");
+        let claims_rejected = IntCounterVec::new(
+            Opts::new(
+                "backbeat_ingest_claims_rejected_total",
+                "Inputs refused and kept in BACKBEAT_REJECTS, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let claims_rejected_all =
+            IntCounter::new("backbeat_ingest_claims_rejected_all", "Sum of claims_rejected.").expect("valid metric");
+        let claims_duplicate = IntCounter::new(
+            "backbeat_ingest_claims_duplicate_total",
+            "Claims JetStream already held (same Nats-Msg-Id).",
+        )
+        .expect("valid metric");
+        let claims_unavailable = IntCounter::new(
+            "backbeat_ingest_claims_unavailable_total",
+            "Claims answered 'unavailable' (JetStream slow or down, too many acks in flight, shutting down).",
+        )
+        .expect("valid metric");
+        let dead_letters_failed = IntCounter::new(
+            "backbeat_ingest_dead_letters_failed_total",
+            "Dead letters JetStream did not acknowledge.",
+        )
+        .expect("valid metric");
+        let publish_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "backbeat_ingest_publish_latency_seconds",
+                "Time from sending a JetStream publish to its ack.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let acks_in_flight = IntGauge::new(
+            "backbeat_ingest_acks_in_flight",
+            "JetStream publishes awaiting their ack.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(claims_received.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(claims_accepted.clone()),
+            Box::new(claims_rejected.clone()),
+            Box::new(claims_duplicate.clone()),
+            Box::new(claims_unavailable.clone()),
+            Box::new(dead_letters_failed.clone()),
+            Box::new(publish_latency.clone()),
+            Box::new(acks_in_flight.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        GatewayMetrics {
+            registry,
+            claims_received,
+            claims_accepted,
+            claims_rejected,
+            claims_rejected_all,
+            claims_duplicate,
+            claims_unavailable,
+            dead_letters_failed,
+            publish_latency,
+            acks_in_flight,
+        }
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,92 @@
+//! NATS intake: claims published or requested on `backbeat.{cluster}.intake`.
+//!
+//! One task reads the queue subscription and submits each message in turn
+//! (validation is microseconds); the wait for each JetStream ack runs in its own
+//! small task, which then publishes the reply, so many acks are in flight at once
+//! while the number is bounded by the publisher's slots. A plain publish (no reply
+//! subject) is processed the same way and simply not answered.
+
+use std::sync::Arc;
+
+use async_nats::{Client, Subscriber};
+use futures::StreamExt as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::publisher::{Input, Publisher, Source};
+
+/// The cluster token of an intake subject `backbeat.{cluster}.intake`, exactly
+/// as sent (validity is the admission's business). `None` for other subjects.
+pub fn intake_cluster(subject: &str) -> Option<&str> {
+    subject.strip_prefix("backbeat.")?.strip_suffix(".intake")
+}
+
+/// Serves `subscription` until `stop` turns true: then drains it (the server
+/// stops routing intake here; messages already delivered are still served),
+/// and returns once every reply has been sent.
+pub async fn serve_nats_intake(
+    client: Client,
+    mut subscription: Subscriber,
+    publisher: Arc<Publisher>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut replies = JoinSet::new();
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            biased;
+            // Reap finished reply tasks so the set stays as small as the acks in flight.
+            Some(_) = replies.join_next(), if !replies.is_empty() => continue,
+            changed = stop.changed(), if !draining => {
+                if changed.is_err() || *stop.borrow() {
+                    draining = true;
+                    if let Err(e) = subscription.drain().await {
+                        tracing::warn!(error = %e, "draining the intake subscription failed");
+                        break;
+                    }
+                }
+                continue;
+            }
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(cluster) = intake_cluster(&message.subject) else {
+            tracing::warn!(subject = %message.subject, "message on a subject that is not an intake subject");
+            continue;
+        };
+        let input = Input {
+            cluster: cluster.to_string(),
+            payload: message.payload,
+            source: Source::Nats,
+            origin: message.subject.to_string(),
+        };
+        let pending = publisher.submit(input).await;
+        let reply_to = message.reply;
+        let client = client.clone();
+        replies.spawn(async move {
+            let outcome = pending.await;
+            if let Some(reply_to) = reply_to {
+                if let Err(e) = client.publish(reply_to, outcome.to_json().into()).await {
+                    tracing::debug!(error = %e, "reply not sent");
+                }
+            }
+        });
+    }
+    while replies.join_next().await.is_some() {}
+    tracing::info!("NATS intake stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_tokens() {
+        assert_eq!(intake_cluster("backbeat.alpha.intake"), Some("alpha"));
+        assert_eq!(intake_cluster("backbeat.a$b.intake"), Some("a$b"));
+        assert_eq!(intake_cluster("backbeat.alpha.claim"), None);
+        assert_eq!(intake_cluster("other.alpha.intake"), None);
+    }
+}
