@@ -49,7 +49,11 @@ impl Generator {
         while added < claims {
             if self.claim_in_beat == 0 {
                 self.seq += 1;
-                chunk.push((self.seq, "backbeat.bench.beat", self.beat_payload(self.beat).into_bytes()));
+                chunk.push((
+                    self.seq,
+                    "backbeat.bench.beat",
+                    self.beat_payload(self.beat).into_bytes(),
+                ));
             }
             let agent = self.next_agent % self.agents;
             self.next_agent += 1;

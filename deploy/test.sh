@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing (nats-server), then
+# formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A shared target directory makes repeated runs fast; a clean clone works without it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backbeat-target}"
+# Tests start real servers and processes: two at a time on a 2-core machine.
+TEST_THREADS="${BACKBEAT_TEST_THREADS:-2}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "nats-server"
+bash deploy/install-nats.sh
+# pip may put the binary in a directory that is not yet on PATH in this shell.
+if ! command -v nats-server >/dev/null; then
+    export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (every crate, every test)"
+cargo test --workspace --locked -- --test-threads "$TEST_THREADS"
+
+step "all tests passed"
