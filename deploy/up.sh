@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The one command for the local stack: nats-server (JetStream), a 3-node pulse
+# group, the claim gateway, the processor and a simulated fleet of agents.
+# Everything runs in the foreground under this script; Ctrl-C (or SIGTERM)
+# stops every process gracefully. State lives in ./.backbeat (delete it for a
+# fresh start); each process logs to ./.backbeat/logs/NAME.log.
+#
+# Settings (environment): BACKBEAT_STACK_CLUSTER (local), BACKBEAT_STACK_BPM (120),
+# BACKBEAT_STACK_BAR_LENGTH (16), BACKBEAT_STACK_AGENTS (100),
+# BACKBEAT_STACK_RATE (claims per second for the whole fleet, 50),
+# BACKBEAT_STACK_PROFILE (debug|release, debug), BACKBEAT_STACK_DIR (./.backbeat).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+CLUSTER="${BACKBEAT_STACK_CLUSTER:-local}"
+BPM="${BACKBEAT_STACK_BPM:-120}"
+BAR="${BACKBEAT_STACK_BAR_LENGTH:-16}"
+AGENTS="${BACKBEAT_STACK_AGENTS:-100}"
+RATE="${BACKBEAT_STACK_RATE:-50}"
+PROFILE="${BACKBEAT_STACK_PROFILE:-debug}"
+STATE="${BACKBEAT_STACK_DIR:-$ROOT/.backbeat}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backbeat-target}"
+
+NATS_PORT=4222; NATS_MONITOR=8222
+PROCESSOR=127.0.0.1:8081; INGEST=127.0.0.1:8082
+PULSE_PORTS=(7001 7002 7003)
+
+say() { printf '==> %s\n' "$*"; }
+
+say "nats-server"
+bash deploy/install-nats.sh
+command -v nats-server >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+
+for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${PULSE_PORTS[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port is in use: is another stack running? stop it first" >&2
+        exit 1
+    fi
+done
+
+say "building the binaries ($PROFILE)"
+if [[ "$PROFILE" == release ]]; then
+    cargo build --release --bins
+else
+    cargo build --bins
+fi
+BIN="$CARGO_TARGET_DIR/$PROFILE"
+
+mkdir -p "$STATE/logs"
+if [[ ! -s "$STATE/admin-token" ]]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/admin-token")
+fi
+TOKEN="$(cat "$STATE/admin-token")"
+
+PIDS=()
+NAMES=()
+start() { # start NAME COMMAND...
+    local name="$1"; shift
+    "$@" >>"$STATE/logs/$name.log" 2>&1 &
+    PIDS+=("$!"); NAMES+=("$name")
+}
+stop_all() {
+    trap - INT TERM EXIT
+    say "stopping"
+    # Reverse order: agents first, nats-server last.
+    for ((i=${#PIDS[@]}-1; i>=0; i--)); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    say "stopped; state kept in $STATE"
+}
+trap stop_all INT TERM EXIT
+
+wait_ready() { # wait_ready NAME URL
+    local name="$1" url="$2"
+    for _ in $(seq 1 600); do
+        curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$name did not become ready at $url; see $STATE/logs/$name.log:" >&2
+    tail -n 20 "$STATE/logs/$name.log" >&2
+    exit 1
+}
+
+say "starting nats-server on :$NATS_PORT"
+start nats-server nats-server -c deploy/nats/single.conf -p "$NATS_PORT" -m "$NATS_MONITOR" -sd "$STATE/nats"
+wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR/healthz"
+NATS="nats://127.0.0.1:$NATS_PORT"
+
+say "starting the pulse group (3 nodes), the gateway and the processor"
+PEERS="1=127.0.0.1:${PULSE_PORTS[0]},2=127.0.0.1:${PULSE_PORTS[1]},3=127.0.0.1:${PULSE_PORTS[2]}"
+for i in 1 2 3; do
+    start "pulse-$i" "$BIN/backbeat-pulse" --nats "$NATS" --node-id "$i" --peers "$PEERS" \
+        --listen "127.0.0.1:${PULSE_PORTS[$((i-1))]}" --data-dir "$STATE/pulse-$i" \
+        --cluster "$CLUSTER" --bpm "$BPM" --bar-length "$BAR" --admin-token "$TOKEN"
+done
+start ingest "$BIN/backbeat-ingest" --nats "$NATS" --listen "$INGEST"
+start processor "$BIN/backbeat-processor" run --nats "$NATS" --listen "$PROCESSOR" --bar-length "$BAR"
+for port in "${PULSE_PORTS[@]}"; do wait_ready pulse "http://127.0.0.1:$port/health"; done
+wait_ready ingest "http://$INGEST/ready"
+wait_ready processor "http://$PROCESSOR/health"
+
+say "starting $AGENTS simulated agents"
+start agent-sim "$BIN/backbeat-agent-sim" --nats "$NATS" --cluster "$CLUSTER" --agents "$AGENTS" --rate "$RATE" --seed 1
+
+cat <<INFO
+
+BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to look:
+  pulse       http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/status   (nodes :${PULSE_PORTS[0]} :${PULSE_PORTS[1]} :${PULSE_PORTS[2]})
+  tempo       curl -H "Authorization: Bearer \$(cat $STATE/admin-token)" \\
+                -d '{"bpm":126,"at":"next_downbeat"}' http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/tempo
+  gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
+  processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
+  metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/
+  reports     $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER
+  logs        $STATE/logs/*.log
+Ctrl-C stops everything.
+INFO
+
+# Stay in the foreground until one process dies or we are told to stop.
+set +e
+wait -n "${PIDS[@]}"
+status=$?
+for i in "${!PIDS[@]}"; do
+    if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+        echo "${NAMES[$i]} exited (status $status); see $STATE/logs/${NAMES[$i]}.log" >&2
+    fi
+done
+exit "$status"
