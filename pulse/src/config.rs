@@ -1,0 +1,168 @@
+//! The command line of `backbeat-pulse`: every flag also reads `BACKBEAT_<FLAG>`,
+//! and the whole configuration is validated once at start-up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use backbeat_schemas::names::is_valid_cluster_id;
+use backbeat_service::{LogFormat, NatsArgs};
+
+/// The highest tempo a pulse emits (SPEC §2: `tempo_bpm` is 1..=1000).
+pub const BPM_MAX: u32 = 1000;
+
+/// `backbeat-pulse`: one node of the raft group that emits the beats of one cluster.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "backbeat-pulse", version, about, long_about = None)]
+pub struct Config {
+    /// This node's raft id (a member of --peers).
+    #[arg(long, env = "BACKBEAT_NODE_ID")]
+    pub node_id: u64,
+    /// Every member of the group as ID=HOST:PORT (each node's --listen address), this node included.
+    #[arg(long, env = "BACKBEAT_PEERS")]
+    pub peers: String,
+    /// Directory for the durable raft log, vote and state machine.
+    #[arg(long, env = "BACKBEAT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Cluster id the beats belong to (SPEC §1: [A-Za-z0-9_-]{1,64}).
+    #[arg(long, env = "BACKBEAT_CLUSTER", default_value = "default")]
+    pub cluster: String,
+    /// Initial tempo in beats per minute (1..=1000); later changes go through POST /api/v1/tempo.
+    #[arg(long, env = "BACKBEAT_BPM", default_value_t = 120)]
+    pub bpm: u32,
+    /// Beats per bar (window), at least 1. Fixed for the life of a cluster.
+    #[arg(long, env = "BACKBEAT_BAR_LENGTH", default_value_t = 120)]
+    pub bar_length: u64,
+    /// Bearer token guarding tempo changes; without it tempo changes are refused (403).
+    #[arg(long, env = "BACKBEAT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// HTTP address: /health, /ready, /metrics, /api/v1/*, and raft RPC under /raft/*.
+    #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: String,
+    /// Log format.
+    #[arg(long, env = "BACKBEAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "BACKBEAT_HEARTBEAT_MS", default_value_t = 250)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (minimum) in milliseconds; the maximum is twice this.
+    #[arg(long, env = "BACKBEAT_ELECTION_TIMEOUT_MS", default_value_t = 1500)]
+    pub election_timeout_ms: u64,
+    /// When the schedule would skip more beats than this (a long outage), the
+    /// leader re-anchors the schedule after the last stored beat instead, so
+    /// the processor never sees a jump larger than this. 0 = 5 bars.
+    #[arg(long, env = "BACKBEAT_MAX_SKIP_BEATS", default_value_t = 0)]
+    pub max_skip_beats: u64,
+    /// Replicas for BACKBEAT_EVENTS when this node has to create it.
+    #[arg(long, env = "BACKBEAT_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// The validated configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: u64,
+    /// Node id → HTTP address (`host:port`), this node included.
+    pub peers: BTreeMap<u64, String>,
+    pub data_dir: PathBuf,
+    pub cluster_id: String,
+    pub bpm: u32,
+    pub bar_length: u64,
+    pub admin_token: Option<String>,
+    pub listen: String,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub max_skip_beats: u64,
+    pub stream_replicas: usize,
+    pub nats: NatsArgs,
+}
+
+impl Config {
+    /// Checks every rule a flag must follow, naming the flag in the error.
+    pub fn validate(self) -> anyhow::Result<Settings> {
+        let peers = parse_peers(&self.peers).context("--peers")?;
+        if !peers.contains_key(&self.node_id) {
+            bail!("--node-id {} is not among --peers {}", self.node_id, self.peers);
+        }
+        if !is_valid_cluster_id(&self.cluster) {
+            bail!("--cluster {:?} must match [A-Za-z0-9_-]{{1,64}}", self.cluster);
+        }
+        if !(1..=BPM_MAX).contains(&self.bpm) {
+            bail!("--bpm {} must be in 1..={BPM_MAX}", self.bpm);
+        }
+        if self.bar_length < 1 {
+            bail!("--bar-length must be at least 1");
+        }
+        if self.heartbeat_ms < 1 || self.election_timeout_ms <= self.heartbeat_ms {
+            bail!(
+                "--election-timeout-ms ({}) must be larger than --heartbeat-ms ({}), and both positive",
+                self.election_timeout_ms,
+                self.heartbeat_ms
+            );
+        }
+        if matches!(&self.admin_token, Some(t) if t.is_empty()) {
+            bail!("--admin-token must not be empty (leave it unset to refuse tempo changes)");
+        }
+        let max_skip_beats = if self.max_skip_beats == 0 {
+            self.bar_length.saturating_mul(5)
+        } else {
+            self.max_skip_beats
+        };
+        Ok(Settings {
+            node_id: self.node_id,
+            peers,
+            data_dir: self.data_dir,
+            cluster_id: self.cluster,
+            bpm: self.bpm,
+            bar_length: self.bar_length,
+            admin_token: self.admin_token,
+            listen: self.listen,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            max_skip_beats,
+            stream_replicas: self.stream_replicas,
+            nats: self.nats,
+        })
+    }
+}
+
+/// Parses `1=host:port,2=host:port`. Ids are unique; addresses are not checked beyond being non-empty.
+pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id.trim().parse().with_context(|| format!("{id:?} is not a node id"))?;
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.contains(':') {
+            bail!("peer {id}: {addr:?} is not HOST:PORT");
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            bail!("peer {id} is listed twice");
+        }
+    }
+    if peers.is_empty() {
+        bail!("no peers given");
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject_bad_input() {
+        let peers = parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=h:1").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&2], "127.0.0.1:7002");
+        assert!(parse_peers("").is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=nohost").is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The beat loop: only a leader holding its lease emits, on the replicated
+//! absolute-time grid, continuing from the stream's last beat, fenced by the
+//! expected last subject sequence.
+//!
+//! The loop is the only place in BACKBEAT that reads the wall clock to make
+//! time (DESIGN: "only the pulse leader reads the wall clock"). It runs on a
+//! thread of its own so that raft, HTTP and fsyncs never delay a beat.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backbeat_schemas::hlc::HlcClock;
+use backbeat_schemas::message::{BeatFrame, BeatFrameType};
+use backbeat_schemas::timestamp::format_utc_ms;
+use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::publisher::{BeatPublisher, LastBeat, PublishFailure};
+use crate::raft::contacts::Contacts;
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::Raft;
+use crate::schedule::{interval_us, Schedule};
+use crate::state::{PulseState, Request};
+
+/// The last stretch before a beat is spent spinning instead of in the timer,
+/// whose resolution is a millisecond.
+const SPIN_BEFORE_DUE: Duration = Duration::from_micros(1500);
+/// How long a follower waits between leadership checks when nothing changes.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// A fresh epoch's first beat is due this long after it is written, so it is
+/// committed before it is due.
+const EPOCH_LEAD: Duration = Duration::from_millis(50);
+/// The longest a publish or a read of the last beat may take.
+const NATS_OP_LIMIT_MAX: Duration = Duration::from_secs(1);
+
+/// Microseconds since the Unix epoch, from the wall clock.
+pub fn now_unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Everything the loop needs.
+pub struct Emitter {
+    pub settings: Settings,
+    pub raft: Raft,
+    pub state_machine: StateMachineStore,
+    pub contacts: Arc<Contacts>,
+    pub publisher: BeatPublisher,
+    pub metrics: Metrics,
+    pub status: Arc<crate::status::SharedStatus>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where the stream stands, as far as this node knows.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    /// The stream's last beat; None when the subject holds no beat.
+    last: Option<LastBeat>,
+}
+
+impl Position {
+    fn min_next(&self) -> u64 {
+        self.last.map_or(0, |l| l.beat_index + 1)
+    }
+    fn expected_sequence(&self) -> u64 {
+        self.last.map_or(0, |l| l.sequence)
+    }
+}
+
+/// Why a leading stint ended.
+enum Stop {
+    Shutdown,
+    NotLeading,
+}
+
+impl Emitter {
+    /// Runs until shutdown is signalled.
+    pub async fn run(mut self) {
+        let mut clock = HlcClock::new((self.settings.node_id & 0xffff) as u16);
+        let mut metrics_rx = self.raft.metrics();
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let Some(term) = self.leading_term() else {
+                self.status.update(|s| {
+                    s.emitting = false;
+                    s.next_beat = None;
+                    s.next_beat_due_unix_us = None;
+                });
+                tokio::select! {
+                    _ = metrics_rx.changed() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = self.shutdown.changed() => {}
+                }
+                continue;
+            };
+            match self.lead(term, &mut clock).await {
+                Ok(Stop::Shutdown) => break,
+                Ok(Stop::NotLeading) => tracing::info!(term, "stopped emitting: no longer leader with quorum"),
+                Err(problem) => {
+                    tracing::warn!(term, %problem, "cannot emit yet");
+                    self.status.update(|s| {
+                        s.emitting = false;
+                        s.problem = Some(problem);
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.heartbeat) => {}
+                        _ = self.shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        self.status.update(|s| {
+            s.emitting = false;
+            s.next_beat = None;
+        });
+        tracing::info!("emitter stopped");
+    }
+
+    /// The term this node leads with a valid lease, if it does.
+    fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return None;
+        }
+        let voters: BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+        self.contacts
+            .lease_holds(metrics.current_term, &voters, Instant::now())
+            .then_some(metrics.current_term)
+    }
+
+    /// Writes through raft (this node is leader); an error is a reason not to emit.
+    async fn write(&self, request: Request) -> Result<(), String> {
+        self.raft
+            .client_write(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("raft write failed: {e}"))
+    }
+
+    /// The replicated state, configured from this node's flags if nobody did yet.
+    async fn configured_state(&self) -> Result<PulseState, String> {
+        let state = self.state_machine.current();
+        if state.is_configured() {
+            return Ok(state);
+        }
+        self.write(Request::Configure {
+            cluster_id: self.settings.cluster_id.clone(),
+            bar_length: self.settings.bar_length,
+            bpm: self.settings.bpm,
+        })
+        .await?;
+        let state = self.state_machine.current();
+        if state.cluster_id.as_deref() != Some(&self.settings.cluster_id)
+            || state.bar_length != self.settings.bar_length
+        {
+            tracing::warn!(
+                replicated_cluster = ?state.cluster_id,
+                replicated_bar_length = state.bar_length,
+                "the group was configured with another --cluster/--bar-length; the group's values win"
+            );
+        }
+        Ok(state)
+    }
+
+    fn nats_limit(&self, bpm: u32) -> Duration {
+        Duration::from_micros(interval_us(bpm) as u64).min(NATS_OP_LIMIT_MAX)
+    }
+
+    /// Reads the stream's last beat and merges its HLC; `Err` when NATS does not answer.
+    async fn resync(&self, cluster_id: &str, bpm: u32, clock: &mut HlcClock) -> Result<Position, String> {
+        let last = self
+            .publisher
+            .last_beat(cluster_id, self.nats_limit(bpm))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(last) = last {
+            clock.receive(last.hlc, (now_unix_us() / 1000) as u64);
+            self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
+        }
+        Ok(Position { last })
+    }
+
+    /// Makes sure the grid exists and puts `min_next` within reach: a missing
+    /// epoch, a gap larger than `--max-skip-beats`, or a stream ahead of the
+    /// grid (clock trouble) re-anchors the grid at `min_next`.
+    async fn ensure_grid(&self, min_next: u64) -> Result<Schedule, String> {
+        let state = self.configured_state().await?;
+        let now = now_unix_us();
+        let fits = state.schedule().is_some_and(|schedule| {
+            let next = schedule.next_beat(now, min_next);
+            let ahead_us = schedule.due_unix_us(min_next) - now;
+            next - min_next <= self.settings.max_skip_beats && ahead_us <= 2 * interval_us(schedule.bpm_of(min_next))
+        });
+        if !fits {
+            let unix_us = now + EPOCH_LEAD.as_micros() as i64;
+            tracing::info!(beat = min_next, unix_us, "anchoring the beat schedule");
+            self.write(Request::SetEpoch {
+                beat: min_next,
+                unix_us,
+            })
+            .await?;
+        }
+        self.state_machine
+            .current()
+            .schedule()
+            .ok_or_else(|| "the schedule has no epoch after anchoring it".to_string())
+    }
+
+    /// One stint as leader of `term`.
+    async fn lead(&mut self, term: u64, clock: &mut HlcClock) -> Result<Stop, String> {
+        let state = self.configured_state().await?;
+        let cluster_id = state
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| self.settings.cluster_id.clone());
+        let mut position = self.resync(&cluster_id, state.tempo_bpm, clock).await?;
+        let schedule = self.ensure_grid(position.min_next()).await?;
+        let mut next = schedule.next_beat(now_unix_us(), position.min_next());
+        let mut need_resync = false;
+        tracing::info!(term, next, last = ?position.last, "leading: emitting beats");
+        self.status.update(|s| {
+            s.emitting = true;
+            s.problem = None;
+        });
+
+        loop {
+            let state = self.state_machine.current();
+            let Some(schedule) = state.schedule() else {
+                return Err("the schedule lost its epoch".into());
+            };
+            let due = schedule.due_unix_us(next);
+            self.status.update(|s| {
+                s.next_beat = Some(next);
+                s.next_beat_due_unix_us = Some(due);
+            });
+            if self.sleep_until(due).await {
+                return Ok(Stop::Shutdown);
+            }
+            if self.leading_term() != Some(term) {
+                return Ok(Stop::NotLeading);
+            }
+            let bpm = schedule.bpm_of(next);
+            if need_resync {
+                match self.resync(&cluster_id, bpm, clock).await {
+                    Ok(fresh) => {
+                        need_resync = false;
+                        position = fresh;
+                        let resumed = schedule.next_beat(now_unix_us(), position.min_next());
+                        if resumed != next {
+                            tracing::info!(planned = next, resumed, "resynchronised with the stream");
+                            if resumed - position.min_next() > self.settings.max_skip_beats {
+                                // A long outage: re-anchor rather than jump.
+                                self.ensure_grid(position.min_next()).await?;
+                                next = self
+                                    .state_machine
+                                    .current()
+                                    .schedule()
+                                    .map_or(resumed, |s| s.next_beat(now_unix_us(), position.min_next()));
+                            } else {
+                                next = resumed;
+                            }
+                            continue;
+                        }
+                    }
+                    Err(problem) => {
+                        self.unpublished(next, &problem);
+                        next += 1;
+                        continue;
+                    }
+                }
+            }
+            if !self.publisher.is_connected() {
+                self.unpublished(next, "NATS disconnected");
+                need_resync = true;
+                next += 1;
+                continue;
+            }
+            let frame = self.frame(&cluster_id, state.bar_length, &schedule, next, clock);
+            let published_at = now_unix_us();
+            let jitter_us = (published_at - due).max(0);
+            match self
+                .publisher
+                .publish(&frame, position.expected_sequence(), published_at, self.nats_limit(bpm))
+                .await
+            {
+                Ok(sequence) => {
+                    self.metrics.jitter_seconds.observe(jitter_us as f64 / 1e6);
+                    self.metrics.beats_total.inc();
+                    self.metrics.current_tempo_bpm.set(i64::from(bpm));
+                    position.last = Some(LastBeat {
+                        beat_index: next,
+                        sequence,
+                        hlc: frame.hlc,
+                    });
+                    self.status.update(|s| {
+                        s.last_beat_emitted = Some(next);
+                        s.last_beat_seen = Some(next);
+                        s.problem = None;
+                    });
+                    next += 1;
+                }
+                Err(PublishFailure::Fenced(reason)) => {
+                    // Someone else appended: re-read at once and continue after it,
+                    // if raft still says this node leads.
+                    self.metrics.publish_failures_total.inc();
+                    tracing::warn!(beat = next, %reason, "beat refused by the stream fence; re-reading the stream");
+                    need_resync = true;
+                }
+                Err(PublishFailure::Unavailable(reason)) => {
+                    self.unpublished(next, &reason);
+                    self.metrics.publish_failures_total.inc();
+                    need_resync = true;
+                    next += 1;
+                }
+            }
+        }
+    }
+
+    fn unpublished(&self, beat: u64, reason: &str) {
+        self.metrics.beats_unpublished_total.inc();
+        tracing::warn!(beat, reason, "beat not published");
+        self.status
+            .update(|s| s.problem = Some(format!("beat {beat} not published: {reason}")));
+    }
+
+    /// The frame of `beat` (SPEC §2, §4); `deadline_at` is when the next beat is due.
+    fn frame(
+        &self,
+        cluster_id: &str,
+        bar_length: u64,
+        schedule: &Schedule,
+        beat: u64,
+        clock: &mut HlcClock,
+    ) -> BeatFrame {
+        let next_due_ms = schedule.due_unix_us(beat + 1).div_euclid(1000);
+        BeatFrame {
+            kind: BeatFrameType,
+            cluster_id: cluster_id.to_string(),
+            beat_index: beat,
+            downbeat: is_downbeat(beat, bar_length),
+            phase: phase_of(beat, bar_length),
+            hlc: clock.send((now_unix_us() / 1000) as u64),
+            deadline_at: format_utc_ms(next_due_ms),
+            tempo_bpm: schedule.bpm_of(beat),
+            window_id: window_id(cluster_id, bar_length, window_of(beat, bar_length)),
+        }
+    }
+
+    /// Sleeps until the wall clock reads `due_unix_us`: the timer for most of the
+    /// way, a spin for the last stretch. Returns true when shutdown was signalled.
+    async fn sleep_until(&mut self, due_unix_us: i64) -> bool {
+        let remaining_us = due_unix_us - now_unix_us();
+        let spin_us = SPIN_BEFORE_DUE.as_micros() as i64;
+        if remaining_us > spin_us {
+            let wake = tokio::time::Instant::now() + Duration::from_micros((remaining_us - spin_us) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.shutdown.changed() => return true,
+            }
+        }
+        while now_unix_us() < due_unix_us {
+            std::hint::spin_loop();
+        }
+        *self.shutdown.borrow()
+    }
+}

@@ -1,0 +1,88 @@
+//! The pulse's Prometheus metrics. Names are the ones users' dashboards already
+//! chart (`examples/README.md`), plus the pulse's own failure counters.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+/// Jitter buckets, in seconds: fine from 50 µs up to a whole second.
+pub const JITTER_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0,
+];
+
+/// Every metric the pulse exports, registered in `registry`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Beats this node published and the stream stored.
+    pub beats_total: IntCounter,
+    /// Actual − scheduled publish time of each beat this node emitted.
+    pub jitter_seconds: Histogram,
+    /// 1 while this node is the raft leader, else 0.
+    pub is_leader: IntGauge,
+    /// The tempo of the last beat emitted (or the configured tempo before that).
+    pub current_tempo_bpm: IntGauge,
+    /// Times this node saw the group's leader change.
+    pub leader_changes_total: IntCounter,
+    /// Publishes that failed (no ack, timeout, refused by the fence).
+    pub publish_failures_total: IntCounter,
+    /// Beats the schedule called for while this node led but that are not in the stream
+    /// because NATS was unreachable.
+    pub beats_unpublished_total: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics. Panics only on duplicate registration, a programmer's error.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let beats_total = IntCounter::new("backbeat_beats_total", "Beats published by this node").expect("metric");
+        let jitter_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "backbeat_pulse_jitter_seconds",
+                "Actual minus scheduled publish time of each beat",
+            )
+            .buckets(JITTER_BUCKETS_SECONDS.to_vec()),
+        )
+        .expect("metric");
+        let is_leader = IntGauge::new("backbeat_is_leader", "1 on the raft leader, else 0").expect("metric");
+        let current_tempo_bpm =
+            IntGauge::new("backbeat_current_tempo_bpm", "Tempo of the last beat, beats per minute").expect("metric");
+        let leader_changes_total = IntCounter::new(
+            "backbeat_pulse_leader_changes_total",
+            "Leader changes seen by this node",
+        )
+        .expect("metric");
+        let publish_failures_total =
+            IntCounter::new("backbeat_pulse_publish_failures_total", "Beat publishes that failed").expect("metric");
+        let beats_unpublished_total = IntCounter::new(
+            "backbeat_pulse_beats_unpublished_total",
+            "Scheduled beats not published because NATS was unreachable",
+        )
+        .expect("metric");
+        for collector in [
+            Box::new(beats_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jitter_seconds.clone()),
+            Box::new(is_leader.clone()),
+            Box::new(current_tempo_bpm.clone()),
+            Box::new(leader_changes_total.clone()),
+            Box::new(publish_failures_total.clone()),
+            Box::new(beats_unpublished_total.clone()),
+        ] {
+            registry.register(collector).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            beats_total,
+            jitter_seconds,
+            is_leader,
+            current_tempo_bpm,
+            leader_changes_total,
+            publish_failures_total,
+            beats_unpublished_total,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

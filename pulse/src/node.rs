@@ -1,0 +1,144 @@
+//! Wiring of one pulse node: raft, HTTP, NATS, the emitter thread, metrics, and
+//! an orderly shutdown (stop emitting, leave raft, flush NATS, stop HTTP).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backbeat_service::admin::{admin_router, serve_admin, AdminState};
+use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
+use openraft::ServerState;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::emitter::Emitter;
+use crate::http::{self, ApiState};
+use crate::metrics::Metrics;
+use crate::publisher::BeatPublisher;
+use crate::raft;
+use crate::status::SharedStatus;
+
+/// Runs the node until SIGTERM/Ctrl-C.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    metrics.current_tempo_bpm.set(i64::from(settings.bpm));
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating --data-dir {}", settings.data_dir.display()))?;
+
+    let started = raft::start(
+        settings.node_id,
+        &settings.peers,
+        &settings.data_dir,
+        settings.heartbeat,
+        settings.election_timeout,
+    )
+    .await?;
+    let status = Arc::new(SharedStatus::default());
+    let settings = Arc::new(settings);
+    let api = ApiState {
+        settings: settings.clone(),
+        raft: started.raft.clone(),
+        state_machine: started.state_machine.clone(),
+        contacts: started.contacts.clone(),
+        status: status.clone(),
+        client: reqwest::Client::new(),
+    };
+
+    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let ready_api = api.clone();
+    let status_api = api.clone();
+    let admin = AdminState::new(
+        metrics.registry.clone(),
+        move || http::degraded_reason(&ready_api).map_or(Ok(()), |reason| Err(format!("degraded: {reason}"))),
+        move || http::status_json(&status_api),
+    );
+    let router = admin_router(admin)
+        .merge(http::router(api.clone()))
+        .merge(raft::rpc::router(started.raft.clone(), started.contacts.clone()));
+    let (addr, http_task) = serve_admin(&settings.listen, router, async move {
+        let _ = http_stop_rx.wait_for(|stop| *stop).await;
+    })
+    .await?;
+    tracing::info!(%addr, node_id = settings.node_id, "pulse node serving");
+
+    tokio::spawn(watch_leadership(started.raft.clone(), metrics.clone()));
+
+    let nats = settings
+        .nats
+        .connect(&format!("backbeat-pulse-{}", settings.node_id))
+        .await?;
+    let mut js = async_nats::jetstream::new(nats.clone());
+    js.set_timeout(Duration::from_secs(1));
+    let stream = ensure_stream(
+        &js,
+        events_config(StreamOptions {
+            replicas: settings.stream_replicas,
+        }),
+    )
+    .await?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let emitter = Emitter {
+        settings: (*settings).clone(),
+        raft: started.raft.clone(),
+        state_machine: started.state_machine.clone(),
+        contacts: started.contacts.clone(),
+        publisher: BeatPublisher::new(nats.clone(), js, stream),
+        metrics: metrics.clone(),
+        status,
+        shutdown: shutdown_rx,
+    };
+    // A thread and runtime of its own: nothing else's work can delay a beat.
+    let emitter_thread = std::thread::Builder::new()
+        .name("pulse-emitter".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building the emitter runtime");
+            runtime.block_on(emitter.run());
+        })
+        .context("starting the emitter thread")?;
+
+    backbeat_service::shutdown_signal().await;
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || emitter_thread.join()).await;
+    if let Err(e) = started.raft.shutdown().await {
+        tracing::warn!(%e, "raft shutdown");
+    }
+    if let Err(e) = nats.flush().await {
+        tracing::warn!(%e, "flushing NATS");
+    }
+    let _ = http_stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => tracing::warn!(%e, "HTTP task"),
+        Err(_) => tracing::warn!("HTTP did not drain within 5 s"),
+    }
+    tracing::info!("pulse node stopped");
+    Ok(())
+}
+
+/// Keeps `backbeat_is_leader` and the leader-change counter up to date.
+async fn watch_leadership(raft: raft::Raft, metrics: Metrics) {
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    loop {
+        let (state, leader, term) = {
+            let m = rx.borrow_and_update();
+            (m.state, m.current_leader, m.current_term)
+        };
+        metrics.is_leader.set(i64::from(state == ServerState::Leader));
+        if leader.is_some() && leader != last_leader {
+            if last_leader.is_some() {
+                metrics.leader_changes_total.inc();
+            }
+            tracing::info!(?leader, term, "leader changed");
+            last_leader = leader;
+        }
+        if rx.changed().await.is_err() {
+            metrics.is_leader.set(0);
+            return;
+        }
+    }
+}

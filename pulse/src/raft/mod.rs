@@ -1,0 +1,90 @@
+//! The raft group: openraft's type configuration, the durable stores, the HTTP
+//! transport, and start-up (including the one-time initialisation).
+
+pub mod contacts;
+pub mod durable;
+pub mod log_store;
+pub mod network;
+pub mod rpc;
+pub mod state_machine;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use openraft::BasicNode;
+
+use crate::state::{Request, Response};
+
+/// Raft node ids are the `--node-id` numbers.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The pulse group's raft types: requests and responses of [`crate::state`].
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, BasicNode, RaftError<E>>;
+pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, BasicNode>;
+
+/// What starting the group returns.
+pub struct Started {
+    pub raft: Raft,
+    pub state_machine: state_machine::StateMachineStore,
+    pub contacts: Arc<contacts::Contacts>,
+}
+
+/// Opens the stores under `data_dir`, starts the raft node, and initialises the
+/// group when this node has the lowest id and an empty log. A node with state
+/// never initialises again, and "already initialised" is not an error.
+pub async fn start(
+    node_id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    data_dir: &std::path::Path,
+    heartbeat: Duration,
+    election_timeout: Duration,
+) -> anyhow::Result<Started> {
+    let config = openraft::Config {
+        cluster_name: "backbeat-pulse".into(),
+        heartbeat_interval: heartbeat.as_millis() as u64,
+        election_timeout_min: election_timeout.as_millis() as u64,
+        election_timeout_max: election_timeout.as_millis() as u64 * 2,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().context("raft configuration")?);
+    let log_store = log_store::FileLogStore::open(&data_dir.join("raft-log")).context("opening the raft log")?;
+    let log_was_empty = log_store.is_empty();
+    let state_machine =
+        state_machine::StateMachineStore::open(&data_dir.join("state")).context("opening the state machine")?;
+    let contacts = Arc::new(contacts::Contacts::new(node_id, election_timeout));
+    let network = network::HttpNetwork::new(contacts.clone());
+    let raft = openraft::Raft::new(node_id, config, network, log_store, state_machine.clone())
+        .await
+        .context("starting raft")?;
+
+    let lowest = *peers.keys().next().context("no peers")?;
+    if node_id == lowest && log_was_empty {
+        let members: BTreeMap<NodeId, BasicNode> = peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id, "raft group initialised"),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
+                tracing::info!(node_id, %e, "raft group already initialised")
+            }
+            Err(e) => return Err(e).context("initialising the raft group"),
+        }
+    }
+    Ok(Started {
+        raft,
+        state_machine,
+        contacts,
+    })
+}

@@ -1,0 +1,228 @@
+//! The replicated state of the pulse group and the pure `apply` of raft requests.
+//!
+//! Every node applies the same committed requests in the same order and gets
+//! the same state, so whichever node leads computes the same schedule. `apply`
+//! reads no clock: times in it come from the request, written by the leader.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Schedule, TempoChange};
+
+/// The point the schedule grid hangs from: `beat` is due at `unix_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoch {
+    pub beat: u64,
+    pub unix_us: i64,
+}
+
+/// What the group agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PulseState {
+    /// Set once by the first leader from its flags; the group keeps it for good.
+    pub cluster_id: Option<String>,
+    /// Beats per bar; 0 until configured.
+    pub bar_length: u64,
+    /// Tempo at the epoch (before `pending`).
+    pub tempo_bpm: u32,
+    /// A change accepted but not yet folded into the epoch.
+    pub pending: Option<TempoChange>,
+    /// None until the first leader anchors the schedule.
+    pub epoch: Option<Epoch>,
+}
+
+/// A write to the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The first leader's flags. Applied only while the state is unconfigured.
+    Configure {
+        cluster_id: String,
+        bar_length: u64,
+        bpm: u32,
+    },
+    /// (Re-)anchor the grid: `beat` is due at `unix_us`.
+    SetEpoch { beat: u64, unix_us: i64 },
+    /// Beats `>= at_beat` run at `bpm`.
+    ChangeTempo { bpm: u32, at_beat: u64 },
+}
+
+/// What applying a request did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Nothing to say (blank and membership entries).
+    None,
+    Applied,
+    /// The request was valid raft-wise but left the state alone, and why.
+    Ignored(String),
+}
+
+impl PulseState {
+    /// Whether the first leader has configured the group.
+    pub fn is_configured(&self) -> bool {
+        self.cluster_id.is_some()
+    }
+
+    /// The grid, once anchored.
+    pub fn schedule(&self) -> Option<Schedule> {
+        self.epoch.map(|epoch| Schedule {
+            anchor_beat: epoch.beat,
+            anchor_unix_us: epoch.unix_us,
+            bpm: self.tempo_bpm,
+            pending: self.pending,
+        })
+    }
+
+    /// Applies one committed request.
+    pub fn apply(&mut self, request: &Request) -> Response {
+        match request {
+            Request::Configure {
+                cluster_id,
+                bar_length,
+                bpm,
+            } => {
+                if self.is_configured() {
+                    return Response::Ignored("already configured".into());
+                }
+                self.cluster_id = Some(cluster_id.clone());
+                self.bar_length = *bar_length;
+                self.tempo_bpm = *bpm;
+                Response::Applied
+            }
+            Request::SetEpoch { beat, unix_us } => {
+                // A change that is due at or before the new anchor becomes the base
+                // tempo; a later one stays pending.
+                if let Some(change) = self.pending {
+                    if change.at_beat <= *beat {
+                        self.tempo_bpm = change.bpm;
+                        self.pending = None;
+                    }
+                }
+                self.epoch = Some(Epoch {
+                    beat: *beat,
+                    unix_us: *unix_us,
+                });
+                Response::Applied
+            }
+            Request::ChangeTempo { bpm, at_beat } => {
+                let Some(schedule) = self.schedule() else {
+                    // Nothing emitted yet: the tempo simply starts as asked.
+                    self.tempo_bpm = *bpm;
+                    self.pending = None;
+                    return Response::Applied;
+                };
+                if let Some(previous) = self.pending {
+                    if previous.at_beat <= *at_beat {
+                        // Fold the earlier change into the anchor so at most one stays pending;
+                        // the grid up to `at_beat` is unchanged by this.
+                        let anchor_beat = previous.at_beat.max(schedule.anchor_beat);
+                        self.epoch = Some(Epoch {
+                            beat: anchor_beat,
+                            unix_us: schedule.due_unix_us(anchor_beat),
+                        });
+                        self.tempo_bpm = previous.bpm;
+                    }
+                    // Otherwise the later change is superseded; the HTTP layer refuses
+                    // such requests, so this is only reached by a defensive rule.
+                }
+                self.pending = Some(TempoChange {
+                    bpm: *bpm,
+                    at_beat: *at_beat,
+                });
+                Response::Applied
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configured() -> PulseState {
+        let mut state = PulseState::default();
+        let configure = Request::Configure {
+            cluster_id: "c1".into(),
+            bar_length: 4,
+            bpm: 120,
+        };
+        assert_eq!(state.apply(&configure), Response::Applied);
+        state
+    }
+
+    #[test]
+    fn configure_applies_once() {
+        let mut state = configured();
+        let again = Request::Configure {
+            cluster_id: "other".into(),
+            bar_length: 8,
+            bpm: 60,
+        };
+        assert!(matches!(state.apply(&again), Response::Ignored(_)));
+        assert_eq!(state.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(state.bar_length, 4);
+    }
+
+    #[test]
+    fn tempo_before_epoch_applies_at_once() {
+        let mut state = configured();
+        state.apply(&Request::ChangeTempo { bpm: 130, at_beat: 8 });
+        assert_eq!(state.tempo_bpm, 130);
+        assert_eq!(state.pending, None);
+    }
+
+    #[test]
+    fn successive_changes_fold_without_moving_the_grid() {
+        let mut state = configured();
+        state.apply(&Request::SetEpoch {
+            beat: 0,
+            unix_us: 1_000_000,
+        });
+        state.apply(&Request::ChangeTempo { bpm: 130, at_beat: 4 });
+        let before = state.schedule().unwrap();
+        state.apply(&Request::ChangeTempo { bpm: 140, at_beat: 8 });
+        let after = state.schedule().unwrap();
+        assert_eq!(state.epoch.unwrap().beat, 4);
+        assert_eq!(state.tempo_bpm, 130);
+        assert_eq!(state.pending, Some(TempoChange { bpm: 140, at_beat: 8 }));
+        // Beats from the new anchor on keep their due times (earlier ones are already emitted).
+        for beat in 4..=8 {
+            assert_eq!(before.due_unix_us(beat), after.due_unix_us(beat), "beat {beat}");
+        }
+        assert_eq!(after.bpm_of(7), 130);
+        assert_eq!(after.bpm_of(8), 140);
+    }
+
+    #[test]
+    fn re_anchoring_folds_a_reached_change() {
+        let mut state = configured();
+        state.apply(&Request::SetEpoch { beat: 0, unix_us: 0 });
+        state.apply(&Request::ChangeTempo { bpm: 130, at_beat: 4 });
+        state.apply(&Request::SetEpoch {
+            beat: 2,
+            unix_us: 5_000_000,
+        });
+        assert_eq!(state.tempo_bpm, 120, "change at 4 not reached by an anchor at 2");
+        assert!(state.pending.is_some());
+        state.apply(&Request::SetEpoch {
+            beat: 10,
+            unix_us: 9_000_000,
+        });
+        assert_eq!(state.tempo_bpm, 130);
+        assert_eq!(state.pending, None);
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let requests = [
+            Request::SetEpoch { beat: 3, unix_us: 77 },
+            Request::ChangeTempo { bpm: 125, at_beat: 8 },
+            Request::ChangeTempo { bpm: 130, at_beat: 12 },
+        ];
+        let mut a = configured();
+        let mut b = configured();
+        for r in &requests {
+            a.apply(r);
+            b.apply(r);
+        }
+        assert_eq!(a, b);
+    }
+}
