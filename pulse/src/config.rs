@@ -46,7 +46,9 @@ pub struct Config {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "BACKBEAT_HEARTBEAT_MS", default_value_t = 250)]
     pub heartbeat_ms: u64,
-    /// Raft election timeout (minimum) in milliseconds; the maximum is twice this.
+    /// Raft election timeout in milliseconds: the longest a follower waits after
+    /// its leader's last heartbeat before it stands for election (it stands
+    /// after 3/4 to all of this). Must be more than 4 × --heartbeat-ms.
     #[arg(long, env = "BACKBEAT_ELECTION_TIMEOUT_MS", default_value_t = 1500)]
     pub election_timeout_ms: u64,
     /// When the schedule would skip more beats than this (a long outage), the
@@ -96,9 +98,9 @@ impl Config {
         if self.bar_length < 1 {
             bail!("--bar-length must be at least 1");
         }
-        if self.heartbeat_ms < 1 || self.election_timeout_ms <= self.heartbeat_ms {
+        if self.heartbeat_ms < 1 || self.election_timeout_ms / 4 <= self.heartbeat_ms {
             bail!(
-                "--election-timeout-ms ({}) must be larger than --heartbeat-ms ({}), and both positive",
+                "--election-timeout-ms ({}) must be more than 4 × --heartbeat-ms ({}), and both positive",
                 self.election_timeout_ms,
                 self.heartbeat_ms
             );

@@ -31,6 +31,10 @@ use crate::state::{PulseState, Request};
 const SPIN_BEFORE_DUE: Duration = Duration::from_micros(1500);
 /// How long a follower waits between leadership checks when nothing changes.
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How often a node that does not lead reads the stream's last beat (for its status).
+const FOLLOW_READ_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest that read may take; it is only for display.
+const FOLLOW_READ_LIMIT: Duration = Duration::from_millis(200);
 /// A fresh epoch's first beat is due this long after it is written, so it is
 /// committed before it is due.
 const EPOCH_LEAD: Duration = Duration::from_millis(50);
@@ -83,6 +87,7 @@ impl Emitter {
     pub async fn run(mut self) {
         let mut clock = HlcClock::new((self.settings.node_id & 0xffff) as u16);
         let mut metrics_rx = self.raft.metrics();
+        let mut last_follow_read: Option<Instant> = None;
         loop {
             if *self.shutdown.borrow() {
                 break;
@@ -93,6 +98,10 @@ impl Emitter {
                     s.next_beat = None;
                     s.next_beat_due_unix_us = None;
                 });
+                if last_follow_read.is_none_or(|at| at.elapsed() >= FOLLOW_READ_INTERVAL) {
+                    last_follow_read = Some(Instant::now());
+                    self.follow_stream().await;
+                }
                 tokio::select! {
                     _ = metrics_rx.changed() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
@@ -121,6 +130,21 @@ impl Emitter {
             s.next_beat = None;
         });
         tracing::info!("emitter stopped");
+    }
+
+    /// On a node that does not lead: notes the stream's last beat for `/api/v1/status`.
+    async fn follow_stream(&self) {
+        if !self.publisher.is_connected() {
+            return;
+        }
+        let cluster_id = self
+            .state_machine
+            .current()
+            .cluster_id
+            .unwrap_or_else(|| self.settings.cluster_id.clone());
+        if let Ok(Some(last)) = self.publisher.last_beat(&cluster_id, FOLLOW_READ_LIMIT).await {
+            self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
+        }
     }
 
     /// The term this node leads with a valid lease, if it does.
@@ -231,11 +255,7 @@ impl Emitter {
         });
 
         loop {
-            let state = self.state_machine.current();
-            let Some(schedule) = state.schedule() else {
-                return Err("the schedule lost its epoch".into());
-            };
-            let due = schedule.due_unix_us(next);
+            let due = self.current_schedule()?.due_unix_us(next);
             self.status.update(|s| {
                 s.next_beat = Some(next);
                 s.next_beat_due_unix_us = Some(due);
@@ -246,7 +266,19 @@ impl Emitter {
             if self.leading_term() != Some(term) {
                 return Ok(Stop::NotLeading);
             }
+            // Read again after the sleep: a tempo change committed meanwhile applies at
+            // `next` at the earliest (the tempo handler aims past the planned beat), so
+            // it leaves `due` alone but may change this beat's tempo and the next due time.
+            let state = self.state_machine.current();
+            let schedule = self.current_schedule()?;
             let bpm = schedule.bpm_of(next);
+            if !self.publisher.is_connected() {
+                // A publish now would sit in the client's buffer; the schedule goes on.
+                self.unpublished(next, "NATS disconnected");
+                need_resync = true;
+                next += 1;
+                continue;
+            }
             if need_resync {
                 match self.resync(&cluster_id, bpm, clock).await {
                     Ok(fresh) => {
@@ -275,12 +307,6 @@ impl Emitter {
                         continue;
                     }
                 }
-            }
-            if !self.publisher.is_connected() {
-                self.unpublished(next, "NATS disconnected");
-                need_resync = true;
-                next += 1;
-                continue;
             }
             let frame = self.frame(&cluster_id, state.bar_length, &schedule, next, clock);
             let published_at = now_unix_us();
@@ -321,6 +347,13 @@ impl Emitter {
                 }
             }
         }
+    }
+
+    fn current_schedule(&self) -> Result<Schedule, String> {
+        self.state_machine
+            .current()
+            .schedule()
+            .ok_or_else(|| "the schedule lost its epoch".to_string())
     }
 
     fn unpublished(&self, beat: u64, reason: &str) {

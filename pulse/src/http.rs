@@ -43,6 +43,8 @@ pub struct ApiState {
     pub contacts: Arc<Contacts>,
     pub status: Arc<SharedStatus>,
     pub client: reqwest::Client,
+    /// Set once the node has connected to NATS.
+    pub nats: Arc<std::sync::OnceLock<async_nats::Client>>,
 }
 
 /// `POST /api/v1/tempo`.
@@ -220,9 +222,16 @@ async fn forward(api: &ApiState, leader: Option<u64>, headers: &HeaderMap, body:
     }
 }
 
-/// Why this node cannot do its job, if so: no leader, a leader without quorum,
+/// Why this node cannot do its job, if so: no NATS, no leader, a leader without quorum,
 /// a leader out of touch, or an emitter problem on the leader.
 pub fn degraded_reason(api: &ApiState) -> Option<String> {
+    match api.nats.get() {
+        None => return Some("connecting to NATS".into()),
+        Some(client) if client.connection_state() != async_nats::connection::State::Connected => {
+            return Some("NATS disconnected".into())
+        }
+        Some(_) => {}
+    }
     let metrics = api.raft.metrics().borrow().clone();
     let election_timeout = api.settings.election_timeout;
     match (metrics.state, metrics.current_leader) {
@@ -240,12 +249,10 @@ pub fn degraded_reason(api: &ApiState) -> Option<String> {
             }
         }
         (_, Some(leader)) => {
-            let health = api.contacts.health(&api.settings.peers);
-            let fresh = health
-                .iter()
-                .find(|p| p.node_id == leader)
-                .and_then(|p| p.last_contact_ms)
-                .is_some_and(|ms| ms < election_timeout.as_millis() as u64);
+            let fresh = api
+                .contacts
+                .since_raft_contact(leader)
+                .is_some_and(|since| since < election_timeout);
             (!fresh).then(|| format!("leader {leader} not heard from within the election timeout"))
         }
     }
@@ -264,10 +271,14 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
     };
-    let schedule = state.schedule();
-    let current_tempo = match (schedule, emitter.last_beat_seen) {
-        (Some(s), Some(last)) => s.bpm_of(last),
-        _ => state.tempo_bpm,
+    // The tempo in force: of the last beat this node emitted or saw, or else
+    // of the beat the grid has reached by now.
+    let current_tempo = match state.schedule() {
+        Some(schedule) => {
+            let grid_beat = schedule.first_beat_due_at_or_after(now_unix_us() + 1).saturating_sub(1);
+            schedule.bpm_of(emitter.last_beat_seen.map_or(grid_beat, |seen| seen.max(grid_beat)))
+        }
+        None => state.tempo_bpm,
     };
     json!({
         "node_id": api.settings.node_id,
@@ -280,8 +291,8 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
         "pending_change": state.pending,
         "epoch": state.epoch,
         "emitting": emitter.emitting,
+        "last_beat": emitter.last_beat_seen,
         "last_beat_emitted": emitter.last_beat_emitted,
-        "last_beat_seen": emitter.last_beat_seen,
         "next_beat": emitter.next_beat,
         "peers": api.contacts.health(&api.settings.peers),
         "raft": {

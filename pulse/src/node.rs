@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::Context;
 use backbeat_service::admin::{admin_router, serve_admin, AdminState};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
 use openraft::ServerState;
@@ -16,7 +18,13 @@ use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
 use crate::publisher::BeatPublisher;
 use crate::raft;
+use crate::raft::contacts::Contacts;
 use crate::status::SharedStatus;
+
+/// Pause between attempts to reach NATS at start-up.
+const NATS_RETRY: Duration = Duration::from_secs(1);
+/// Peers are probed no more often than this.
+const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// Runs the node until SIGTERM/Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -42,6 +50,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         contacts: started.contacts.clone(),
         status: status.clone(),
         client: reqwest::Client::new(),
+        nats: Arc::new(std::sync::OnceLock::new()),
     };
 
     let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
@@ -63,19 +72,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     tokio::spawn(watch_leadership(started.raft.clone(), metrics.clone()));
 
-    let nats = settings
-        .nats
-        .connect(&format!("backbeat-pulse-{}", settings.node_id))
-        .await?;
-    let mut js = async_nats::jetstream::new(nats.clone());
-    js.set_timeout(Duration::from_secs(1));
-    let stream = ensure_stream(
-        &js,
-        events_config(StreamOptions {
-            replicas: settings.stream_replicas,
-        }),
-    )
-    .await?;
+    tokio::spawn(probe_peers(settings.clone(), started.contacts.clone()));
+
+    // Raft and HTTP run without NATS; the emitter needs it. Keep trying until it
+    // answers (or the node is told to stop), instead of exiting.
+    let mut shutdown_signal = std::pin::pin!(backbeat_service::shutdown_signal());
+    let connected = tokio::select! {
+        connected = connect_nats(&settings) => Some(connected),
+        _ = &mut shutdown_signal => None,
+    };
+    let Some((nats, js, stream)) = connected else {
+        return stop(started.raft, http_stop_tx, http_task, None).await;
+    };
+    let _ = api.nats.set(nats.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let emitter = Emitter {
@@ -100,14 +109,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })
         .context("starting the emitter thread")?;
 
-    backbeat_service::shutdown_signal().await;
+    shutdown_signal.await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || emitter_thread.join()).await;
-    if let Err(e) = started.raft.shutdown().await {
+    stop(started.raft, http_stop_tx, http_task, Some(nats)).await
+}
+
+/// The orderly end: the emitter has stopped; leave raft, flush NATS, drain HTTP.
+async fn stop(
+    raft: raft::Raft,
+    http_stop_tx: watch::Sender<bool>,
+    http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    nats: Option<async_nats::Client>,
+) -> anyhow::Result<()> {
+    if let Err(e) = raft.shutdown().await {
         tracing::warn!(%e, "raft shutdown");
     }
-    if let Err(e) = nats.flush().await {
-        tracing::warn!(%e, "flushing NATS");
+    if let Some(nats) = nats {
+        if let Err(e) = nats.flush().await {
+            tracing::warn!(%e, "flushing NATS");
+        }
     }
     let _ = http_stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {
@@ -117,6 +138,64 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!("pulse node stopped");
     Ok(())
+}
+
+/// Connects to NATS and makes sure `BACKBEAT_EVENTS` exists, retrying until both
+/// succeed; the caller races it against the shutdown signal.
+async fn connect_nats(settings: &Settings) -> (async_nats::Client, Context, Stream) {
+    loop {
+        match try_connect_nats(settings).await {
+            Ok(connected) => return connected,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "NATS not usable yet; retrying");
+                tokio::time::sleep(NATS_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn try_connect_nats(settings: &Settings) -> anyhow::Result<(async_nats::Client, Context, Stream)> {
+    let nats = settings
+        .nats
+        .connect(&format!("backbeat-pulse-{}", settings.node_id))
+        .await?;
+    let mut js = async_nats::jetstream::new(nats.clone());
+    js.set_timeout(Duration::from_secs(1));
+    let stream = ensure_stream(
+        &js,
+        events_config(StreamOptions {
+            replicas: settings.stream_replicas,
+        }),
+    )
+    .await?;
+    Ok((nats, js, stream))
+}
+
+/// Asks every peer's `/health` once per heartbeat, for the peer health in `/api/v1/status`
+/// (followers exchange no raft messages with each other).
+async fn probe_peers(settings: Arc<Settings>, contacts: Arc<Contacts>) {
+    let client = reqwest::Client::builder()
+        .timeout(settings.election_timeout)
+        .build()
+        .expect("building an HTTP client with static options");
+    let mut tick = tokio::time::interval(settings.heartbeat.max(PROBE_INTERVAL_MIN));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let probes = settings
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != settings.node_id)
+            .map(|(id, addr)| {
+                let request = client.get(format!("http://{addr}/health")).send();
+                async move { (*id, request.await) }
+            });
+        for (id, answer) in futures::future::join_all(probes).await {
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                contacts.record_health_answer(id);
+            }
+        }
+    }
 }
 
 /// Keeps `backbeat_is_leader` and the leader-change counter up to date.

@@ -19,16 +19,20 @@ use super::NodeId;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct PeerContact {
-    /// Last successful exchange with the peer, either direction.
-    last_contact: Option<Instant>,
+    /// Last successful raft exchange with the peer, either direction.
+    last_raft_contact: Option<Instant>,
     /// Term and send time of the latest append-entries the peer acknowledged.
     last_ack: Option<(u64, Instant)>,
+    /// Last time the peer answered a `/health` probe.
+    last_health_answer: Option<Instant>,
 }
 
-/// Shared by the raft network (outgoing RPCs), the RPC handlers (incoming) and the emitter.
+/// Shared by the raft network (outgoing RPCs), the RPC handlers (incoming),
+/// the health prober and the emitter.
 pub struct Contacts {
     me: NodeId,
     lease: Duration,
+    health_window: Duration,
     peers: Mutex<BTreeMap<NodeId, PeerContact>>,
 }
 
@@ -38,35 +42,56 @@ pub struct PeerHealth {
     pub node_id: NodeId,
     pub addr: String,
     /// Milliseconds since the last successful raft exchange with it; None if never.
-    pub last_contact_ms: Option<u64>,
-    /// Heard from within the election timeout.
+    pub last_raft_contact_ms: Option<u64>,
+    /// Milliseconds since it last answered `/health`; None if never.
+    pub last_health_answer_ms: Option<u64>,
+    /// It answered `/health`, or exchanged raft messages, within the election timeout.
     pub healthy: bool,
 }
 
 impl Contacts {
-    /// `election_timeout` is the raft minimum election timeout; it is the lease length.
-    pub fn new(me: NodeId, election_timeout: Duration) -> Contacts {
+    /// `lease` is how long a follower that acknowledged a heartbeat refuses to vote
+    /// for another candidate (openraft's leader lease); `health_window` is how
+    /// recent a peer's last answer must be for it to count as healthy.
+    pub fn new(me: NodeId, lease: Duration, health_window: Duration) -> Contacts {
         Contacts {
             me,
-            lease: election_timeout,
+            lease,
+            health_window,
             peers: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// A peer acknowledged an append-entries of `term` that this node sent at `sent_at`.
-    pub fn record_ack(&self, peer: NodeId, term: u64, sent_at: Instant) {
+    fn with_peer(&self, peer: NodeId, f: impl FnOnce(&mut PeerContact)) {
         let mut peers = self.peers.lock().expect("contacts lock");
-        let contact = peers.entry(peer).or_default();
-        contact.last_contact = Some(Instant::now());
-        if contact.last_ack.is_none_or(|(t, at)| (t, at) < (term, sent_at)) {
-            contact.last_ack = Some((term, sent_at));
-        }
+        f(peers.entry(peer).or_default());
     }
 
-    /// A peer answered an RPC, or sent one to this node.
+    /// A peer acknowledged an append-entries of `term` that this node sent at `sent_at`.
+    pub fn record_ack(&self, peer: NodeId, term: u64, sent_at: Instant) {
+        self.with_peer(peer, |contact| {
+            contact.last_raft_contact = Some(Instant::now());
+            if contact.last_ack.is_none_or(|(t, at)| (t, at) < (term, sent_at)) {
+                contact.last_ack = Some((term, sent_at));
+            }
+        });
+    }
+
+    /// A peer answered a raft RPC, or sent one to this node.
     pub fn record_contact(&self, peer: NodeId) {
-        let mut peers = self.peers.lock().expect("contacts lock");
-        peers.entry(peer).or_default().last_contact = Some(Instant::now());
+        self.with_peer(peer, |contact| contact.last_raft_contact = Some(Instant::now()));
+    }
+
+    /// A peer answered a `/health` probe.
+    pub fn record_health_answer(&self, peer: NodeId) {
+        self.with_peer(peer, |contact| contact.last_health_answer = Some(Instant::now()));
+    }
+
+    /// Time since the last raft exchange with `peer`, if any.
+    pub fn since_raft_contact(&self, peer: NodeId) -> Option<Duration> {
+        let peers = self.peers.lock().expect("contacts lock");
+        let last = peers.get(&peer).and_then(|c| c.last_raft_contact)?;
+        Some(Instant::now().saturating_duration_since(last))
     }
 
     /// Whether this node, leading in `term`, holds a lease over `voters` at `now`.
@@ -91,19 +116,20 @@ impl Contacts {
     pub fn health(&self, addrs: &BTreeMap<NodeId, String>) -> Vec<PeerHealth> {
         let peers = self.peers.lock().expect("contacts lock");
         let now = Instant::now();
+        let since = |at: Option<Instant>| at.map(|t| now.saturating_duration_since(t));
         addrs
             .iter()
             .filter(|(id, _)| **id != self.me)
             .map(|(id, addr)| {
-                let since = peers
-                    .get(id)
-                    .and_then(|c| c.last_contact)
-                    .map(|t| now.saturating_duration_since(t));
+                let contact = peers.get(id).copied().unwrap_or_default();
+                let raft = since(contact.last_raft_contact);
+                let answer = since(contact.last_health_answer);
                 PeerHealth {
                     node_id: *id,
                     addr: addr.clone(),
-                    last_contact_ms: since.map(|d| d.as_millis() as u64),
-                    healthy: since.is_some_and(|d| d < self.lease),
+                    last_raft_contact_ms: raft.map(|d| d.as_millis() as u64),
+                    last_health_answer_ms: answer.map(|d| d.as_millis() as u64),
+                    healthy: [raft, answer].into_iter().flatten().any(|d| d < self.health_window),
                 }
             })
             .collect()
@@ -116,7 +142,7 @@ mod tests {
 
     #[test]
     fn lease_needs_a_fresh_majority_of_the_current_term() {
-        let contacts = Contacts::new(1, Duration::from_millis(100));
+        let contacts = Contacts::new(1, Duration::from_millis(100), Duration::from_secs(1));
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         let t0 = Instant::now();
         assert!(!contacts.lease_holds(5, &voters, t0), "only itself");

@@ -33,6 +33,41 @@ pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError
 pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, BasicNode, RaftError<E>>;
 pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, BasicNode>;
 
+/// openraft's timers derived from `--election-timeout-ms`.
+///
+/// openraft 0.9 lets a follower that has a leader stand for election only after
+/// the leader lease (`election_timeout_max`) *plus* a random election timeout
+/// in `election_timeout_min..election_timeout_max` since it last heard from the
+/// leader. So that `--election-timeout-ms` E is what an operator expects, the
+/// whole wait after a leader's last heartbeat, openraft gets `min = E/4` and
+/// `max = E/2`: a follower stands between `3E/4` and `E` after losing its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub openraft_min: Duration,
+    pub openraft_max: Duration,
+}
+
+impl RaftTiming {
+    pub fn new(heartbeat: Duration, election_timeout: Duration) -> RaftTiming {
+        let election_timeout_ms = election_timeout.as_millis() as u64;
+        let timing = RaftTiming {
+            openraft_min: Duration::from_millis(election_timeout_ms / 4),
+            openraft_max: Duration::from_millis(election_timeout_ms / 2),
+        };
+        assert!(
+            heartbeat < timing.openraft_min,
+            "the configuration check guarantees heartbeat < election timeout / 4"
+        );
+        timing
+    }
+
+    /// How long a follower that acknowledged a heartbeat refuses to vote for
+    /// anyone else (openraft's leader lease), counted from when it was sent.
+    pub fn leader_lease(&self) -> Duration {
+        self.openraft_max
+    }
+}
+
 /// What starting the group returns.
 pub struct Started {
     pub raft: Raft,
@@ -50,11 +85,12 @@ pub async fn start(
     heartbeat: Duration,
     election_timeout: Duration,
 ) -> anyhow::Result<Started> {
+    let timing = RaftTiming::new(heartbeat, election_timeout);
     let config = openraft::Config {
         cluster_name: "backbeat-pulse".into(),
         heartbeat_interval: heartbeat.as_millis() as u64,
-        election_timeout_min: election_timeout.as_millis() as u64,
-        election_timeout_max: election_timeout.as_millis() as u64 * 2,
+        election_timeout_min: timing.openraft_min.as_millis() as u64,
+        election_timeout_max: timing.openraft_max.as_millis() as u64,
         ..Default::default()
     };
     let config = Arc::new(config.validate().context("raft configuration")?);
@@ -62,7 +98,11 @@ pub async fn start(
     let log_was_empty = log_store.is_empty();
     let state_machine =
         state_machine::StateMachineStore::open(&data_dir.join("state")).context("opening the state machine")?;
-    let contacts = Arc::new(contacts::Contacts::new(node_id, election_timeout));
+    let contacts = Arc::new(contacts::Contacts::new(
+        node_id,
+        timing.leader_lease(),
+        election_timeout,
+    ));
     let network = network::HttpNetwork::new(contacts.clone());
     let raft = openraft::Raft::new(node_id, config, network, log_store, state_machine.clone())
         .await

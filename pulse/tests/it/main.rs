@@ -1,1 +1,8 @@
-//! Integration tests (see modules).
+//! Integration tests of `backbeat-pulse`: real nats-server, real pulse processes.
+
+mod failover;
+mod fence;
+mod harness;
+mod nats_outage;
+mod single;
+mod tempo;

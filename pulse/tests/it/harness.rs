@@ -1,0 +1,318 @@
+//! Real pulse processes around a real nats-server: start a group, ask its
+//! nodes over HTTP, and read the beats the stream holds.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::Stream;
+use backbeat_schemas::message::BeatFrame;
+use backbeat_schemas::names::{subject, SubjectKind};
+use backbeat_schemas::validate::validate_beat;
+use backbeat_tests::{bin_path, free_port, wait_until_async, ChildGuard};
+use serde_json::Value;
+
+/// Test timing: fast enough to keep the suite short, slow enough for a loaded 2-core debug run.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_TIMEOUT_MS: u64 = 600;
+pub const TOKEN: &str = "test-admin-token";
+/// The generous bound for things that should happen within a second or two.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// How a group is started.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub size: u64,
+    pub bpm: u32,
+    pub bar_length: u64,
+    pub cluster: String,
+}
+
+impl GroupOptions {
+    pub fn new(size: u64, bpm: u32, bar_length: u64) -> GroupOptions {
+        GroupOptions {
+            size,
+            bpm,
+            bar_length,
+            cluster: "it".into(),
+        }
+    }
+}
+
+/// One pulse node; its process is `None` while it is down.
+pub struct PulseNode {
+    pub id: u64,
+    pub addr: String,
+    pub process: Option<ChildGuard>,
+    command: Vec<String>,
+    log: PathBuf,
+}
+
+/// A group of pulse processes, each with its own data directory and log file.
+pub struct PulseGroup {
+    pub nodes: BTreeMap<u64, PulseNode>,
+    pub options: GroupOptions,
+    http: reqwest::Client,
+    // Last: removed after the processes are gone.
+    _dir: tempfile::TempDir,
+}
+
+impl PulseGroup {
+    /// Starts every node against `nats_url`.
+    pub fn start(nats_url: &str, options: GroupOptions) -> anyhow::Result<PulseGroup> {
+        let dir = tempfile::Builder::new().prefix("backbeat-pulse-it-").tempdir()?;
+        let addrs: BTreeMap<u64, String> = (1..=options.size)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for (id, addr) in &addrs {
+            let data_dir = dir.path().join(format!("node-{id}"));
+            let command = vec![
+                format!("--node-id={id}"),
+                format!("--peers={peers}"),
+                format!("--listen={addr}"),
+                format!("--data-dir={}", data_dir.display()),
+                format!("--nats={nats_url}"),
+                format!("--cluster={}", options.cluster),
+                format!("--bpm={}", options.bpm),
+                format!("--bar-length={}", options.bar_length),
+                format!("--admin-token={TOKEN}"),
+                format!("--heartbeat-ms={HEARTBEAT_MS}"),
+                format!("--election-timeout-ms={ELECTION_TIMEOUT_MS}"),
+            ];
+            let node = PulseNode {
+                id: *id,
+                addr: addr.clone(),
+                process: None,
+                command,
+                log: dir.path().join(format!("node-{id}.log")),
+            };
+            nodes.insert(*id, node);
+        }
+        let mut group = PulseGroup {
+            nodes,
+            options,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+            _dir: dir,
+        };
+        for id in 1..=group.options.size {
+            group.launch(id)?;
+        }
+        Ok(group)
+    }
+
+    /// Starts node `id` (again), with the same flags and data directory.
+    pub fn launch(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = self.nodes.get_mut(&id).expect("node id of this group");
+        let log = File::options().create(true).append(true).open(&node.log)?;
+        let mut command = Command::new(bin_path("backbeat-pulse"));
+        command
+            .args(&node.command)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        node.process = Some(ChildGuard::spawn(format!("backbeat-pulse {id}"), &mut command)?);
+        Ok(())
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut PulseNode {
+        self.nodes.get_mut(&id).expect("node id of this group")
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- node {} ---\n", node.id));
+            out.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[&id].addr)
+    }
+
+    /// `GET /api/v1/status` of node `id`; `None` when it does not answer.
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        let response = self.http.get(self.url(id, "/api/v1/status")).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// `GET /ready` of node `id`: the status code, or `None` when it does not answer.
+    pub async fn ready(&self, id: u64) -> Option<u16> {
+        let response = self.http.get(self.url(id, "/ready")).send().await.ok()?;
+        Some(response.status().as_u16())
+    }
+
+    /// The value of a metric without labels on node `id`.
+    pub async fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        let response = self.http.get(self.url(id, "/metrics")).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// `POST /api/v1/tempo` to node `id` with `token` (none: no header).
+    pub async fn post_tempo(&self, id: u64, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = self.http.post(self.url(id, "/api/v1/tempo")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the node answers POST /api/v1/tempo");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The node that leads and emits, as every running node that answers agrees.
+    pub async fn emitting_leader(&self) -> Option<u64> {
+        for (id, node) in &self.nodes {
+            if node.process.is_none() {
+                continue;
+            }
+            let status = self.status(*id).await?;
+            if status["role"] == "leader" && status["emitting"] == true {
+                return Some(*id);
+            }
+        }
+        None
+    }
+
+    /// Waits until some node leads and emits.
+    pub async fn wait_for_leader(&self) -> anyhow::Result<u64> {
+        let found = wait_until_async("a pulse node to lead and emit", PATIENCE, || self.emitting_leader()).await;
+        found.map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
+    }
+}
+
+/// A beat as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct StoredBeat {
+    pub sequence: u64,
+    pub frame: BeatFrame,
+    pub msg_id: String,
+}
+
+/// Reads the beats of one cluster from `BACKBEAT_EVENTS`.
+pub struct BeatLog {
+    stream: Stream,
+    cluster: String,
+    bar_length: u64,
+    beats: Vec<StoredBeat>,
+    read_up_to: u64,
+}
+
+impl BeatLog {
+    /// Waits until the pulse has created the stream, then opens it.
+    pub async fn open(nats_url: &str, cluster: &str, bar_length: u64) -> anyhow::Result<BeatLog> {
+        let client = async_nats::connect(nats_url).await?;
+        let js = async_nats::jetstream::new(client);
+        let stream = wait_until_async("the pulse to create BACKBEAT_EVENTS", PATIENCE, || {
+            let js = js.clone();
+            async move { js.get_stream("BACKBEAT_EVENTS").await.ok() }
+        })
+        .await?;
+        Ok(BeatLog {
+            stream,
+            cluster: cluster.to_string(),
+            bar_length,
+            beats: Vec::new(),
+            read_up_to: 0,
+        })
+    }
+
+    /// Every beat stored so far, in stream order; each one has passed the fold's
+    /// own validation (SPEC §5) and carries `Nats-Msg-Id = {cluster}:{index}`.
+    pub async fn read(&mut self) -> anyhow::Result<&[StoredBeat]> {
+        let last = self.stream.info().await?.state.last_sequence;
+        let beat_subject = subject(&self.cluster, SubjectKind::Beat);
+        for sequence in self.read_up_to + 1..=last {
+            let message = match self.stream.get_raw_message(sequence).await {
+                Ok(m) => m,
+                // A deleted or never-written sequence (none in these tests, but harmless).
+                Err(_) => continue,
+            };
+            if message.subject.as_str() != beat_subject {
+                continue;
+            }
+            let frame = validate_beat(&message.payload, &self.cluster, self.bar_length)
+                .map_err(|e| anyhow::anyhow!("beat at sequence {sequence} is invalid: {e}"))?;
+            let msg_id = message
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            self.beats.push(StoredBeat {
+                sequence,
+                frame,
+                msg_id,
+            });
+        }
+        self.read_up_to = last;
+        Ok(&self.beats)
+    }
+
+    /// Waits until a beat satisfying `pred` is stored; returns it.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&StoredBeat) -> bool,
+    ) -> anyhow::Result<StoredBeat> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(found) = self.read().await?.iter().find(|b| pred(b)) {
+                return Ok(found.clone());
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `count` more beats than now are stored.
+    pub async fn wait_for_more(&mut self, count: usize) -> anyhow::Result<StoredBeat> {
+        let target = self.read().await?.len() + count;
+        let start = std::time::Instant::now();
+        loop {
+            let beats = self.read().await?;
+            if beats.len() >= target {
+                return Ok(beats[target - 1].clone());
+            }
+            if start.elapsed() > PATIENCE {
+                anyhow::bail!("timed out waiting for {count} more beats (have {})", beats.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Checks the invariant every run must keep: indices strictly increase in
+/// stream order (so none repeats), and each message id is `{cluster}:{index}`.
+pub fn assert_strictly_increasing(beats: &[StoredBeat], cluster: &str) {
+    for pair in beats.windows(2) {
+        assert!(
+            pair[1].frame.beat_index > pair[0].frame.beat_index,
+            "beat {} (sequence {}) follows beat {} (sequence {}): an index repeated or went back",
+            pair[1].frame.beat_index,
+            pair[1].sequence,
+            pair[0].frame.beat_index,
+            pair[0].sequence
+        );
+    }
+    for beat in beats {
+        assert_eq!(beat.msg_id, format!("{cluster}:{}", beat.frame.beat_index));
+    }
+}
