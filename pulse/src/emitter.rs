@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::publisher::{BeatPublisher, LastBeat, PublishFailure};
+use crate::publisher::{BeatPublisher, LastBeat, PublishFailure, PublishTimes};
 use crate::raft::contacts::Contacts;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::Raft;
@@ -313,7 +313,15 @@ impl Emitter {
             let jitter_us = (published_at - due).max(0);
             match self
                 .publisher
-                .publish(&frame, position.expected_sequence(), published_at, self.nats_limit(bpm))
+                .publish(
+                    &frame,
+                    position.expected_sequence(),
+                    PublishTimes {
+                        due_us: due,
+                        published_us: published_at,
+                    },
+                    self.nats_limit(bpm),
+                )
                 .await
             {
                 Ok(sequence) => {

@@ -28,6 +28,14 @@ const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
 /// Runs the node until SIGTERM/Ctrl-C.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    run_until(settings, backbeat_service::shutdown_signal()).await
+}
+
+/// Runs the node until `shutdown` resolves (the benchmark runs nodes in-process).
+pub async fn run_until(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     metrics.current_tempo_bpm.set(i64::from(settings.bpm));
     std::fs::create_dir_all(&settings.data_dir)
@@ -76,7 +84,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     // Raft and HTTP run without NATS; the emitter needs it. Keep trying until it
     // answers (or the node is told to stop), instead of exiting.
-    let mut shutdown_signal = std::pin::pin!(backbeat_service::shutdown_signal());
+    let mut shutdown_signal = std::pin::pin!(shutdown);
     let connected = tokio::select! {
         connected = connect_nats(&settings) => Some(connected),
         _ = &mut shutdown_signal => None,

@@ -20,6 +20,16 @@ use serde::Deserialize;
 /// Header carrying the publish time (µs since the Unix epoch), for delivery-latency
 /// measurements; not part of the beat frame, which stays exactly SPEC §2.
 pub const PUBLISHED_AT_US_HEADER: &str = "Backbeat-Published-At-Us";
+/// Header carrying the time the schedule gave the beat (µs since the Unix epoch),
+/// for jitter measurements by anyone reading the stream.
+pub const DUE_AT_US_HEADER: &str = "Backbeat-Due-At-Us";
+
+/// When a beat was due and when it was actually published, µs since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishTimes {
+    pub due_us: i64,
+    pub published_us: i64,
+}
 
 /// The last beat stored on a cluster's beat subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +109,7 @@ impl BeatPublisher {
         &self,
         frame: &BeatFrame,
         expected_sequence: u64,
-        published_at_us: i64,
+        times: PublishTimes,
         limit: Duration,
     ) -> Result<u64, PublishFailure> {
         let beat_subject = subject(&frame.cluster_id, SubjectKind::Beat);
@@ -107,7 +117,8 @@ impl BeatPublisher {
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, beat_msg_id(&frame.cluster_id, frame.beat_index));
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected_sequence.to_string());
-        headers.insert(PUBLISHED_AT_US_HEADER, published_at_us.to_string());
+        headers.insert(PUBLISHED_AT_US_HEADER, times.published_us.to_string());
+        headers.insert(DUE_AT_US_HEADER, times.due_us.to_string());
         let attempt = async {
             let ack = self
                 .js

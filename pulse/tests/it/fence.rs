@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backbeat_pulse::publisher::{BeatPublisher, PublishFailure};
+use backbeat_pulse::publisher::{BeatPublisher, PublishFailure, PublishTimes};
 use backbeat_schemas::hlc::Hlc;
 use backbeat_schemas::message::{BeatFrame, BeatFrameType};
 use backbeat_schemas::timestamp::format_utc_ms;
@@ -12,6 +12,10 @@ use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
 use backbeat_tests::NatsServer;
 
 const LIMIT: Duration = Duration::from_secs(2);
+const TIMES: PublishTimes = PublishTimes {
+    due_us: 0,
+    published_us: 0,
+};
 
 fn frame(beat: u64, node: u16) -> BeatFrame {
     BeatFrame {
@@ -38,23 +42,23 @@ async fn a_stale_or_repeated_beat_is_refused_by_the_stream() {
     let publisher = BeatPublisher::new(client, js, stream);
 
     assert_eq!(publisher.last_beat("fence", LIMIT).await.unwrap(), None);
-    let first = publisher.publish(&frame(0, 1), 0, 0, LIMIT).await.unwrap();
-    let second = publisher.publish(&frame(1, 1), first, 0, LIMIT).await.unwrap();
+    let first = publisher.publish(&frame(0, 1), 0, TIMES, LIMIT).await.unwrap();
+    let second = publisher.publish(&frame(1, 1), first, TIMES, LIMIT).await.unwrap();
 
     // A deposed leader still expecting `first` as the last beat: refused.
-    let stale = publisher.publish(&frame(2, 2), first, 0, LIMIT).await;
+    let stale = publisher.publish(&frame(2, 2), first, TIMES, LIMIT).await;
     assert!(matches!(stale, Err(PublishFailure::Fenced(_))), "{stale:?}");
     // A leader with no beat seen at all: refused.
-    let blind = publisher.publish(&frame(2, 2), 0, 0, LIMIT).await;
+    let blind = publisher.publish(&frame(2, 2), 0, TIMES, LIMIT).await;
     assert!(matches!(blind, Err(PublishFailure::Fenced(_))), "{blind:?}");
     // The same index again, even with the right expected sequence: refused.
-    let repeat = publisher.publish(&frame(1, 2), second, 0, LIMIT).await;
+    let repeat = publisher.publish(&frame(1, 2), second, TIMES, LIMIT).await;
     assert!(matches!(repeat, Err(PublishFailure::Fenced(_))), "{repeat:?}");
 
     let last = publisher.last_beat("fence", LIMIT).await.unwrap().unwrap();
     assert_eq!((last.beat_index, last.sequence), (1, second));
     assert_eq!(last.hlc.node, 1);
     // Continuing correctly still works.
-    let third = publisher.publish(&frame(2, 2), second, 0, LIMIT).await.unwrap();
+    let third = publisher.publish(&frame(2, 2), second, TIMES, LIMIT).await.unwrap();
     assert!(third > second);
 }
