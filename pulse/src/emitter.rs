@@ -93,6 +93,7 @@ impl Emitter {
                 break;
             }
             let Some(term) = self.leading_term() else {
+                self.metrics.is_leader.set(0);
                 self.status.update(|s| {
                     s.emitting = false;
                     s.next_beat = None;
@@ -113,6 +114,7 @@ impl Emitter {
                 Ok(Stop::Shutdown) => break,
                 Ok(Stop::NotLeading) => tracing::info!(term, "stopped emitting: no longer leader with quorum"),
                 Err(problem) => {
+                    self.metrics.is_leader.set(0);
                     tracing::warn!(term, %problem, "cannot emit yet");
                     self.status.update(|s| {
                         s.emitting = false;
@@ -125,6 +127,7 @@ impl Emitter {
                 }
             }
         }
+        self.metrics.is_leader.set(0);
         self.status.update(|s| {
             s.emitting = false;
             s.next_beat = None;
@@ -249,6 +252,7 @@ impl Emitter {
         let mut next = schedule.next_beat(now_unix_us(), position.min_next());
         let mut need_resync = false;
         tracing::info!(term, next, last = ?position.last, "leading: emitting beats");
+        self.metrics.is_leader.set(1);
         self.status.update(|s| {
             s.emitting = true;
             s.problem = None;

@@ -29,8 +29,9 @@ use crate::state::Request;
 use crate::status::SharedStatus;
 use crate::tempo::{check_change, target_beat, At};
 
-/// A change is aimed past any beat due sooner than this, so it is committed before that beat.
-pub const COMMIT_MARGIN: Duration = Duration::from_millis(50);
+/// A change is aimed past any beat due sooner than this, so that it is committed
+/// (a raft round trip and an fsync on a majority) before that beat is emitted.
+pub const COMMIT_MARGIN: Duration = Duration::from_millis(100);
 /// Marks a request forwarded by a follower.
 pub const FORWARDED_HEADER: &str = "x-backbeat-forwarded-by";
 

@@ -16,7 +16,7 @@ pub struct Metrics {
     pub beats_total: IntCounter,
     /// Actual − scheduled publish time of each beat this node emitted.
     pub jitter_seconds: Histogram,
-    /// 1 while this node is the raft leader, else 0.
+    /// 1 while this node leads with a lease from a majority (and so emits), else 0.
     pub is_leader: IntGauge,
     /// The tempo of the last beat emitted (or the configured tempo before that).
     pub current_tempo_bpm: IntGauge,

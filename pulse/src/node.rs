@@ -9,7 +9,6 @@ use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::Context;
 use backbeat_service::admin::{admin_router, serve_admin, AdminState};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
-use openraft::ServerState;
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -206,16 +205,16 @@ async fn probe_peers(settings: Arc<Settings>, contacts: Arc<Contacts>) {
     }
 }
 
-/// Keeps `backbeat_is_leader` and the leader-change counter up to date.
+/// Counts and logs leader changes (`backbeat_is_leader` is the emitter's: it is 1
+/// only while this node leads with a lease, not merely while raft calls it leader).
 async fn watch_leadership(raft: raft::Raft, metrics: Metrics) {
     let mut rx = raft.metrics();
     let mut last_leader = None;
     loop {
-        let (state, leader, term) = {
+        let (leader, term) = {
             let m = rx.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
+            (m.current_leader, m.current_term)
         };
-        metrics.is_leader.set(i64::from(state == ServerState::Leader));
         if leader.is_some() && leader != last_leader {
             if last_leader.is_some() {
                 metrics.leader_changes_total.inc();
@@ -224,7 +223,6 @@ async fn watch_leadership(raft: raft::Raft, metrics: Metrics) {
             last_leader = leader;
         }
         if rx.changed().await.is_err() {
-            metrics.is_leader.set(0);
             return;
         }
     }

@@ -44,7 +44,7 @@ async fn three_nodes_fail_over_without_repeating_an_index() {
     // kill -9 the leader: another node emits within one election timeout plus
     // two beat intervals of the kill.
     let killed_at_ms = now_ms();
-    group.node(first_leader).process.as_mut().unwrap().kill();
+    group.kill(first_leader);
     let first_leader_hlc = first_leader as u16;
     let takeover = log
         .wait_for("a beat from another node", PATIENCE, |b| {
@@ -122,4 +122,20 @@ async fn three_nodes_fail_over_without_repeating_an_index() {
             .unwrap()
             >= 1.0
     );
+    // Both other nodes die: the last one has no quorum, stops emitting and says so.
+    for id in (1..=3).filter(|id| *id != third_leader) {
+        group.kill(id);
+    }
+    wait_until_async("the node without quorum to report degraded", PATIENCE, || async {
+        let status = group.status(third_leader).await?;
+        (status["degraded"] == true && status["emitting"] == false).then_some(status)
+    })
+    .await
+    .unwrap();
+    assert_eq!(group.ready(third_leader).await, Some(503));
+    assert_eq!(group.metric(third_leader, "backbeat_is_leader").await, Some(0.0));
+    let stored = log.read().await.unwrap().len();
+    // Absence can only be shown by waiting: five beat intervals.
+    tokio::time::sleep(std::time::Duration::from_millis(5 * interval_ms)).await;
+    assert_eq!(log.read().await.unwrap().len(), stored, "a node without quorum emitted");
 }

@@ -123,6 +123,18 @@ impl PulseGroup {
         Ok(())
     }
 
+    /// kill -9 of node `id`; it stays down until [`PulseGroup::launch`].
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut process) = self.node(id).process.take() {
+            process.kill();
+        }
+    }
+
+    /// Whether node `id` has been launched and not killed since.
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes[&id].process.is_some()
+    }
+
     pub fn node(&mut self, id: u64) -> &mut PulseNode {
         self.nodes.get_mut(&id).expect("node id of this group")
     }
@@ -181,7 +193,9 @@ impl PulseGroup {
             if node.process.is_none() {
                 continue;
             }
-            let status = self.status(*id).await?;
+            let Some(status) = self.status(*id).await else {
+                continue;
+            };
             if status["role"] == "leader" && status["emitting"] == true {
                 return Some(*id);
             }

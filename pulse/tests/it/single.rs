@@ -56,7 +56,7 @@ async fn single_node_group_emits_valid_beats_and_survives_kill_9() {
     // kill -9, restart on the same data directory: the raft state and the grid
     // come back from disk, and the node continues after the stream's last beat.
     let epoch_before = status["epoch"].clone();
-    group.node(1).process.as_mut().unwrap().kill();
+    group.kill(1);
     let last_before = log.read().await.unwrap().last().unwrap().frame.beat_index;
     group.launch(1).unwrap();
     group.wait_for_leader().await.unwrap();

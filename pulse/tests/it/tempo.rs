@@ -10,8 +10,9 @@ use crate::harness::{assert_strictly_increasing, BeatLog, GroupOptions, PulseGro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_next_downbeat() {
     let nats = NatsServer::start().expect("nats-server");
-    let options = GroupOptions::new(3, 400, 6);
-    let group = PulseGroup::start(&nats.url(), options.clone()).expect("pulse group");
+    // 400 BPM, 16 beats a bar: a bar lasts 2.4 s, longer than a failover.
+    let options = GroupOptions::new(3, 400, 16);
+    let mut group = PulseGroup::start(&nats.url(), options.clone()).expect("pulse group");
     let leader = group.wait_for_leader().await.unwrap();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let mut log = BeatLog::open(&nats.url(), &options.cluster, options.bar_length)
@@ -37,13 +38,25 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("±10%") && message.contains("360..=440"), "{message}");
 
-    // +10% at the next downbeat, sent to a follower (forwarded to the leader).
+    // +10% at the next downbeat, sent to a follower (forwarded to the leader)
+    // just after a downbeat, so that the next one is most of a bar away.
+    let bar_start = log
+        .wait_for("the beat after a downbeat", crate::harness::PATIENCE, |b| {
+            b.frame.beat_index % options.bar_length == 1
+        })
+        .await
+        .unwrap();
     let (status, body) = group
         .post_tempo(follower, Some(TOKEN), json!({"bpm": 440, "at": "next_downbeat"}))
         .await;
     assert_eq!(status, 202, "{body}");
     let at_beat = body["at_beat"].as_u64().unwrap();
     assert_eq!(at_beat % options.bar_length, 0, "lands on a downbeat: {body}");
+    assert_eq!(at_beat, bar_start.frame.beat_index - 1 + options.bar_length, "{body}");
+
+    // The leader dies before the downbeat: the change is in the replicated state,
+    // so the next leader applies it at the same beat.
+    group.kill(leader);
     let landed = log
         .wait_for("the beat the change lands on", crate::harness::PATIENCE, |b| {
             b.frame.beat_index >= at_beat
@@ -51,6 +64,7 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
         .await
         .unwrap();
     assert_eq!(landed.frame.beat_index, at_beat);
+    assert_ne!(u64::from(landed.frame.hlc.node), leader, "emitted by the next leader");
     assert!(landed.frame.downbeat);
     assert_eq!(landed.frame.tempo_bpm, 440);
     let beats = log.read().await.unwrap().to_vec();
@@ -58,6 +72,9 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
         let expected = if beat.frame.beat_index < at_beat { 400 } else { 440 };
         assert_eq!(beat.frame.tempo_bpm, expected, "beat {}", beat.frame.beat_index);
     }
+
+    let leader = u64::from(landed.frame.hlc.node);
+    let follower = (1..=3).find(|id| *id != leader && group.is_up(*id)).unwrap();
 
     // From the new tempo, -10% at the next beat: the bound is relative to 440 now.
     let (status, body) = group.post_tempo(leader, Some(TOKEN), json!({"bpm": 395})).await;
