@@ -61,7 +61,14 @@ impl Generator {
             let window = self.beat / BAR;
             let task = (window / 3) ^ (agent & 7);
             let (state, kind) = match r % 20 {
-                0 => ("failed", if r % 3 == 0 { "secret-rotation" } else { "build" }),
+                0 => (
+                    "failed",
+                    if r.is_multiple_of(3) {
+                        "secret-rotation"
+                    } else {
+                        "build"
+                    },
+                ),
                 1..=3 => ("reviewing", "build"),
                 4..=5 => ("done", "build"),
                 6 => ("helping", "review"),

@@ -3,7 +3,14 @@
 //! - `conformance`: the hand-worked logs of `../shared/conformance`, byte for byte.
 //! - `golden`: one scenario per rule under `tests/golden/`, byte for byte, and
 //!   each folded as stop-after-event-k + resume-from-checkpoint for every k.
+//! - `live`: `backbeat-processor run` as a child process on a real
+//!   nats-server: golden bytes live, export/fold/replay agree, prompt
+//!   rollup, bad input, admin endpoints and SIGTERM.
+//! - `crash`: kill -9 at seeded random points; every report exactly once.
 
 mod conformance;
+mod crash;
 mod golden;
+mod live;
+mod live_support;
 mod support;
