@@ -16,10 +16,12 @@ pub const BPM_MAX: u32 = 1000;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "backbeat-pulse", version, about, long_about = None)]
 pub struct Config {
-    /// This node's raft id (a member of --peers).
+    /// This node's raft id (a member of --peers), 0..=65535: it is the node field of the beats' HLC.
     #[arg(long, env = "BACKBEAT_NODE_ID")]
     pub node_id: u64,
     /// Every member of the group as ID=HOST:PORT (each node's --listen address), this node included.
+    /// The group is initialised from it once, by the lowest id on its first start;
+    /// after that the membership lives in the raft log.
     #[arg(long, env = "BACKBEAT_PEERS")]
     pub peers: String,
     /// Directory for the durable raft log, vote and state machine.
@@ -86,6 +88,9 @@ impl Config {
     /// Checks every rule a flag must follow, naming the flag in the error.
     pub fn validate(self) -> anyhow::Result<Settings> {
         let peers = parse_peers(&self.peers).context("--peers")?;
+        if let Some(id) = peers.keys().find(|id| **id > u64::from(u16::MAX)) {
+            bail!("node id {id} is above 65535 (SPEC §3: the HLC node field is 4 hex digits)");
+        }
         if !peers.contains_key(&self.node_id) {
             bail!("--node-id {} is not among --peers {}", self.node_id, self.peers);
         }
@@ -156,6 +161,36 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command line of the required flags, each replaced when `extra` sets it.
+    fn config(extra: &[&str]) -> Config {
+        let required = ["--node-id=1", "--peers=1=127.0.0.1:7001", "--data-dir=/tmp/x"];
+        let flag = |arg: &str| arg.split('=').next().unwrap_or_default().to_string();
+        let mut args = vec!["backbeat-pulse"];
+        args.extend(required.iter().filter(|r| !extra.iter().any(|e| flag(e) == flag(r))));
+        args.extend_from_slice(extra);
+        <Config as clap::Parser>::parse_from(args)
+    }
+
+    #[test]
+    fn validation_names_the_flag_and_the_rule() {
+        assert!(config(&[]).validate().is_ok());
+        let error = |extra: &[&str]| config(extra).validate().unwrap_err().to_string();
+        assert!(error(&["--bpm=0"]).contains("--bpm"));
+        assert!(error(&["--bpm=1001"]).contains("--bpm"));
+        assert!(error(&["--bar-length=0"]).contains("--bar-length"));
+        assert!(error(&["--cluster=a.b"]).contains("--cluster"));
+        assert!(error(&["--admin-token="]).contains("--admin-token"));
+        assert!(error(&["--heartbeat-ms=100", "--election-timeout-ms=400"]).contains("--election-timeout-ms"));
+        assert!(config(&["--heartbeat-ms=100", "--election-timeout-ms=404"])
+            .validate()
+            .is_ok());
+        assert!(error(&["--node-id=2"]).contains("--node-id"));
+        let big = config(&["--node-id=70000", "--peers=70000=h:1"])
+            .validate()
+            .unwrap_err();
+        assert!(big.to_string().contains("65535"));
+    }
 
     #[test]
     fn peers_parse_and_reject_bad_input() {

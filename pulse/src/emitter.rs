@@ -85,7 +85,8 @@ enum Stop {
 impl Emitter {
     /// Runs until shutdown is signalled.
     pub async fn run(mut self) {
-        let mut clock = HlcClock::new((self.settings.node_id & 0xffff) as u16);
+        let mut clock =
+            HlcClock::new(u16::try_from(self.settings.node_id).expect("--node-id is checked to fit 16 bits"));
         let mut metrics_rx = self.raft.metrics();
         let mut last_follow_read: Option<Instant> = None;
         loop {

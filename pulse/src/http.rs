@@ -305,3 +305,17 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
         "degraded_reason": degraded,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_needs_every_byte_and_the_length() {
+        assert!(token_matches("secret", "secret"));
+        assert!(!token_matches("secreT", "secret"));
+        assert!(!token_matches("secret-and-more", "secret"));
+        assert!(!token_matches("", "secret"));
+        assert!(!token_matches("secre", "secret"));
+    }
+}
