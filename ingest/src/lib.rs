@@ -18,4 +18,5 @@
 
 pub mod client;
 pub mod gateway;
+pub mod rng;
 pub mod sim;

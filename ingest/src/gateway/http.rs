@@ -170,6 +170,10 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
         );
     }
     // Submit every line before awaiting any ack: the publishes are pipelined.
+    // Each ack is awaited in its own task from the start, so the slots of
+    // acknowledged lines come back while later lines of a batch larger than
+    // the ack limit wait for one (an ack future that nobody polls would hold
+    // its slot until the whole batch was submitted: a batch would starve itself).
     let mut pending = Vec::with_capacity(lines.len());
     for (number, payload) in lines {
         let input = Input {
@@ -178,7 +182,8 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
             source: Source::Http,
             origin: origin.clone(),
         };
-        pending.push((number, intake.publisher.submit(input).await));
+        let outcome = intake.publisher.submit(input).await;
+        pending.push((number, tokio::spawn(outcome)));
     }
     let mut reply = BatchReply {
         results: Vec::with_capacity(pending.len()),
@@ -189,6 +194,7 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
     let (numbers, futures): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
     let outcomes = futures::future::join_all(futures).await;
     for (line, outcome) in numbers.into_iter().zip(outcomes) {
+        let outcome = outcome.unwrap_or_else(|e| Outcome::unavailable(format!("the ack task failed: {e}")));
         match outcome {
             Outcome::Accepted { .. } => reply.accepted += 1,
             Outcome::Rejected { .. } => reply.rejected += 1,
