@@ -136,18 +136,22 @@ impl Emitter {
         tracing::info!("emitter stopped");
     }
 
-    /// On a node that does not lead: notes the stream's last beat for `/api/v1/status`.
+    /// On a node that does not lead: notes the stream's last beat and its tempo for
+    /// `/api/v1/status` and `/metrics`.
     async fn follow_stream(&self) {
         if !self.publisher.is_connected() {
             return;
         }
-        let cluster_id = self
-            .state_machine
-            .current()
-            .cluster_id
-            .unwrap_or_else(|| self.settings.cluster_id.clone());
-        if let Ok(Some(last)) = self.publisher.last_beat(&cluster_id, FOLLOW_READ_LIMIT).await {
+        let state = self.state_machine.current();
+        let cluster_id = state.cluster_id.as_deref().unwrap_or(&self.settings.cluster_id);
+        if let Ok(Some(last)) = self.publisher.last_beat(cluster_id, FOLLOW_READ_LIMIT).await {
             self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
+            if let Some(schedule) = state.schedule() {
+                // The tempo gauge follows the stream on every node, not only the leader's.
+                self.metrics
+                    .current_tempo_bpm
+                    .set(i64::from(schedule.bpm_of(last.beat_index)));
+            }
         }
     }
 

@@ -81,30 +81,18 @@ pub async fn run_until(
 
     tokio::spawn(probe_peers(settings.clone(), started.contacts.clone()));
 
-    // Raft and HTTP run without NATS; the emitter needs it. Keep trying until it
-    // answers (or the node is told to stop), instead of exiting.
-    let mut shutdown_signal = std::pin::pin!(shutdown);
-    let connected = tokio::select! {
-        connected = connect_nats(&settings) => Some(connected),
-        _ = &mut shutdown_signal => None,
-    };
-    let Some((nats, js, stream)) = connected else {
-        return stop(started.raft, http_stop_tx, http_task, None).await;
-    };
-    let _ = api.nats.set(nats.clone());
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let emitter = Emitter {
-        settings: (*settings).clone(),
-        raft: started.raft.clone(),
-        state_machine: started.state_machine.clone(),
-        contacts: started.contacts.clone(),
-        publisher: BeatPublisher::new(nats.clone(), js, stream),
-        metrics: metrics.clone(),
-        status,
-        shutdown: shutdown_rx,
-    };
-    // A thread and runtime of its own: nothing else's work can delay a beat.
+    // The emitter runs on a thread and runtime of its own, so that nothing
+    // else's work can delay a beat. Its NATS connection is made there too: the
+    // client's connection task then runs on the emitter's thread, and a publish
+    // does not wait for another thread to wake up. Raft and HTTP run without
+    // NATS; the emitter keeps trying to connect until NATS answers or the node
+    // is told to stop, instead of exiting.
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let emitter_settings = settings.clone();
+    let nats_slot = api.nats.clone();
+    let raft = started.raft.clone();
+    let state_machine = started.state_machine.clone();
+    let contacts = started.contacts.clone();
     let emitter_thread = std::thread::Builder::new()
         .name("pulse-emitter".into())
         .spawn(move || {
@@ -112,30 +100,44 @@ pub async fn run_until(
                 .enable_all()
                 .build()
                 .expect("building the emitter runtime");
-            runtime.block_on(emitter.run());
+            runtime.block_on(async move {
+                let (nats, js, stream) = tokio::select! {
+                    connected = connect_nats(&emitter_settings) => connected,
+                    _ = shutdown_rx.wait_for(|stop| *stop) => return,
+                };
+                let _ = nats_slot.set(nats.clone());
+                let emitter = Emitter {
+                    settings: (*emitter_settings).clone(),
+                    raft,
+                    state_machine,
+                    contacts,
+                    publisher: BeatPublisher::new(nats.clone(), js, stream),
+                    metrics,
+                    status,
+                    shutdown: shutdown_rx,
+                };
+                emitter.run().await;
+                if let Err(e) = nats.flush().await {
+                    tracing::warn!(%e, "flushing NATS");
+                }
+            });
         })
         .context("starting the emitter thread")?;
 
-    shutdown_signal.await;
+    shutdown.await;
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || emitter_thread.join()).await;
-    stop(started.raft, http_stop_tx, http_task, Some(nats)).await
+    stop(started.raft, http_stop_tx, http_task).await
 }
 
-/// The orderly end: the emitter has stopped; leave raft, flush NATS, drain HTTP.
+/// The orderly end: the emitter has stopped and flushed NATS; leave raft, drain HTTP.
 async fn stop(
     raft: raft::Raft,
     http_stop_tx: watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    nats: Option<async_nats::Client>,
 ) -> anyhow::Result<()> {
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(%e, "raft shutdown");
-    }
-    if let Some(nats) = nats {
-        if let Err(e) = nats.flush().await {
-            tracing::warn!(%e, "flushing NATS");
-        }
     }
     let _ = http_stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(5), http_task).await {

@@ -2,10 +2,10 @@
 //! landing on the next downbeat (or the next beat) through raft, whichever node
 //! the request reaches.
 
-use backbeat_tests::NatsServer;
+use backbeat_tests::{wait_until_async, NatsServer};
 use serde_json::json;
 
-use crate::harness::{assert_strictly_increasing, BeatLog, GroupOptions, PulseGroup, TOKEN};
+use crate::harness::{assert_strictly_increasing, BeatLog, GroupOptions, PulseGroup, PATIENCE, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_next_downbeat() {
@@ -41,7 +41,7 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
     // +10% at the next downbeat, sent to a follower (forwarded to the leader)
     // just after a downbeat, so that the next one is most of a bar away.
     let bar_start = log
-        .wait_for("the beat after a downbeat", crate::harness::PATIENCE, |b| {
+        .wait_for("the beat after a downbeat", PATIENCE, |b| {
             b.frame.beat_index % options.bar_length == 1
         })
         .await
@@ -58,7 +58,7 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
     // so the next leader applies it at the same beat.
     group.kill(leader);
     let landed = log
-        .wait_for("the beat the change lands on", crate::harness::PATIENCE, |b| {
+        .wait_for("the beat the change lands on", PATIENCE, |b| {
             b.frame.beat_index >= at_beat
         })
         .await
@@ -91,7 +91,7 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
         next_at > last_stored && next_at <= last_stored + 3,
         "next_beat lands at {next_at}; the last stored beat before the request was {last_stored}"
     );
-    log.wait_for("the next beat", crate::harness::PATIENCE, |b| {
+    log.wait_for("the next beat", PATIENCE, |b| {
         b.frame.beat_index > next_at
     })
     .await
@@ -108,4 +108,9 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
         "the follower's status shows the tempo in force: {status}"
     );
     assert_eq!(group.metric(leader, "backbeat_current_tempo_bpm").await, Some(396.0));
+    wait_until_async("the follower's tempo gauge to follow the stream", PATIENCE, || async {
+        (group.metric(follower, "backbeat_current_tempo_bpm").await? == 396.0).then_some(())
+    })
+    .await
+    .unwrap();
 }
