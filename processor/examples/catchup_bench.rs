@@ -1,0 +1,228 @@
+//! Catch-up of `run` against raw JetStream consumption, in one run on one machine:
+//! `cargo run --release -p backbeat-processor --example catchup_bench -- [CLAIMS] [AGENTS]`.
+//!
+//! Starts a real nats-server (temporary store), stores CLAIMS claims (default
+//! 1M) from AGENTS agents (default 10k) with their beats in
+//! `BACKBEAT_EVENTS`, then times, on the same stored stream:
+//! - raw: an async-nats ordered pull consumer reading every message (the floor);
+//! - raw durable: a durable pull consumer configured as `run`'s (batch, acks every 1000);
+//! - run: [`backbeat_processor::driver::run`] (what `backbeat-processor run`
+//!   executes) from an empty checkpoint until it has folded the last event and
+//!   published every report exactly once to `BACKBEAT_BARS`.
+//!
+//! The figure of merit is raw seconds / run seconds (goal ≥ 0.8).
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use backbeat_processor::driver::RunConfig;
+use backbeat_processor::metrics::Metrics;
+use backbeat_processor::status::SharedStatus;
+use backbeat_processor::FoldConfig;
+use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM};
+use backbeat_tests::NatsServer;
+use futures::StreamExt as _;
+
+#[path = "common/generator.rs"]
+mod generator;
+use generator::{log_chunks, BAR};
+
+const BATCH: usize = 1000;
+
+/// Stores the generated log; returns the sequence of its last event.
+async fn store_log(js: &jetstream::Context, claims: u64, agents: u64) -> anyhow::Result<u64> {
+    let mut last_seq = 0;
+    for chunk in log_chunks(claims, agents) {
+        let mut acks = std::collections::VecDeque::new();
+        for (seq, subject, payload) in chunk {
+            acks.push_back(js.publish(subject, payload.into()).await?);
+            if acks.len() >= 4096 {
+                acks.pop_front().expect("not empty").await?;
+            }
+            last_seq = seq;
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    Ok(last_seq)
+}
+
+/// Reads every message of BACKBEAT_EVENTS with an ordered consumer; returns the count.
+async fn raw_ordered(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut count = 0u64;
+    let mut bytes = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        count += 1;
+        bytes += message.payload.len();
+        if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
+            break;
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(count)
+}
+
+/// Reads every message with a durable pull consumer configured as `run`'s.
+async fn raw_durable(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("raw-durable".into()),
+            ack_policy: consumer::AckPolicy::All,
+            max_ack_pending: 1_000_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    let mut count = 0u64;
+    let mut bytes = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        count += 1;
+        bytes += message.payload.len();
+        let pending = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+        if pending == 0 || count.is_multiple_of(1000) {
+            message
+                .ack_with(AckKind::Ack)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    std::hint::black_box(bytes);
+    stream.delete_consumer("raw-durable").await?;
+    Ok(count)
+}
+
+/// Runs the processor's driver from scratch until it has folded `last_seq`
+/// and published `reports` reports; returns the reports it published.
+async fn run_catch_up(client: async_nats::Client, last_seq: u64, reports: u64) -> anyhow::Result<u64> {
+    let metrics = Metrics::new();
+    let status = SharedStatus::default();
+    let config = RunConfig {
+        fold: FoldConfig::with_bar_length(BAR),
+        name: "catchup-bench".into(),
+        clusters: Vec::new(),
+        checkpoint_min_interval: Duration::from_millis(1000),
+        checkpoint_interval: Duration::from_millis(5000),
+        batch: BATCH,
+        replicas: 1,
+        ready_lag_max: 1000,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(backbeat_processor::driver::run(
+        client,
+        config,
+        metrics.clone(),
+        status,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    // The figure is seconds; a 1 ms look at the counters costs nothing measurable.
+    while (metrics.last_seq.get() as u64) < last_seq || metrics.reports_published.get() < reports {
+        if driver.is_finished() {
+            driver.await??;
+            anyhow::bail!("the driver stopped early");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let published = metrics.reports_published.get();
+    let _ = stop_tx.send(());
+    driver.await??;
+    Ok(published)
+}
+
+fn expected_reports(claims: u64, agents: u64) -> u64 {
+    // Fold the same log in memory: the number of reports run must publish.
+    let mut fold = backbeat_processor::Fold::new(FoldConfig::with_bar_length(BAR));
+    let mut out = Vec::new();
+    for chunk in log_chunks(claims, agents) {
+        for (seq, subject, payload) in &chunk {
+            fold.apply(*seq, subject, payload, &mut out);
+        }
+    }
+    out.len() as u64
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let claims = args.first().copied().unwrap_or(1_000_000);
+    let agents = args.get(1).copied().unwrap_or(10_000);
+
+    let server = NatsServer::start()?;
+    let client = server.client().await?;
+    let js = jetstream::new(client.clone());
+    backbeat_service::streams::ensure_all_streams(&js, Default::default()).await?;
+    let started = Instant::now();
+    let last_seq = store_log(&js, claims, agents).await?;
+    eprintln!("stored {last_seq} events in {:.1} s", started.elapsed().as_secs_f64());
+    let reports = expected_reports(claims, agents);
+
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    let n = raw_ordered(&js).await?;
+    rows.push(("raw ordered consumer", n, started.elapsed()));
+    let started = Instant::now();
+    let n = raw_durable(&js).await?;
+    rows.push(("raw durable pull (run's settings)", n, started.elapsed()));
+    let started = Instant::now();
+    let published = run_catch_up(client.clone(), last_seq, reports).await?;
+    let run_time = started.elapsed();
+    rows.push(("run: fold + publish reports", last_seq, run_time));
+    anyhow::ensure!(
+        published == reports,
+        "run published {published} reports, expected {reports}"
+    );
+    let mut bars = js.get_stream(BARS_STREAM).await?;
+    anyhow::ensure!(
+        bars.info().await?.state.messages == reports,
+        "BACKBEAT_BARS holds other than {reports} reports"
+    );
+    // Raw once more after run, so that neither side alone profits from a warm store.
+    let started = Instant::now();
+    let n = raw_ordered(&js).await?;
+    rows.push(("raw ordered consumer (again)", n, started.elapsed()));
+
+    let raw_best = rows
+        .iter()
+        .filter(|r| r.0.starts_with("raw"))
+        .map(|r| r.2)
+        .min()
+        .expect("raw rows");
+    println!("{claims} claims, {agents} agents, {last_seq} events, {reports} reports, L = {BAR}");
+    println!("| reader | messages | seconds | messages/s | raw best s / this s |");
+    println!("|---|---|---|---|---|");
+    for (what, n, time) in &rows {
+        println!(
+            "| {what} | {n} | {:.2} | {:.0} | {:.2} |",
+            time.as_secs_f64(),
+            *n as f64 / time.as_secs_f64(),
+            raw_best.as_secs_f64() / time.as_secs_f64()
+        );
+    }
+    println!(
+        "\ncatch-up ratio (raw best / run) = {:.2} (goal >= 0.8)",
+        raw_best.as_secs_f64() / run_time.as_secs_f64()
+    );
+    Ok(())
+}
