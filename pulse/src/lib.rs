@@ -7,6 +7,18 @@
 //! The beat index itself is *not* replicated: the stream is the source of
 //! truth, and a new leader continues after the last beat stored there.
 //!
+//! Timing: beat `k` is due at `epoch + Σ interval(bpm(j))` (µs, `interval =
+//! floor(60e6 / bpm)`, the interval the processor's drift check expects), so
+//! sleep error never accumulates; a new leader keeps the replicated grid, and
+//! beats nobody emitted while there was no leader (or no NATS) are simply
+//! absent from the stream, which the processor counts as missing beats.
+//!
+//! HTTP on `--listen`: `/health`, `/ready` (503 with the reason while the node
+//! is degraded: no NATS, no quorum, or a leader that cannot emit), `/metrics`,
+//! `GET /api/v1/status`, `POST /api/v1/tempo` (bearer `--admin-token`;
+//! `{"bpm":N,"at":"next_downbeat"|"next_beat"}`; at most ±10% per request;
+//! a follower forwards it to the leader), and the raft RPC under `/raft/*`.
+//!
 //! What this crate must never do: publish a beat without the expected-sequence
 //! fence, publish a beat index twice or out of order, emit while it has no
 //! quorum, or let a follower emit. It never reads claims and never folds.
