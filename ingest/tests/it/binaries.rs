@@ -220,3 +220,52 @@ async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousa
     let (claims, _) = assert_foldable(&client, "sim-h").await;
     assert_eq!(claims, 3000);
 }
+
+/// The example agent of the client library's docs, built by `cargo test`,
+/// runs to completion against a live gateway and beats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_agent_runs_its_task_to_done() {
+    let server = start_server();
+    let port = free_port();
+    let _ingest = spawn_ingest(&server.url(), port);
+    wait_ready(&format!("http://127.0.0.1:{port}")).await;
+    let client = crate::support::client(&server).await;
+    let _beats = BeatEmitter::start(client.clone(), "example", 1000, 120);
+    let mut example = bin_path("backbeat-ingest");
+    example.set_file_name("examples");
+    example.push("agent");
+    assert!(
+        example.exists(),
+        "{} not built: run `cargo test -p backbeat-ingest` (which builds the examples), not `--test it` alone",
+        example.display()
+    );
+    let output = tokio::task::spawn_blocking({
+        let url = server.url();
+        move || {
+            Command::new(&example)
+                .args([url.as_str(), "example", "agent-x", "0"])
+                .output()
+                .unwrap_or_else(|e| panic!("running {}: {e}", example.display()))
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("stored at seq").count(), 5, "{stdout}");
+    let (claims, states) = assert_foldable(&client, "example").await;
+    assert_eq!(claims, 5);
+    assert_eq!(
+        states,
+        [
+            ClaimState::Planning,
+            ClaimState::Executing,
+            ClaimState::Reviewing,
+            ClaimState::Done
+        ]
+    );
+}
