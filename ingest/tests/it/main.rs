@@ -6,12 +6,15 @@
 //! - `duplicates`: a claim sent again (NATS, HTTP, within a batch) is stored once.
 //! - `http_batch`: per-line results, status codes, limits, batches larger than
 //!   the ack limit.
+//! - `backpressure`: JetStream stalled: 503 with Retry-After and NATS error
+//!   replies within the ack limit, then recovery.
 //! - `outage`: nats-server killed and restarted under load; every claim
 //!   answered `ok` is in the stream exactly once.
 //! - `client`: beat following (prediction, free-running), BarReports.
 //! - `binaries`: `backbeat-ingest` (help, readiness, metrics, SIGTERM) and
 //!   `backbeat-agent-sim` against it over NATS and HTTP, claims valid for the fold.
 
+mod backpressure;
 mod binaries;
 mod client;
 mod corpus;
