@@ -34,7 +34,8 @@ pub struct Manifest {
     pub sha256: String,
 }
 
-const FORMAT: u32 = 1;
+/// 2: the task table as a slab with lazy window indexes (format 1 held hash maps).
+const FORMAT: u32 = 2;
 
 /// One processor's checkpoints (`name` = its durable consumer's name).
 pub struct CheckpointStore {

@@ -38,6 +38,10 @@ pub(super) struct ClusterFold {
     /// Tempo of the last applied beat (for `tempo_changes`).
     last_tempo: Option<u32>,
     tasks: TaskTable,
+    /// Agents of the last closed window: the expected size of the next one's
+    /// agent set (a capacity, never an output).
+    #[serde(skip)]
+    agents_hint: usize,
 }
 
 impl ClusterFold {
@@ -52,6 +56,7 @@ impl ClusterFold {
             tempo_before_recent: None,
             last_tempo: None,
             tasks: TaskTable::default(),
+            agents_hint: 0,
         }
     }
 
@@ -178,9 +183,11 @@ impl ClusterFold {
         let window = self.windows.entry(window_index).or_default();
         window.claims_accepted += 1;
         window.applied(seq);
-        if !window.agents.contains(&*claim.agent_id) {
-            window.agents.insert(claim.agent_id.as_ref().into());
+        if window.agents.capacity() == 0 {
+            // Most agents claim in every window: size the set once, not by doubling.
+            window.agents.reserve(self.agents_hint);
         }
+        window.agents.get_or_insert_with(&*claim.agent_id, |agent| agent.into());
         if let Some(task_id) = claim.task_id.as_deref() {
             let kind = match claim.state {
                 ClaimState::Helping => TaskClaimKind::Helping,
@@ -231,6 +238,7 @@ impl ClusterFold {
             }
         }
 
+        self.agents_hint = acc.agents.len();
         let report = BarReport {
             kind: BarReportType,
             window_id: window_id(&self.cluster_id, bar_length, w),
