@@ -91,11 +91,9 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
         next_at > last_stored && next_at <= last_stored + 3,
         "next_beat lands at {next_at}; the last stored beat before the request was {last_stored}"
     );
-    log.wait_for("the next beat", PATIENCE, |b| {
-        b.frame.beat_index > next_at
-    })
-    .await
-    .unwrap();
+    log.wait_for("the next beat", PATIENCE, |b| b.frame.beat_index > next_at)
+        .await
+        .unwrap();
     let beats = log.read().await.unwrap().to_vec();
     assert_strictly_increasing(&beats, &options.cluster);
     for beat in beats.iter().filter(|b| b.frame.beat_index >= at_beat) {
