@@ -1,17 +1,17 @@
 //! NATS intake: claims published or requested on `backbeat.{cluster}.intake`.
 //!
 //! One task reads the queue subscription and submits each message in turn
-//! (validation is microseconds); the wait for each JetStream ack runs in its own
-//! small task, which then publishes the reply, so many acks are in flight at once
-//! while the number is bounded by the publisher's slots. A plain publish (no reply
+//! (validation is microseconds); the same task drives the wait for each
+//! JetStream ack and then publishes the reply, so many acks are in flight at
+//! once while the number is bounded by the publisher's slots. A plain publish (no reply
 //! subject) is processed the same way and simply not answered.
 
 use std::sync::Arc;
 
 use async_nats::{Client, Subscriber};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use super::publisher::{Input, Publisher, Source};
 
@@ -30,13 +30,14 @@ pub async fn serve_nats_intake(
     publisher: Arc<Publisher>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut replies = JoinSet::new();
+    // The answers to come, driven by this task: no task per claim, and no
+    // hop to another thread between a claim's ack and its reply.
+    let mut replies = FuturesUnordered::new();
     let mut draining = false;
     loop {
         let message = tokio::select! {
             biased;
-            // Reap finished reply tasks so the set stays as small as the acks in flight.
-            Some(_) = replies.join_next(), if !replies.is_empty() => continue,
+            Some(()) = replies.next(), if !replies.is_empty() => continue,
             changed = stop.changed(), if !draining => {
                 if changed.is_err() || *stop.borrow() {
                     draining = true;
@@ -62,10 +63,20 @@ pub async fn serve_nats_intake(
             source: Source::Nats,
             origin: message.subject.to_string(),
         };
-        let pending = publisher.submit(input).await;
+        // While this input waits for an ack slot, the replies in flight must
+        // still be driven: their acks are what frees the slots.
+        let submit = publisher.submit(input);
+        tokio::pin!(submit);
+        let pending = loop {
+            tokio::select! {
+                biased;
+                pending = &mut submit => break pending,
+                Some(()) = replies.next(), if !replies.is_empty() => {}
+            }
+        };
         let reply_to = message.reply;
         let client = client.clone();
-        replies.spawn(async move {
+        replies.push(async move {
             let outcome = pending.await;
             if let Some(reply_to) = reply_to {
                 if let Err(e) = client.publish(reply_to, outcome.to_json().into()).await {
@@ -74,7 +85,7 @@ pub async fn serve_nats_intake(
             }
         });
     }
-    while replies.join_next().await.is_some() {}
+    while replies.next().await.is_some() {}
     tracing::info!("NATS intake stopped");
 }
 

@@ -118,3 +118,34 @@ async fn a_stalled_jetstream_gets_unavailable_answers_not_a_queue() {
     assert!(reply.ok, "{reply:?}");
     gateway.stop().await;
 }
+
+/// Far more NATS claims at once than ack slots: the intake keeps driving the
+/// acks in flight while a claim waits for a slot, so all are taken in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_nats_claims_share_few_ack_slots() {
+    let server = start_server();
+    let gateway = Running::start(
+        &server.url(),
+        GatewayConfig {
+            acks_in_flight_max: 2,
+            backpressure_wait: Duration::from_secs(2),
+            ..GatewayConfig::default()
+        },
+    )
+    .await;
+    let client = crate::support::client(&server).await;
+    let requests = (0..300u64).map(|i| {
+        let client = client.clone();
+        async move {
+            let answer = client
+                .request("backbeat.tau.intake", claim(&format!("a{i}"), None, i, 0x20).into())
+                .await
+                .unwrap();
+            serde_json::from_slice::<Reply>(&answer.payload).unwrap()
+        }
+    });
+    let replies = futures::future::join_all(requests).await;
+    assert!(replies.iter().all(|r| r.ok), "{:?}", replies.iter().find(|r| !r.ok));
+    assert_eq!(claims_stored(&client, "tau").await.len(), 300);
+    gateway.stop().await;
+}
