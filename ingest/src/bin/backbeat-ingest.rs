@@ -32,6 +32,9 @@ struct Config {
     /// How long a claim waits for a free ack slot before it is answered 'unavailable' (HTTP 503).
     #[arg(long, env = "BACKBEAT_BACKPRESSURE_WAIT_MS", default_value_t = 250)]
     backpressure_wait_ms: u64,
+    /// A dead letter keeps at most this many bytes of a refused input (its prefix, with header Backbeat-Truncated).
+    #[arg(long, env = "BACKBEAT_DEAD_LETTER_BYTES_MAX", default_value_t = 64 * 1024)]
+    dead_letter_bytes_max: usize,
     /// How long to wait for JetStream's ack of one publish before answering 'unavailable'.
     #[arg(long, env = "BACKBEAT_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
     publish_timeout_ms: u64,
@@ -60,6 +63,7 @@ impl Config {
         GatewayConfig {
             acks_in_flight_max: self.acks_in_flight_max,
             backpressure_wait: Duration::from_millis(self.backpressure_wait_ms),
+            dead_letter_bytes_max: self.dead_letter_bytes_max,
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
             batch_bytes_max: self.batch_bytes_max,
             batch_lines_max: self.batch_lines_max,

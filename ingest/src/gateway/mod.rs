@@ -6,7 +6,8 @@
 //!   bytes and `Nats-Msg-Id` = SPEC §8's claim id, so a retried claim is stored once.
 //! - A refused input is kept in `backbeat.{cluster}.reject` (or
 //!   [`admission::INVALID_CLUSTER_REJECT_SUBJECT`]) with headers
-//!   `Backbeat-Reason`, `Backbeat-Error`, `Backbeat-Source`, `Backbeat-Subject`.
+//!   `Backbeat-Reason`, `Backbeat-Error`, `Backbeat-Source`, `Backbeat-Subject`
+//!   (and `Backbeat-Truncated` when only a prefix of a huge input is kept).
 //! - The answer comes after JetStream's ack, never before.
 //!
 //! [`Gateway::start`] runs it on a connection in-process (tests, the benchmark);
@@ -45,6 +46,10 @@ pub struct GatewayConfig {
     pub acks_in_flight_max: u32,
     /// How long an input waits for an ack slot before it is answered `unavailable`.
     pub backpressure_wait: Duration,
+    /// A dead letter keeps at most this many bytes of its input (and never more
+    /// than the server's largest message allows); a longer input is kept as its
+    /// prefix with header `Backbeat-Truncated` = its full length.
+    pub dead_letter_bytes_max: usize,
     /// How long the gateway waits for JetStream's ack of one publish.
     pub publish_timeout: Duration,
     /// HTTP request bodies are at most this many bytes.
@@ -65,6 +70,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             acks_in_flight_max: 1024,
             backpressure_wait: Duration::from_millis(250),
+            dead_letter_bytes_max: 64 * 1024,
             publish_timeout: Duration::from_secs(2),
             batch_bytes_max: 1024 * 1024,
             batch_lines_max: 10_000,
@@ -79,6 +85,10 @@ impl GatewayConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.acks_in_flight_max >= 1, "--acks-in-flight-max must be at least 1");
         anyhow::ensure!(self.batch_bytes_max >= 1, "--batch-bytes-max must be at least 1");
+        anyhow::ensure!(
+            self.dead_letter_bytes_max >= 8192,
+            "--dead-letter-bytes-max must be at least 8192 (an oversize claim's first 8 KiB)"
+        );
         anyhow::ensure!(self.batch_lines_max >= 1, "--batch-lines-max must be at least 1");
         anyhow::ensure!(
             !self.publish_timeout.is_zero(),
@@ -129,6 +139,10 @@ impl Gateway {
             PublisherLimits {
                 acks_in_flight_max: config.acks_in_flight_max,
                 backpressure_wait: config.backpressure_wait,
+                // Headers and the protocol need some room beside the payload.
+                dead_letter_bytes_max: config
+                    .dead_letter_bytes_max
+                    .min((client.server_info().max_payload).saturating_sub(4096).max(8192)),
             },
             metrics.clone(),
         ));

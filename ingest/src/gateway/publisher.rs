@@ -33,6 +33,9 @@ pub const HEADER_ERROR: &str = "Backbeat-Error";
 pub const HEADER_SOURCE: &str = "Backbeat-Source";
 /// Dead-letter header: the intake subject (NATS) or the request path (HTTP) the input came on.
 pub const HEADER_SUBJECT: &str = "Backbeat-Subject";
+/// Dead-letter header, only on a dead letter that holds a prefix of its input:
+/// the input's full length in bytes.
+pub const HEADER_TRUNCATED: &str = "Backbeat-Truncated";
 
 /// Where an input came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,8 @@ pub struct PublisherLimits {
     pub acks_in_flight_max: u32,
     /// How long an input waits for an ack slot before it is answered `unavailable`.
     pub backpressure_wait: Duration,
+    /// A dead letter holds at most this many bytes of its input.
+    pub dead_letter_bytes_max: usize,
 }
 
 /// Submits inputs to JetStream; shared by NATS and HTTP intake.
@@ -241,15 +246,18 @@ impl Publisher {
         headers.insert(HEADER_ERROR, header_value(&message).as_str());
         headers.insert(HEADER_SOURCE, input.source.as_str());
         headers.insert(HEADER_SUBJECT, header_value(&input.origin).as_str());
+        let payload_len = input.payload.len();
+        // An input larger than a message may be is kept as its prefix, saying
+        // so, rather than lost to a refused publish.
+        let mut payload = input.payload;
+        if payload_len > self.limits.dead_letter_bytes_max {
+            headers.insert(HEADER_TRUNCATED, payload_len.to_string().as_str());
+            payload.truncate(self.limits.dead_letter_bytes_max);
+        }
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let outcome = Outcome::Rejected { reason, message };
-        let payload_len = input.payload.len();
-        match self
-            .js
-            .publish_with_headers(subject.clone(), headers, input.payload)
-            .await
-        {
+        match self.js.publish_with_headers(subject.clone(), headers, payload).await {
             Err(e) => {
                 drop(slot);
                 metrics.dead_letters_failed.inc();

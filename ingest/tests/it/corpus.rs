@@ -226,3 +226,30 @@ async fn every_bad_input_gets_its_reason_and_a_dead_letter_and_nothing_reaches_t
     gateway.stop().await;
     drop(server);
 }
+
+/// An input larger than a dead letter may hold is kept as its prefix, with its
+/// full length in a header, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_input_is_kept_as_a_marked_prefix() {
+    let server = start_server();
+    let gateway = Running::start(&server.url(), GatewayConfig::default()).await;
+    let client = crate::support::client(&server).await;
+    let huge = format!(
+        r#"{{"type":"backbeat.statusclaim.v1","notes":"{}"}}"#,
+        "h".repeat(100_000)
+    );
+    let response = reqwest::Client::new()
+        .post(gateway.claims_url("alpha"))
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let letters = dead_letters(&client).await;
+    assert_eq!(letters.len(), 1);
+    let kept = GatewayConfig::default().dead_letter_bytes_max;
+    assert_eq!(letters[0].payload.as_ref(), &huge.as_bytes()[..kept]);
+    assert_eq!(letters[0].header("Backbeat-Truncated"), Some(huge.len().to_string()));
+    assert_eq!(letters[0].header("Backbeat-Reason").as_deref(), Some("too_large"));
+    gateway.stop().await;
+}
