@@ -125,7 +125,13 @@ impl CheckpointStore {
 
     /// Writes the fold's state as the new checkpoint and removes the previous one's chunks.
     pub async fn save(&mut self, fold: &Fold) -> anyhow::Result<Manifest> {
-        let state = fold.to_checkpoint();
+        self.save_state(fold.last_seq(), *fold.config(), &fold.to_checkpoint())
+            .await
+    }
+
+    /// Writes `state` (a fold's checkpoint bytes after the event `seq`, folded
+    /// with `config`) as the new checkpoint and removes the previous one's chunks.
+    pub async fn save_state(&mut self, seq: u64, config: FoldConfig, state: &[u8]) -> anyhow::Result<Manifest> {
         let generation = self.current.as_ref().map_or(1, |m| m.generation + 1);
         let mut chunks = 0u32;
         for (index, chunk) in state.chunks(self.chunk_bytes).enumerate() {
@@ -139,11 +145,11 @@ impl CheckpointStore {
         let manifest = Manifest {
             format: FORMAT,
             generation,
-            seq: fold.last_seq(),
-            config: *fold.config(),
+            seq,
+            config,
             chunks,
             bytes: state.len() as u64,
-            sha256: sha256_hex(&state),
+            sha256: sha256_hex(state),
         };
         self.kv
             .put(self.manifest_key(), serde_json::to_vec(&manifest)?.into())

@@ -20,6 +20,7 @@ use crate::fold::{Fold, FoldConfig};
 use crate::metrics::Metrics;
 use crate::publisher::{BarPublisher, PublishOutcome};
 use crate::status::SharedStatus;
+use crate::worker::{self, Request};
 
 /// What `run` needs, validated.
 #[derive(Debug, Clone)]
@@ -67,7 +68,7 @@ pub async fn run(
     let max_payload = client.server_info().max_payload;
     let mut store = CheckpointStore::open(&js, &config.name, config.replicas, max_payload).await?;
 
-    let mut fold = match store.load().await? {
+    let fold = match store.load().await? {
         Some((manifest, fold)) => {
             if manifest.config != config.fold {
                 bail!(
@@ -123,121 +124,228 @@ pub async fn run(
         .expires(Duration::from_secs(30))
         .messages()
         .await
-        .context("starting to consume")?;
+        .context("starting to consume")?
+        .ready_chunks(config.batch.clamp(1, DISPATCH_BATCH_MAX));
     status.update(|s| s.started = true);
     status.refresh_from(&fold);
 
-    let mut publisher = BarPublisher::new(js.clone());
-    let mut reports = Vec::new();
-    let mut last_checkpoint = Instant::now();
-    let mut dirty = false;
-    let mut since_ack = 0u32;
+    let mut dispatched_seq = fold.last_seq();
+    let mut shell = Shell {
+        publisher: BarPublisher::new(js.clone()),
+        store,
+        metrics,
+        status,
+        config: config.clone(),
+        folded_seq: fold.last_seq(),
+        checkpointed_seq: fold.last_seq(),
+        last_checkpoint: Instant::now(),
+        checkpoint_wanted: false,
+    };
+    let (requests, mut outputs) = worker::spawn(fold);
+    let mut since_ack = 0usize;
     let mut ticker = tokio::time::interval(config.checkpoint_interval.min(Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
 
     loop {
+        if shell.checkpoint_wanted {
+            // Not waiting for room: when the worker is busy, the next output asks again.
+            if requests.try_send(Request::Checkpoint).is_ok() {
+                shell.checkpoint_wanted = false;
+            }
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            next = messages.next() => {
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error; continuing");
-                        continue;
-                    }
-                    None => bail!("the consumer's message stream ended"),
+            output = outputs.recv() => {
+                shell.handle(output.context("the fold thread stopped")?).await?;
+            }
+            chunk = messages.next() => {
+                let Some(chunk) = chunk else {
+                    bail!("the consumer's message stream ended");
                 };
                 let arrived = Instant::now();
-                let (seq, pending) = match message.info() {
-                    Ok(info) => (info.stream_sequence, info.pending),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "message without JetStream metadata; skipped");
+                let mut events = Vec::with_capacity(chunk.len());
+                let mut last = None;
+                let mut pending = None;
+                for message in chunk {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer error; continuing");
+                            continue;
+                        }
+                    };
+                    let (seq, left) = match message.info() {
+                        Ok(info) => (info.stream_sequence, info.pending),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "message without JetStream metadata; skipped");
+                            continue;
+                        }
+                    };
+                    if seq <= dispatched_seq {
                         continue;
                     }
-                };
-                if seq <= fold.last_seq() {
-                    continue;
+                    dispatched_seq = seq;
+                    pending = Some(left);
+                    events.push(worker::Event { seq, subject: message.subject.clone(), payload: message.payload.clone() });
+                    last = Some(message);
                 }
-                let outcome = fold.apply(seq, message.subject.as_str(), &message.payload, &mut reports);
-                metrics.count(outcome);
-                metrics.last_seq.set(seq as i64);
-                metrics.consumer_lag.set(pending as i64);
-                dirty = true;
-                let had_reports = !reports.is_empty();
-                for report in reports.drain(..) {
-                    let outcome = publisher
-                        .publish(&report, Duration::from_secs(u64::MAX / 4))
-                        .await?;
-                    match outcome {
-                        PublishOutcome::Published(_) => metrics.reports_published.inc(),
-                        PublishOutcome::AlreadyPublished => metrics.reports_skipped.inc(),
-                    }
-                    metrics.report_mismatches.inc_by(std::mem::take(&mut publisher.mismatches));
-                    let elapsed = arrived.elapsed().as_secs_f64();
-                    metrics.rollup_latency.observe(elapsed);
-                    metrics.window_processing.observe(elapsed);
-                    metrics.windows_completed.with_label_values(&[report.cluster_id.as_str()]).inc();
-                    metrics.agents_reporting.with_label_values(&[report.cluster_id.as_str()]).set(report.agents_reporting as i64);
-                    metrics.on_time_reviews.with_label_values(&[report.cluster_id.as_str()]).set(report.on_time_reviews as i64);
-                    status.record_report(&report);
-                    status.update(|s| s.reports_published = metrics.reports_published.get());
-                }
+                let (Some(last), Some(pending)) = (last, pending) else { continue };
                 // Acks only keep the server's view of the consumer current: the
                 // checkpoint, not the ack floor, is where a restart begins.
-                since_ack += 1;
-                if pending == 0 || since_ack >= 1000 || had_reports {
-                    if let Err(e) = message.ack_with(AckKind::Ack).await {
+                since_ack += events.len();
+                if pending == 0 || since_ack >= 1000 {
+                    if let Err(e) = last.ack_with(AckKind::Ack).await {
                         tracing::debug!(error = %e, "ack failed");
                     }
                     since_ack = 0;
                 }
-                let caught_up = pending <= config.ready_lag_max;
-                if pending == 0 || had_reports {
-                    status.refresh_from(&fold);
-                    status.update(|s| { s.consumer_lag = pending; s.caught_up = caught_up; });
-                }
-                let due = (had_reports && last_checkpoint.elapsed() >= config.checkpoint_min_interval)
-                    || last_checkpoint.elapsed() >= config.checkpoint_interval;
-                if due {
-                    checkpoint(&mut store, &fold, &metrics, &status).await;
-                    last_checkpoint = Instant::now();
-                    dirty = false;
+                shell.metrics.consumer_lag.set(pending as i64);
+                // Room in the worker's queue, handling its outputs meanwhile: it
+                // may be waiting for room in ours.
+                let request = Request::Events { events, pending, arrived };
+                loop {
+                    tokio::select! {
+                        permit = requests.reserve() => {
+                            permit.context("the fold thread stopped")?.send(request);
+                            break;
+                        }
+                        output = outputs.recv() => {
+                            shell.handle(output.context("the fold thread stopped")?).await?;
+                        }
+                    }
                 }
             }
             _ = ticker.tick() => {
-                if dirty && last_checkpoint.elapsed() >= config.checkpoint_interval {
-                    checkpoint(&mut store, &fold, &metrics, &status).await;
-                    last_checkpoint = Instant::now();
-                    dirty = false;
+                if shell.folded_seq > shell.checkpointed_seq
+                    && shell.last_checkpoint.elapsed() >= shell.config.checkpoint_interval
+                {
+                    shell.checkpoint_wanted = true;
                 }
                 if let Ok(info) = consumer.clone().info().await {
                     let lag = info.num_pending;
-                    metrics.consumer_lag.set(lag as i64);
-                    status.update(|s| { s.consumer_lag = lag; s.caught_up = lag <= config.ready_lag_max; });
+                    // Idle and everything folded: the fold is at the stream's end.
+                    if lag == 0 && shell.folded_seq == dispatched_seq {
+                        shell.metrics.consumer_lag.set(0);
+                        shell.status.update(|s| { s.consumer_lag = 0; s.caught_up = true; });
+                    } else {
+                        let behind = lag + dispatched_seq.saturating_sub(shell.folded_seq);
+                        shell.status.update(|s| { s.consumer_lag = behind; s.caught_up = behind <= shell.config.ready_lag_max; });
+                    }
                 }
             }
         }
     }
-    if dirty {
-        checkpoint(&mut store, &fold, &metrics, &status).await;
+    // Let the worker fold what it was sent; its last output is a checkpoint.
+    drop(requests);
+    while let Some(output) = outputs.recv().await {
+        shell.handle(output).await?;
     }
-    tracing::info!(seq = fold.last_seq(), "stopped");
+    tracing::info!(seq = shell.folded_seq, "stopped");
     Ok(())
 }
 
-async fn checkpoint(store: &mut CheckpointStore, fold: &Fold, metrics: &Metrics, status: &SharedStatus) {
-    match store.save(fold).await {
-        Ok(manifest) => {
-            metrics.checkpoints.inc();
-            metrics.checkpoint_bytes.set(manifest.bytes as i64);
-            status.update(|s| {
-                s.checkpoint_seq = manifest.seq;
-                s.checkpoint_generation = manifest.generation;
-            });
+/// Events per request to the worker at most.
+const DISPATCH_BATCH_MAX: usize = 1024;
+
+/// The driver's side of the worker: publishes reports, stores checkpoints,
+/// keeps metrics and status current.
+struct Shell {
+    publisher: BarPublisher,
+    store: CheckpointStore,
+    metrics: Metrics,
+    status: SharedStatus,
+    config: RunConfig,
+    /// The last event the worker has folded (as far as outputs tell).
+    folded_seq: u64,
+    /// The last event of the stored checkpoint.
+    checkpointed_seq: u64,
+    last_checkpoint: Instant,
+    /// A checkpoint is due and not yet requested.
+    checkpoint_wanted: bool,
+}
+
+impl Shell {
+    /// Handles one output of the worker, in order.
+    async fn handle(&mut self, output: worker::Output) -> anyhow::Result<()> {
+        let metrics = &self.metrics;
+        metrics.count_many(&output.outcomes);
+        self.folded_seq = self.folded_seq.max(output.last_seq);
+        metrics.last_seq.set(self.folded_seq as i64);
+        let had_reports = !output.reports.is_empty();
+        for report in &output.reports {
+            match self
+                .publisher
+                .publish(report, Duration::from_secs(u64::MAX / 4))
+                .await?
+            {
+                PublishOutcome::Published(_) => metrics.reports_published.inc(),
+                PublishOutcome::AlreadyPublished => metrics.reports_skipped.inc(),
+            }
+            metrics
+                .report_mismatches
+                .inc_by(std::mem::take(&mut self.publisher.mismatches));
+            if let Some(arrived) = output.arrived {
+                let elapsed = arrived.elapsed().as_secs_f64();
+                metrics.rollup_latency.observe(elapsed);
+                metrics.window_processing.observe(elapsed);
+            }
+            let cluster = [report.cluster_id.as_str()];
+            metrics.windows_completed.with_label_values(&cluster).inc();
+            metrics
+                .agents_reporting
+                .with_label_values(&cluster)
+                .set(report.agents_reporting as i64);
+            metrics
+                .on_time_reviews
+                .with_label_values(&cluster)
+                .set(report.on_time_reviews as i64);
+            self.status.record_report(report);
         }
-        // A failed checkpoint costs only re-folding time after a restart.
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; will retry"),
+        if let Some(views) = output.views {
+            self.status.refresh(self.folded_seq, self.config.fold.bar_length, views);
+        }
+        let published = metrics.reports_published.get();
+        let ready_lag_max = self.config.ready_lag_max;
+        self.status.update(|s| {
+            s.reports_published = published;
+            if let Some(pending) = output.pending {
+                s.consumer_lag = pending;
+                s.caught_up = pending <= ready_lag_max;
+            }
+        });
+        if let Some(checkpoint) = output.checkpoint {
+            if checkpoint.seq > self.checkpointed_seq {
+                self.save(checkpoint).await;
+            }
+        } else if (had_reports && self.last_checkpoint.elapsed() >= self.config.checkpoint_min_interval)
+            || (self.folded_seq > self.checkpointed_seq
+                && self.last_checkpoint.elapsed() >= self.config.checkpoint_interval)
+        {
+            self.checkpoint_wanted = true;
+        }
+        Ok(())
+    }
+
+    async fn save(&mut self, checkpoint: worker::CheckpointState) {
+        self.last_checkpoint = Instant::now();
+        match self
+            .store
+            .save_state(checkpoint.seq, checkpoint.config, &checkpoint.state)
+            .await
+        {
+            Ok(manifest) => {
+                self.checkpointed_seq = manifest.seq;
+                self.metrics.checkpoints.inc();
+                self.metrics.checkpoint_bytes.set(manifest.bytes as i64);
+                self.status.update(|s| {
+                    s.checkpoint_seq = manifest.seq;
+                    s.checkpoint_generation = manifest.generation;
+                });
+            }
+            // A failed checkpoint costs only re-folding time after a restart.
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; will retry"),
+        }
     }
 }

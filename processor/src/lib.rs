@@ -16,5 +16,6 @@ pub mod logfold;
 pub mod metrics;
 pub mod publisher;
 pub mod status;
+pub mod worker;
 
 pub use fold::{fold_all, Fold, FoldConfig, Outcome};

@@ -129,14 +129,20 @@ impl Metrics {
         m
     }
 
-    pub fn count(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Ignored => {}
-            Outcome::BeatApplied | Outcome::BeatStale | Outcome::BeatRejected => {
-                self.beats_processed.with_label_values(&[outcome.as_str()]).inc()
+    /// Counts events by outcome (`counts[outcome as usize]`).
+    pub fn count_many(&self, counts: &[u64; Outcome::ALL.len()]) {
+        for (outcome, &n) in Outcome::ALL.iter().zip(counts) {
+            if n == 0 {
+                continue;
             }
-            Outcome::ClaimApplied | Outcome::ClaimLate | Outcome::ClaimRejected => {
-                self.claims_processed.with_label_values(&[outcome.as_str()]).inc()
+            match outcome {
+                Outcome::Ignored => {}
+                Outcome::BeatApplied | Outcome::BeatStale | Outcome::BeatRejected => {
+                    self.beats_processed.with_label_values(&[outcome.as_str()]).inc_by(n)
+                }
+                Outcome::ClaimApplied | Outcome::ClaimLate | Outcome::ClaimRejected => {
+                    self.claims_processed.with_label_values(&[outcome.as_str()]).inc_by(n)
+                }
             }
         }
     }

@@ -62,10 +62,14 @@ impl SharedStatus {
 
     /// Refreshes the clusters' positions from the fold.
     pub fn refresh_from(&self, fold: &Fold) {
-        let bar_length = fold.config().bar_length;
         let views: Vec<ClusterStatus> = fold.cluster_ids().filter_map(|id| fold.cluster_status(id)).collect();
+        self.refresh(fold.last_seq(), fold.config().bar_length, views);
+    }
+
+    /// Refreshes the position and the clusters' views (made by the fold's thread).
+    pub fn refresh(&self, last_seq: u64, bar_length: u64, views: Vec<ClusterStatus>) {
         self.update(|status| {
-            status.last_seq = fold.last_seq();
+            status.last_seq = last_seq;
             for view in views {
                 let entry = status.clusters.entry(view.cluster_id.clone()).or_default();
                 entry.cluster_id = view.cluster_id.clone();

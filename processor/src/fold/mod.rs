@@ -85,6 +85,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ignored,
+        Outcome::BeatApplied,
+        Outcome::BeatStale,
+        Outcome::BeatRejected,
+        Outcome::ClaimApplied,
+        Outcome::ClaimLate,
+        Outcome::ClaimRejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ignored => "ignored",

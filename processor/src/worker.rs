@@ -1,0 +1,136 @@
+//! The fold on a thread of its own, so that reading JetStream (async, on the
+//! runtime) and folding (synchronous, CPU-bound) overlap instead of taking
+//! turns.
+//!
+//! The driver sends [`Request`]s through a bounded channel; the worker answers
+//! each with one [`Output`], in order, through another bounded channel. A
+//! checkpoint is a request like any other, so the state it captures is the
+//! state after exactly the events sent before it, and the driver, which
+//! handles outputs in order, has published every report of those events
+//! before it stores the checkpoint: a checkpoint never runs ahead of the
+//! reports. The worker never touches the network and never reads a clock.
+
+use std::time::Instant;
+
+use async_nats::Subject;
+use backbeat_schemas::BarReport;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::fold::{ClusterStatus, Fold, FoldConfig, Outcome};
+
+/// One message of the stream.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: u64,
+    pub subject: Subject,
+    pub payload: Bytes,
+}
+
+/// What the driver asks of the worker.
+#[derive(Debug)]
+pub enum Request {
+    /// Fold these events (in stream order). `pending` is the consumer's count
+    /// of messages after the last one; `arrived` is when the batch was read.
+    Events {
+        events: Vec<Event>,
+        pending: u64,
+        arrived: Instant,
+    },
+    /// Serialize the state as it is after every event sent so far.
+    Checkpoint,
+}
+
+/// A checkpoint's content: the state after the event with sequence `seq`.
+#[derive(Debug)]
+pub struct CheckpointState {
+    pub seq: u64,
+    pub config: FoldConfig,
+    pub state: Vec<u8>,
+}
+
+/// The worker's answer to one request.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// The sequence of the last event folded so far.
+    pub last_seq: u64,
+    /// Reports closed by the request's events, in the order the fold emitted them.
+    pub reports: Vec<BarReport>,
+    /// Events folded, by [`Outcome`] (indexed by `Outcome as usize`).
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// The `pending` of the request (None for a checkpoint).
+    pub pending: Option<u64>,
+    pub arrived: Option<Instant>,
+    /// The clusters' positions, when reports were closed or the stream's end was reached.
+    pub views: Option<Vec<ClusterStatus>>,
+    pub checkpoint: Option<CheckpointState>,
+}
+
+/// Requests and outputs in flight at most (each request holds up to one pull batch).
+pub const CHANNEL_CAPACITY: usize = 8;
+
+/// Starts the worker with `fold`. When the request channel closes, the worker
+/// answers with a last checkpoint and stops.
+pub fn spawn(fold: Fold) -> (mpsc::Sender<Request>, mpsc::Receiver<Output>) {
+    let (request_tx, request_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let (output_tx, output_rx) = mpsc::channel(CHANNEL_CAPACITY);
+    std::thread::Builder::new()
+        .name("backbeat-fold".into())
+        .spawn(move || work(fold, request_rx, output_tx))
+        .expect("starting the fold thread");
+    (request_tx, output_rx)
+}
+
+fn work(mut fold: Fold, mut requests: mpsc::Receiver<Request>, outputs: mpsc::Sender<Output>) {
+    while let Some(request) = requests.blocking_recv() {
+        let output = match request {
+            Request::Events {
+                events,
+                pending,
+                arrived,
+            } => {
+                let mut output = Output {
+                    pending: Some(pending),
+                    arrived: Some(arrived),
+                    ..Output::default()
+                };
+                for event in &events {
+                    if event.seq <= fold.last_seq() {
+                        continue;
+                    }
+                    let outcome = fold.apply(event.seq, event.subject.as_str(), &event.payload, &mut output.reports);
+                    output.outcomes[outcome as usize] += 1;
+                }
+                output.last_seq = fold.last_seq();
+                if !output.reports.is_empty() || pending == 0 {
+                    output.views = Some(views(&fold));
+                }
+                output
+            }
+            Request::Checkpoint => checkpoint_output(&fold),
+        };
+        if outputs.blocking_send(output).is_err() {
+            // The driver has stopped: nothing to answer to.
+            return;
+        }
+    }
+    let _ = outputs.blocking_send(checkpoint_output(&fold));
+}
+
+fn checkpoint_output(fold: &Fold) -> Output {
+    Output {
+        last_seq: fold.last_seq(),
+        checkpoint: Some(CheckpointState {
+            seq: fold.last_seq(),
+            config: *fold.config(),
+            state: fold.to_checkpoint(),
+        }),
+        views: Some(views(fold)),
+        ..Output::default()
+    }
+}
+
+/// Every cluster's position.
+pub fn views(fold: &Fold) -> Vec<ClusterStatus> {
+    fold.cluster_ids().filter_map(|id| fold.cluster_status(id)).collect()
+}
