@@ -68,7 +68,9 @@ stop_all() {
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     say "stopped; state kept in $STATE"
 }
-trap stop_all INT TERM EXIT
+on_signal() { stop_all; exit 0; }
+trap on_signal INT TERM
+trap stop_all EXIT
 
 wait_ready() { # wait_ready NAME URL
     local name="$1" url="$2"
@@ -111,7 +113,8 @@ BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
   processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
   metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/
-  reports     $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER
+  reports     $BIN/backbeat-processor replay --nats $NATS --cluster $CLUSTER --from-window 0
+  events      $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER   (the log, SPEC §7)
   logs        $STATE/logs/*.log
 Ctrl-C stops everything.
 INFO
