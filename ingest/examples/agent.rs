@@ -59,12 +59,17 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(report) = reports.next().await {
                     match report {
                         Ok((seq, report)) => println!(
-                            "bar report #{seq}: beats {}..={}, {} agents, {} on-time reviews, issues {:?}",
+                            "bar report #{seq}: beats {}..={}, {} agents, {} claims ({} late), {} on-time reviews, \
+                             {} help promises kept, secret rotations ok: {}, issues {:?}",
                             report.from_beat,
                             report.to_beat,
                             report.agents_reporting,
+                            report.claims_accepted,
+                            report.claims_late,
                             report.on_time_reviews,
-                            report.issues.iter().map(|i| &i.code).collect::<Vec<_>>()
+                            report.help_promises_fulfilled,
+                            report.secret_rotations_ok,
+                            report.issues.iter().map(|i| (&i.code, i.count)).collect::<Vec<_>>()
                         ),
                         Err(e) => eprintln!("bar reports: {e}"),
                     }
