@@ -34,8 +34,8 @@ pub struct Manifest {
     pub sha256: String,
 }
 
-/// 2: the task table as a slab with lazy window indexes (format 1 held hash maps).
-const FORMAT: u32 = 2;
+/// 3: agents counted in a per-cluster table (2: per-window agent sets; 1: task hash maps).
+const FORMAT: u32 = 3;
 
 /// One processor's checkpoints (`name` = its durable consumer's name).
 pub struct CheckpointStore {

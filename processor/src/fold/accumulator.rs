@@ -1,7 +1,6 @@
 //! What a window accumulates until its report (SPEC §5–§6).
 
 use backbeat_schemas::report::{Issue, ISSUE_CODES, ISSUE_SAMPLE_LEN_MAX};
-use hashbrown::HashSet;
 use serde::{Deserialize, Serialize};
 
 /// The issue codes of SPEC §6, indexing [`WindowAccumulator::issues`] in report order.
@@ -50,7 +49,8 @@ impl IssueAccumulator {
 /// A window's running totals.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowAccumulator {
-    pub agents: HashSet<Box<str>>,
+    /// Distinct agents with a claim applied here (counted by the cluster's agent table).
+    pub agents_reporting: u64,
     pub on_time_reviews: u64,
     pub help_promises_fulfilled: u64,
     pub secret_rotations_ok: bool,
@@ -67,7 +67,7 @@ pub struct WindowAccumulator {
 impl Default for WindowAccumulator {
     fn default() -> Self {
         WindowAccumulator {
-            agents: HashSet::new(),
+            agents_reporting: 0,
             on_time_reviews: 0,
             help_promises_fulfilled: 0,
             secret_rotations_ok: true,

@@ -9,6 +9,7 @@ use backbeat_schemas::{validate_beat, validate_claim, BarReport, ClaimState};
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{IssueCode, WindowAccumulator};
+use super::agents::AgentTable;
 use super::tasks::{TaskClaimKind, TaskKeyRef, TaskTable};
 use super::{ClusterStatus, FoldConfig, Outcome};
 
@@ -38,10 +39,8 @@ pub(super) struct ClusterFold {
     /// Tempo of the last applied beat (for `tempo_changes`).
     last_tempo: Option<u32>,
     tasks: TaskTable,
-    /// Agents of the last closed window: the expected size of the next one's
-    /// agent set (a capacity, never an output).
-    #[serde(skip)]
-    agents_hint: usize,
+    /// The open windows each agent is counted in.
+    agents: AgentTable,
 }
 
 impl ClusterFold {
@@ -56,7 +55,7 @@ impl ClusterFold {
             tempo_before_recent: None,
             last_tempo: None,
             tasks: TaskTable::default(),
-            agents_hint: 0,
+            agents: AgentTable::default(),
         }
     }
 
@@ -183,11 +182,9 @@ impl ClusterFold {
         let window = self.windows.entry(window_index).or_default();
         window.claims_accepted += 1;
         window.applied(seq);
-        if window.agents.capacity() == 0 {
-            // Most agents claim in every window: size the set once, not by doubling.
-            window.agents.reserve(self.agents_hint);
+        if self.agents.count_in(&claim.agent_id, window_index) {
+            window.agents_reporting += 1;
         }
-        window.agents.get_or_insert_with(&*claim.agent_id, |agent| agent.into());
         if let Some(task_id) = claim.task_id.as_deref() {
             let kind = match claim.state {
                 ClaimState::Helping => TaskClaimKind::Helping,
@@ -238,13 +235,12 @@ impl ClusterFold {
             }
         }
 
-        self.agents_hint = acc.agents.len();
         let report = BarReport {
             kind: BarReportType,
             window_id: window_id(&self.cluster_id, bar_length, w),
             from_beat: first,
             to_beat: last,
-            agents_reporting: acc.agents.len() as u64,
+            agents_reporting: acc.agents_reporting,
             on_time_reviews: acc.on_time_reviews,
             help_promises_fulfilled: acc.help_promises_fulfilled,
             secret_rotations_ok: acc.secret_rotations_ok,
@@ -263,6 +259,7 @@ impl ClusterFold {
         };
 
         self.tasks.expire(w, config.task_ttl);
+        self.agents.close(w);
         self.next_to_close = w + 1;
         let next_first = last.saturating_add(1);
         while self.recent_beats.front().is_some_and(|b| b.index < next_first) {

@@ -7,6 +7,7 @@
 //! stop after any event and resume with the same results.
 
 mod accumulator;
+mod agents;
 mod cluster;
 mod tasks;
 
