@@ -13,7 +13,9 @@
 //! What the gateway must never do: rewrite a payload (the stored bytes are the
 //! agent's bytes), acknowledge a claim before JetStream acknowledged it, drop an
 //! input without a dead letter or an answer, or grow its memory when JetStream is
-//! slow (it answers "unavailable, retry" instead). It has no opinion about beats
+//! slow (it answers "unavailable, retry" instead). A dead letter keeps the
+//! input's bytes, only cut to a marked prefix (`Backbeat-Truncated`) when the
+//! input is larger than a message may be. It has no opinion about beats
 //! or windows: lateness is the fold's business.
 
 pub mod client;

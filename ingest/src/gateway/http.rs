@@ -29,6 +29,10 @@ pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
 /// nothing was sent). Not a SPEC reason: the fold never sees batches.
 pub const REASON_EMPTY_BATCH: &str = "empty_batch";
 
+/// How far past `batch_bytes_max` a body is still read (and dropped) so that
+/// its sender gets the 413.
+const DISCARD_BYTES_MAX: usize = 1024 * 1024;
+
 /// Limits of HTTP intake.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -111,12 +115,16 @@ async fn post_claims(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|len| len > limit as u64) {
+    // A body far beyond the limit is refused before it is read; one a little
+    // over it is read (and dropped) first, so the client, still sending it,
+    // gets the 413 instead of a reset connection.
+    let discard_max = limit.saturating_add(DISCARD_BYTES_MAX);
+    if declared_len.is_some_and(|len| len > discard_max as u64) {
         return body_too_large(limit);
     }
     // The admin router's default body limit does not apply to a raw `Body`:
     // this route reads it with its own, larger one.
-    let bytes = match read_body(body, limit).await {
+    let bytes = match read_body(body, limit, discard_max).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return body_too_large(limit),
         Err(e) => {
@@ -237,18 +245,24 @@ fn error_response(status: StatusCode, reason: &str, message: &str) -> Response {
     (status, Json(Reply::error(reason, message))).into_response()
 }
 
-/// Reads at most `limit` bytes of `body`; `None` when it is longer (the rest is not read).
-async fn read_body(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+/// Reads at most `limit` bytes of `body`; `None` when it is longer. The
+/// excess is read and dropped up to `discard_max` bytes in all (memory stays
+/// at `limit`), beyond that the rest is not read.
+async fn read_body(body: Body, limit: usize, discard_max: usize) -> Result<Option<Bytes>, axum::Error> {
     let mut stream = body.into_data_stream();
     let mut collected = bytes::BytesMut::new();
+    let mut total = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        if collected.len() + chunk.len() > limit {
+        total = total.saturating_add(chunk.len());
+        if total > discard_max {
             return Ok(None);
         }
-        collected.extend_from_slice(&chunk);
+        if total <= limit {
+            collected.extend_from_slice(&chunk);
+        }
     }
-    Ok(Some(collected.freeze()))
+    Ok((total <= limit).then(|| collected.freeze()))
 }
 
 #[cfg(test)]

@@ -105,6 +105,30 @@ async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     .await
     .unwrap();
     assert_eq!(free.tempo_bpm, 600);
+    // A follower started now, with no live frame to come, places the latest
+    // stored beat by its deadline and agrees with the one that saw it live.
+    let late_follower = BeatFollower::start(
+        client.clone(),
+        FollowerConfig {
+            cluster: "kappa".into(),
+            bar_length: 8,
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let from_store = late_follower.wait_first_beat(Duration::from_secs(1)).await.unwrap();
+    let live = follower.now().unwrap();
+    assert!(
+        from_store.beat_index.abs_diff(live.beat_index) <= 1,
+        "stored {} vs live {}",
+        from_store.beat_index,
+        live.beat_index
+    );
+    assert_eq!(
+        from_store.window_id,
+        backbeat_schemas::window::window_id("kappa", 8, from_store.beat_index / 8)
+    );
 
     // BarReports: one stored before subscribing, one after.
     let js = jetstream::new(client.clone());
