@@ -19,6 +19,16 @@ use futures::StreamExt as _;
 
 use crate::support::{claims_stored, start_server, BeatEmitter, Running};
 
+async fn follow_kappa(client: &async_nats::Client, clock: &Arc<dyn Clock>) -> BeatFollower {
+    let config = FollowerConfig {
+        cluster: "kappa".into(),
+        bar_length: 8,
+    };
+    BeatFollower::start(client.clone(), config, clock.clone())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     let server = start_server();
@@ -27,16 +37,7 @@ async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     // 600 bpm: a beat every 100 ms.
     let emitter = BeatEmitter::start(client.clone(), "kappa", 600, 8);
-    let follower = BeatFollower::start(
-        client.clone(),
-        FollowerConfig {
-            cluster: "kappa".into(),
-            bar_length: 8,
-        },
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    let follower = follow_kappa(&client, &clock).await;
     let first = follower.wait_first_beat(Duration::from_secs(10)).await.unwrap();
     assert_eq!(first.tempo_bpm, 600);
     // The follower's beat moves on with the frames.
@@ -107,16 +108,7 @@ async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     assert_eq!(free.tempo_bpm, 600);
     // A follower started now, with no live frame to come, places the latest
     // stored beat by its deadline and agrees with the one that saw it live.
-    let late_follower = BeatFollower::start(
-        client.clone(),
-        FollowerConfig {
-            cluster: "kappa".into(),
-            bar_length: 8,
-        },
-        clock.clone(),
-    )
-    .await
-    .unwrap();
+    let late_follower = follow_kappa(&client, &clock).await;
     let from_store = late_follower.wait_first_beat(Duration::from_secs(1)).await.unwrap();
     let live = follower.now().unwrap();
     assert!(
