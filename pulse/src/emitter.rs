@@ -27,8 +27,9 @@ use crate::schedule::{interval_us, Schedule};
 use crate::state::{PulseState, Request};
 
 /// The last stretch before a beat is spent spinning instead of in the timer,
-/// whose resolution is a millisecond.
-const SPIN_BEFORE_DUE: Duration = Duration::from_micros(1500);
+/// whose resolution is a millisecond and whose wake-up a busy machine delays by
+/// a few more. Costs at most 5% of one core at 1000 BPM, 0.6% at 120 BPM.
+const SPIN_BEFORE_DUE: Duration = Duration::from_millis(3);
 /// How long a follower waits between leadership checks when nothing changes.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// How often a node that does not lead reads the stream's last beat (for its status).
