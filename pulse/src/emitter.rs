@@ -170,11 +170,14 @@ impl Emitter {
 
     /// Writes through raft (this node is leader); an error is a reason not to emit.
     async fn write(&self, request: Request) -> Result<(), String> {
-        self.raft
-            .client_write(request)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("raft write failed: {e}"))
+        // A leader cut off from its followers would wait for the commit forever
+        // (and not see a shutdown); give up after an election timeout and retry.
+        let limit = self.settings.election_timeout;
+        match tokio::time::timeout(limit, self.raft.client_write(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("raft write failed: {e}")),
+            Err(_) => Err(format!("raft write not committed within {limit:?} (no quorum?)")),
+        }
     }
 
     /// The replicated state, configured from this node's flags if nobody did yet.

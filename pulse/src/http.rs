@@ -117,6 +117,13 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     if metrics.state != ServerState::Leader {
         return forward(&api, metrics.current_leader, &headers, body).await;
     }
+    if let Some(reason) = degraded_reason(&api) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded",
+            format!("this leader cannot take tempo changes now: {reason}"),
+        );
+    }
     let state = api.state_machine.current();
     if !state.is_configured() {
         return error(
@@ -151,7 +158,19 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     if let Err(e) = check_change(current, bpm) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", e.to_string());
     }
-    match api.raft.client_write(Request::ChangeTempo { bpm, at_beat }).await {
+    let limit = api.settings.election_timeout;
+    let write = tokio::time::timeout(limit, api.raft.client_write(Request::ChangeTempo { bpm, at_beat }));
+    let Ok(written) = write.await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_committed",
+            format!(
+                "the change was not committed within {limit:?} (quorum lost?); it may still apply \
+                 if the group recovers: check GET /api/v1/status before retrying"
+            ),
+        );
+    };
+    match written {
         Ok(_) => (
             StatusCode::ACCEPTED,
             Json(json!({

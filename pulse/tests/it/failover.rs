@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use backbeat_tests::{wait_until_async, NatsServer, Signal};
 
-use crate::harness::{assert_strictly_increasing, BeatLog, GroupOptions, PulseGroup, ELECTION_TIMEOUT_MS, PATIENCE};
+use crate::harness::{
+    assert_strictly_increasing, BeatLog, GroupOptions, PulseGroup, ELECTION_TIMEOUT_MS, PATIENCE, TOKEN,
+};
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -134,6 +136,10 @@ async fn three_nodes_fail_over_without_repeating_an_index() {
     .unwrap();
     assert_eq!(group.ready(third_leader).await, Some(503));
     assert_eq!(group.metric(third_leader, "backbeat_is_leader").await, Some(0.0));
+    let (code, body) = group
+        .post_tempo(third_leader, Some(TOKEN), serde_json::json!({"bpm": 310}))
+        .await;
+    assert_eq!(code, 503, "no tempo change without quorum: {body}");
     let stored = log.read().await.unwrap().len();
     // Absence can only be shown by waiting: five beat intervals.
     tokio::time::sleep(std::time::Duration::from_millis(5 * interval_ms)).await;

@@ -53,6 +53,10 @@ async fn tempo_changes_need_the_token_stay_within_ten_percent_and_land_on_the_ne
     let at_beat = body["at_beat"].as_u64().unwrap();
     assert_eq!(at_beat % options.bar_length, 0, "lands on a downbeat: {body}");
     assert_eq!(at_beat, bar_start.frame.beat_index - 1 + options.bar_length, "{body}");
+    // One change at a time: another request while this one is pending is refused.
+    let (status, body) = group.post_tempo(leader, Some(TOKEN), json!({"bpm": 420})).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "change_pending");
 
     // The leader dies before the downbeat: the change is in the replicated state,
     // so the next leader applies it at the same beat.
