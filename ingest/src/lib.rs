@@ -9,6 +9,11 @@
 //!   stamp claims with `beat_index` and HLC, send them with safe retries, and read
 //!   BarReports.
 //! - [`sim`] is a seeded fleet of simulated agents built on [`client`].
+//! - [`answer`] holds the gateway's answers, which both sides read and write.
+//!
+//! Feature `server` (default) builds the gateway and the binaries. An agent
+//! depends on this crate with `default-features = false` and gets the client
+//! (NATS and an HTTP client) without axum, prometheus or the service crate.
 //!
 //! What the gateway must never do: rewrite a payload (the stored bytes are the
 //! agent's bytes), acknowledge a claim before JetStream acknowledged it, drop an
@@ -18,7 +23,9 @@
 //! input is larger than a message may be. It has no opinion about beats
 //! or windows: lateness is the fold's business.
 
+pub mod answer;
 pub mod client;
+#[cfg(feature = "server")]
 pub mod gateway;
 pub mod rng;
 pub mod sim;

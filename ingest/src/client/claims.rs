@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::retry::RetryPolicy;
 use super::ClientError;
-use crate::gateway::{BatchReply, Reply, NDJSON_CONTENT_TYPE, REASON_UNAVAILABLE};
+use crate::answer::{BatchReply, Reply, NDJSON_CONTENT_TYPE, REASON_UNAVAILABLE};
 use crate::rng::SplitMix64;
 
 /// How claims reach the gateway.

@@ -17,13 +17,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use serde::{Deserialize, Serialize};
 
 use super::publisher::{Input, Publisher, Source};
-use super::reply::{Outcome, Reply};
-
-/// The content type of a batch.
-pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+use crate::answer::{BatchReply, LineResult, Outcome, Reply, NDJSON_CONTENT_TYPE};
 
 /// The reason given for a batch without a single non-blank line (no dead letter:
 /// nothing was sent). Not a SPEC reason: the fold never sees batches.
@@ -42,28 +38,6 @@ pub struct HttpLimits {
     pub batch_lines_max: usize,
     /// The `Retry-After` of a 503, in seconds.
     pub retry_after_secs: u32,
-}
-
-/// The body of a batch's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchReply {
-    /// One result per non-blank line, in line order.
-    pub results: Vec<LineResult>,
-    /// Lines stored (duplicates included: they are stored, once).
-    pub accepted: u64,
-    /// Lines refused (kept as dead letters).
-    pub rejected: u64,
-    /// Lines not acknowledged by JetStream in time: send them again.
-    pub unavailable: u64,
-}
-
-/// The answer for one line of a batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineResult {
-    /// The 1-based line number in the body (blank lines count).
-    pub line: u64,
-    #[serde(flatten)]
-    pub reply: Reply,
 }
 
 struct HttpIntake {

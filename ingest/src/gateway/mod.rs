@@ -18,7 +18,6 @@ pub mod http;
 pub mod metrics;
 pub mod nats_intake;
 pub mod publisher;
-pub mod reply;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,11 +32,11 @@ use backbeat_service::streams::{ensure_stream, events_config, rejects_config, St
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use crate::answer::{BatchReply, LineResult, Outcome, Reply, ReplyError, NDJSON_CONTENT_TYPE, REASON_UNAVAILABLE};
 pub use admission::{admit, Admission, INVALID_CLUSTER_REJECT_SUBJECT, REASON_INVALID_CLUSTER};
-pub use http::{BatchReply, HttpLimits, LineResult, NDJSON_CONTENT_TYPE};
+pub use http::HttpLimits;
 pub use metrics::GatewayMetrics;
 pub use publisher::{Input, Publisher, PublisherLimits, Source};
-pub use reply::{Outcome, Reply, ReplyError, REASON_UNAVAILABLE};
 
 /// Everything the gateway needs to know; validated by [`GatewayConfig::validate`].
 #[derive(Debug, Clone)]

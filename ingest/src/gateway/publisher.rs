@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::admission::{admit, Admission};
 use super::metrics::GatewayMetrics;
-use super::reply::Outcome;
+use crate::answer::Outcome;
 
 /// Dead-letter header: the SPEC reason string, e.g. `invalid_field:progress`.
 pub const HEADER_REASON: &str = "Backbeat-Reason";

@@ -1,6 +1,9 @@
-//! The answer to one claim, and its JSON form (the same on NATS and HTTP):
+//! The gateway's answers as they travel, shared by the gateway and the agent
+//! client library (which must not link the gateway's server side): the answer
+//! to one claim, the same on NATS and HTTP,
 //! `{"ok":true,"seq":N,"duplicate":false}` or
-//! `{"ok":false,"error":{"reason":"invalid_field:progress","message":"…"}}`.
+//! `{"ok":false,"error":{"reason":"invalid_field:progress","message":"…"}}`,
+//! and the per-line answer to an HTTP NDJSON batch.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +76,31 @@ impl Reply {
             }),
         }
     }
+}
+
+/// The content type of an HTTP batch of claims (one per line).
+pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// The body of a batch's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReply {
+    /// One result per non-blank line, in line order.
+    pub results: Vec<LineResult>,
+    /// Lines stored (duplicates included: they are stored, once).
+    pub accepted: u64,
+    /// Lines refused (kept as dead letters).
+    pub rejected: u64,
+    /// Lines not acknowledged by JetStream in time: send them again.
+    pub unavailable: u64,
+}
+
+/// The answer for one line of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineResult {
+    /// The 1-based line number in the body (blank lines count).
+    pub line: u64,
+    #[serde(flatten)]
+    pub reply: Reply,
 }
 
 /// Why a claim was not stored.
