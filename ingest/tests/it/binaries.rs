@@ -171,9 +171,10 @@ async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousa
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
     let client = crate::support::client(&server).await;
-    // 300 bpm: a beat every 200 ms.
-    let _beats_n = BeatEmitter::start(client.clone(), "sim-n", 300, 16);
-    let _beats_h = BeatEmitter::start(client.clone(), "sim-h", 300, 16);
+    // 150 bpm: a beat every 400 ms, so the test's own beat emitter may stall
+    // for most of a second under load before a claim could look "future".
+    let _beats_n = BeatEmitter::start(client.clone(), "sim-n", 150, 16);
+    let _beats_h = BeatEmitter::start(client.clone(), "sim-h", 150, 16);
 
     let nats_url = server.url();
     let summary = run_sim(&[
@@ -230,7 +231,7 @@ async fn the_example_agent_runs_its_task_to_done() {
     let _ingest = spawn_ingest(&server.url(), port);
     wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let client = crate::support::client(&server).await;
-    let _beats = BeatEmitter::start(client.clone(), "example", 1000, 120);
+    let _beats = BeatEmitter::start(client.clone(), "example", 300, 120);
     let mut example = bin_path("backbeat-ingest");
     example.set_file_name("examples");
     example.push("agent");
