@@ -82,41 +82,30 @@ async fn run_tempo(nats: &NatsServer, bpm: u32, seconds: u64) -> anyhow::Result<
     ]);
     let settings = config.validate()?;
 
-    let client = nats.client().await?;
-    let mut subscription = client.subscribe(format!("backbeat.{cluster}.beat")).await?;
-    client.flush().await?;
+    // The subscriber runs on a thread and runtime of its own, as a separate
+    // consumer process would: its connection task and its loop share that thread.
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let subscriber = {
+        let url = nats.url();
+        let subject = format!("backbeat.{cluster}.beat");
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(subscribe(url, subject, seconds, subscribed_tx))
+        })
+    };
+    subscribed_rx.await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let node = tokio::spawn(backbeat_pulse::node::run_until(settings, async {
         let _ = stop_rx.await;
     }));
-
     let (reference_stop_tx, reference_stop_rx) = tokio::sync::watch::channel(false);
     let reference = tokio::spawn(reference(nats.client().await?, bpm, reference_stop_rx));
 
-    let mut samples = Vec::new();
-    let mut end_us = None;
-    while let Some(message) = subscription.next().await {
-        let received_us = now_us();
-        let frame: backbeat_schemas::message::BeatFrame = serde_json::from_slice(&message.payload)?;
-        let (Some(due_us), Some(published_us)) = (
-            header_i64(&message, DUE_AT_US_HEADER),
-            header_i64(&message, PUBLISHED_AT_US_HEADER),
-        ) else {
-            anyhow::bail!("beat {} lacks the timing headers", frame.beat_index);
-        };
-        samples.push(BeatSample {
-            beat_index: frame.beat_index,
-            due_us,
-            published_us,
-            received_us,
-        });
-        if samples.len() == WARMUP_BEATS + 1 {
-            end_us = Some(received_us + seconds as i64 * 1_000_000);
-        }
-        if end_us.is_some_and(|end| received_us >= end) {
-            break;
-        }
-    }
+    let samples = tokio::task::spawn_blocking(move || subscriber.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the subscriber thread panicked"))??;
     let _ = stop_tx.send(());
     let _ = reference_stop_tx.send(true);
     node.await??;
@@ -143,6 +132,44 @@ async fn run_tempo(nats: &NatsServer, bpm: u32, seconds: u64) -> anyhow::Result<
         gaps,
         reference_sorted,
     })
+}
+
+/// Records every beat on `subject` until `seconds` after the warm-up.
+async fn subscribe(
+    url: String,
+    subject: String,
+    seconds: u64,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<Vec<BeatSample>> {
+    let client = async_nats::connect(url).await?;
+    let mut subscription = client.subscribe(subject).await?;
+    client.flush().await?;
+    let _ = subscribed.send(());
+    let mut samples = Vec::new();
+    let mut end_us = None;
+    while let Some(message) = subscription.next().await {
+        let received_us = now_us();
+        let frame: backbeat_schemas::message::BeatFrame = serde_json::from_slice(&message.payload)?;
+        let (Some(due_us), Some(published_us)) = (
+            header_i64(&message, DUE_AT_US_HEADER),
+            header_i64(&message, PUBLISHED_AT_US_HEADER),
+        ) else {
+            anyhow::bail!("beat {} lacks the timing headers", frame.beat_index);
+        };
+        samples.push(BeatSample {
+            beat_index: frame.beat_index,
+            due_us,
+            published_us,
+            received_us,
+        });
+        if samples.len() == WARMUP_BEATS + 1 {
+            end_us = Some(received_us + seconds as i64 * 1_000_000);
+        }
+        if end_us.is_some_and(|end| received_us >= end) {
+            break;
+        }
+    }
+    Ok(samples)
 }
 
 /// Raw async-nats JetStream publish round trips (publish, await the ack) on the
