@@ -28,7 +28,7 @@ struct Config {
     /// The cluster the agents belong to.
     #[arg(long, env = "BACKBEAT_CLUSTER", default_value = "default")]
     cluster: String,
-    /// The cluster's bar length (for the window ids the agents log).
+    /// The cluster's bar length, for window ids (the beat frames' window ids correct it when it is wrong).
     #[arg(long, env = "BACKBEAT_BAR_LENGTH", default_value_t = 120)]
     bar_length: u64,
     /// Simulated agents.

@@ -28,7 +28,9 @@ use super::ClientError;
 #[derive(Debug, Clone)]
 pub struct FollowerConfig {
     pub cluster: String,
-    /// The cluster's bar length `L` (SPEC §4), for window ids of predicted beats.
+    /// The cluster's bar length `L` (SPEC §4), for window ids of predicted
+    /// beats. When the frames' window ids say otherwise, the follower finds
+    /// the bar length they were made with and uses it.
     pub bar_length: u64,
 }
 
@@ -56,9 +58,14 @@ pub struct BeatFollower {
     task: JoinHandle<()>,
 }
 
-#[derive(Default)]
+/// The largest bar length the follower looks for when frames disagree with its own.
+const BAR_LENGTH_SEARCH_MAX: u64 = 100_000;
+
 struct Shared {
     timer: BeatTimer,
+    bar_length: u64,
+    /// The frames' window ids matched no bar length: do not search again.
+    bar_length_unknown: bool,
     frame_hlc: Option<Hlc>,
     /// (window, id): the SHA-256 of the window id is computed once per window.
     window_id_cache: Option<(u64, String)>,
@@ -77,7 +84,13 @@ impl BeatFollower {
             .subscribe(beat_subject.clone())
             .await
             .map_err(|e| ClientError::Nats(format!("subscribing to {beat_subject}: {e}")))?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            timer: BeatTimer::new(),
+            bar_length: config.bar_length,
+            bar_length_unknown: false,
+            frame_hlc: None,
+            window_id_cache: None,
+        }));
         let (frames_tx, frames) = watch::channel(0u64);
 
         // The latest stored beat, placed by its deadline: the live subscription
@@ -117,11 +130,12 @@ impl BeatFollower {
             .timer
             .since_last_frame(now)
             .is_some_and(|since| since > beat_interval(tempo_bpm) * 2);
-        let window_index = window_of(beat_index, self.config.bar_length);
+        let bar_length = shared.bar_length;
+        let window_index = window_of(beat_index, bar_length);
         let window_id = match &shared.window_id_cache {
             Some((w, id)) if *w == window_index => id.clone(),
             _ => {
-                let id = window_id(&self.config.cluster, self.config.bar_length, window_index);
+                let id = window_id(&self.config.cluster, bar_length, window_index);
                 shared.window_id_cache = Some((window_index, id.clone()));
                 id
             }
@@ -131,7 +145,7 @@ impl BeatFollower {
             window_index,
             window_id,
             tempo_bpm,
-            phase: phase_of(beat_index, self.config.bar_length),
+            phase: phase_of(beat_index, bar_length),
             frame_hlc: shared.frame_hlc,
             free_running,
         })
@@ -167,11 +181,44 @@ impl BeatFollower {
     pub fn cluster(&self) -> &str {
         &self.config.cluster
     }
+
+    /// The bar length in use: the configured one, or the one the frames showed.
+    pub fn bar_length(&self) -> u64 {
+        self.shared.lock().expect("beat follower lock").bar_length
+    }
 }
 
 impl Drop for BeatFollower {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Shared {
+    /// Makes `bar_length` the one `frame`'s window id was made with.
+    fn check_bar_length(&mut self, frame: &BeatFrame) {
+        let matches = |l: u64| window_id(&frame.cluster_id, l, window_of(frame.beat_index, l)) == frame.window_id;
+        if self.bar_length_unknown || matches(self.bar_length) {
+            return;
+        }
+        match (1..=BAR_LENGTH_SEARCH_MAX).find(|&l| matches(l)) {
+            Some(found) => {
+                tracing::info!(
+                    configured = self.bar_length,
+                    found,
+                    "the beat frames' window ids are of another bar length; using theirs"
+                );
+                self.bar_length = found;
+                self.window_id_cache = None;
+            }
+            None => {
+                tracing::warn!(
+                    bar_length = self.bar_length,
+                    "the beat frames' window ids match no bar length up to {BAR_LENGTH_SEARCH_MAX}"
+                );
+                self.bar_length_unknown = true;
+            }
+        }
     }
 }
 
@@ -193,6 +240,7 @@ fn observe_stored(shared: &Mutex<Shared>, frame: &BeatFrame, clock: &dyn Clock, 
     let mut shared = shared.lock().expect("beat follower lock");
     shared.timer.observe(frame.beat_index, frame.tempo_bpm, sounded_at);
     shared.frame_hlc = Some(frame.hlc);
+    shared.check_bar_length(frame);
     drop(shared);
     frames.send_modify(|n| *n += 1);
 }
@@ -220,6 +268,7 @@ async fn follow(
             if shared.frame_hlc.is_none_or(|h| frame.hlc > h) {
                 shared.frame_hlc = Some(frame.hlc);
             }
+            shared.check_bar_length(&frame);
         }
         frames.send_modify(|n| *n += 1);
     }

@@ -19,10 +19,10 @@ use futures::StreamExt as _;
 
 use crate::support::{claims_stored, start_server, BeatEmitter, Running};
 
-async fn follow_kappa(client: &async_nats::Client, clock: &Arc<dyn Clock>) -> BeatFollower {
+async fn follow_kappa(client: &async_nats::Client, clock: &Arc<dyn Clock>, bar_length: u64) -> BeatFollower {
     let config = FollowerConfig {
         cluster: "kappa".into(),
-        bar_length: 8,
+        bar_length,
     };
     BeatFollower::start(client.clone(), config, clock.clone())
         .await
@@ -37,7 +37,7 @@ async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     // 600 bpm: a beat every 100 ms.
     let emitter = BeatEmitter::start(client.clone(), "kappa", 600, 8);
-    let follower = follow_kappa(&client, &clock).await;
+    let follower = follow_kappa(&client, &clock, 8).await;
     let first = follower.wait_first_beat(Duration::from_secs(10)).await.unwrap();
     assert_eq!(first.tempo_bpm, 600);
     // The follower's beat moves on with the frames.
@@ -108,7 +108,8 @@ async fn an_agent_follows_beats_sends_claims_and_reads_bar_reports() {
     assert_eq!(free.tempo_bpm, 600);
     // A follower started now, with no live frame to come, places the latest
     // stored beat by its deadline and agrees with the one that saw it live.
-    let late_follower = follow_kappa(&client, &clock).await;
+    // It was told the wrong bar length: the frames' window ids correct it.
+    let late_follower = follow_kappa(&client, &clock, 120).await;
     let from_store = late_follower.wait_first_beat(Duration::from_secs(1)).await.unwrap();
     let live = follower.now().unwrap();
     assert!(
