@@ -10,7 +10,9 @@
 //!   the SPEC §8 message id is the same and JetStream stores the claim once.
 //! - [`BarReports`] reads BarReports of a cluster from `BACKBEAT_BARS`.
 //!
-//! See `ingest/examples/agent.rs` for a complete agent.
+//! See `ingest/examples/agent.rs` for a complete agent. An agent's crate
+//! depends on `backbeat-ingest` with `default-features = false`: the client
+//! without the gateway's server side.
 //!
 //! What this library must never do: change a claim's bytes between retries,
 //! retry a claim the gateway refused (a bad claim stays bad), pull in a server
