@@ -104,7 +104,8 @@ async fn kill_9_at_random_points_leaves_every_report_exactly_once() {
 
     let server = NatsServer::start().expect("nats-server");
     let js = jetstream::new(server.client().await.unwrap());
-    ensure_streams(&js).await;
+    // The server's deduplication mostly out of the way: exactly once is the processor's doing.
+    bars_without_server_dedup(&js).await;
     let work = tempfile::tempdir().unwrap();
     // Frequent checkpoints, so kills land before, between and after reports and checkpoints.
     let mut args: Vec<&str> = FOLD_ARGS.split_whitespace().collect();
@@ -226,4 +227,104 @@ async fn kill_9_at_random_points_leaves_every_report_exactly_once() {
         Some(0.0),
         "a re-derived report differed from the stored one"
     );
+}
+
+/// BACKBEAT_BARS with a duplicate window so short that the server's
+/// message-id deduplication is gone by the time a processor restarts: only
+/// the processor's own check (SPEC §8) stands between a window and a second copy.
+async fn bars_without_server_dedup(js: &jetstream::Context) {
+    let mut config = backbeat_service::streams::bars_config(Default::default());
+    config.duplicate_window = std::time::Duration::from_millis(100); // the server's minimum
+    js.create_stream(config).await.expect("creating BACKBEAT_BARS");
+    ensure_streams(js).await;
+}
+
+const PROBE_SUBJECT: &str = "backbeat.dedup-probe.bar";
+
+/// Publishes a probe with a fixed message id until the server stops calling
+/// it a duplicate: every message id published before the first probe has
+/// then left the duplicate window too.
+async fn wait_for_the_duplicate_window_to_pass(js: &jetstream::Context) {
+    let probe = || {
+        async_nats::jetstream::message::PublishMessage::build()
+            .payload("probe".into())
+            .message_id("dedup-probe")
+    };
+    js.send_publish(PROBE_SUBJECT, probe()).await.unwrap().await.unwrap();
+    backbeat_tests::wait_until_async(
+        "the duplicate window to pass",
+        crate::live_support::LIVE_TIMEOUT,
+        || async {
+            let ack = js.send_publish(PROBE_SUBJECT, probe()).await.ok()?.await.ok()?;
+            (!ack.duplicate).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_restart_from_behind_its_reports_publishes_nothing_twice_after_the_duplicate_window() {
+    let server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    bars_without_server_dedup(&js).await;
+    let mut rng = Rng(7);
+    let entries = generate(&mut rng, 40);
+    let expected = reference_reports(config_from_args(FOLD_ARGS), &entries);
+    let last_seq = publish_entries(&js, &entries).await.unwrap();
+
+    // No checkpoint until SIGTERM: a kill -9 leaves none, and the next run starts from nothing.
+    let mut args: Vec<&str> = FOLD_ARGS.split_whitespace().collect();
+    args.extend(crate::live_support::NO_CHECKPOINT_UNTIL_STOP);
+    let work = tempfile::tempdir().unwrap();
+    let mut first = Processor::start(&server.url(), work.path(), &args);
+    wait_for_reports(&js, expected.len() as u64, &first).await;
+    first.wait_folded(last_seq).await;
+    first.kill();
+    wait_for_the_duplicate_window_to_pass(&js).await;
+
+    let mut second = Processor::start(&server.url(), work.path(), &args);
+    second.wait_ready().await;
+    second.wait_folded(last_seq).await;
+    let port = second.port;
+    let count = expected.len() as f64;
+    backbeat_tests::wait_until_async(
+        "every re-derived report to be handled",
+        crate::live_support::LIVE_TIMEOUT,
+        || async move {
+            let text = crate::live_support::http_get(port, "/metrics")?.1;
+            let value = |name| crate::live_support::metric_value(&text, name).unwrap_or(0.0);
+            let handled =
+                value("backbeat_processor_reports_skipped_total") + value("backbeat_processor_reports_published_total");
+            (handled >= count).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_tail()));
+    assert_eq!(
+        second.metric("backbeat_processor_reports_published_total"),
+        Some(0.0),
+        "a re-derived report was published again"
+    );
+    assert_eq!(second.metric("backbeat_processor_reports_skipped_total"), Some(count));
+    assert_eq!(second.metric("backbeat_processor_report_mismatches_total"), Some(0.0));
+    let stored: Vec<String> = stored_reports(&js)
+        .await
+        .into_iter()
+        .filter(|(subject, _)| subject != PROBE_SUBJECT)
+        .map(|(_, r)| r)
+        .collect();
+    let mut per_cluster_expected = expected.clone();
+    let mut per_cluster_stored = stored.clone();
+    // Clusters interleave freely in the stream; within a cluster the order is the fold's.
+    per_cluster_expected.sort_by_key(|r| cluster_of(r));
+    per_cluster_stored.sort_by_key(|r| cluster_of(r));
+    assert_eq!(per_cluster_stored, per_cluster_expected);
+}
+
+fn cluster_of(report: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(report).unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

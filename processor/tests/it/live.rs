@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use crate::live_support::{
     beat_payload, claim_payload, ensure_streams, entry, metric_value, publish_entries, reference_reports, run_tool,
     stored_events, stored_reports, stream_messages, wait_for_reports, Processor, LIVE_TIMEOUT,
+    NO_CHECKPOINT_UNTIL_STOP,
 };
 use crate::support::{assert_same_lines, config_from_args, read_log, workspace_root};
 
@@ -254,14 +255,7 @@ async fn admin_endpoints_answer_and_sigterm_writes_a_final_checkpoint() {
     }
     let last_seq = publish_entries(&js, &entries).await.unwrap();
     // No checkpoint while it runs: the one found after SIGTERM is the final one.
-    let quiet = [
-        "--bar-length",
-        "4",
-        "--checkpoint-interval-ms",
-        "3600000",
-        "--checkpoint-min-interval-ms",
-        "3600000",
-    ];
+    let quiet = [&["--bar-length", "4"][..], &NO_CHECKPOINT_UNTIL_STOP[..]].concat();
     let work = tempfile::tempdir().unwrap();
     let mut processor = Processor::start(&server.url(), work.path(), &quiet);
     wait_for_reports(&js, 2, &processor).await;

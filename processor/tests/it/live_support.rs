@@ -18,6 +18,14 @@ use futures::StreamExt as _;
 /// How long a live test waits for anything (a debug build on a loaded 2-core machine).
 pub const LIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `run` flags that put off every checkpoint until the process is asked to stop.
+pub const NO_CHECKPOINT_UNTIL_STOP: [&str; 4] = [
+    "--checkpoint-interval-ms",
+    "3600000",
+    "--checkpoint-min-interval-ms",
+    "3600000",
+];
+
 /// The processor binary built by this `cargo test`.
 pub fn processor_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_backbeat-processor"))

@@ -6,7 +6,8 @@
 //! - `live`: `backbeat-processor run` as a child process on a real
 //!   nats-server: golden bytes live, export/fold/replay agree, prompt
 //!   rollup, bad input, admin endpoints and SIGTERM.
-//! - `crash`: kill -9 at seeded random points; every report exactly once.
+//! - `crash`: kill -9 at seeded random points, and a restart from behind its
+//!   reports after the duplicate window: every report exactly once.
 
 mod conformance;
 mod crash;
