@@ -32,6 +32,10 @@ pub struct Manifest {
     pub bytes: u64,
     /// SHA-256 of the state bytes, lowercase hex.
     pub sha256: String,
+    /// The clusters the state folds (sorted; empty = every cluster). A state
+    /// of other clusters would skip this processor's events below its position.
+    #[serde(default)]
+    pub clusters: Vec<String>,
 }
 
 /// 3: agents counted in a per-cluster table (2: per-window agent sets; 1: task hash maps).
@@ -41,15 +45,18 @@ const FORMAT: u32 = 3;
 pub struct CheckpointStore {
     kv: kv::Store,
     name: String,
+    /// The processor's cluster filter, sorted, written into every manifest.
+    clusters: Vec<String>,
     chunk_bytes: usize,
     current: Option<Manifest>,
 }
 
 impl CheckpointStore {
-    /// Opens (creating when missing) the bucket.
+    /// Opens (creating when missing) the bucket, for a processor folding `clusters` (empty: all).
     pub async fn open(
         js: &jetstream::Context,
         name: &str,
+        clusters: &[String],
         replicas: usize,
         max_payload: usize,
     ) -> anyhow::Result<Self> {
@@ -68,9 +75,13 @@ impl CheckpointStore {
                 .await
                 .context("creating the checkpoint bucket")?,
         };
+        let mut clusters = clusters.to_vec();
+        clusters.sort();
+        clusters.dedup();
         Ok(CheckpointStore {
             kv,
             name: name.to_string(),
+            clusters,
             chunk_bytes,
             current: None,
         })
@@ -118,6 +129,15 @@ impl CheckpointStore {
                 manifest.generation
             );
         }
+        if manifest.clusters != self.clusters {
+            bail!(
+                "checkpoint {:?} folds clusters {:?} (empty: every cluster), not {:?}: give each cluster filter \
+                 its own --name",
+                self.name,
+                manifest.clusters,
+                self.clusters
+            );
+        }
         let fold = Fold::from_checkpoint(&state).context("checkpoint state is not readable")?;
         self.current = Some(manifest.clone());
         Ok(Some((manifest, fold)))
@@ -150,6 +170,7 @@ impl CheckpointStore {
             chunks,
             bytes: state.len() as u64,
             sha256: sha256_hex(state),
+            clusters: self.clusters.clone(),
         };
         self.kv
             .put(self.manifest_key(), serde_json::to_vec(&manifest)?.into())

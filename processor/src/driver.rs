@@ -66,7 +66,7 @@ pub async fn run(
         backbeat_service::streams::ensure_stream(&js, backbeat_service::streams::events_config(options)).await?;
     backbeat_service::streams::ensure_stream(&js, backbeat_service::streams::bars_config(options)).await?;
     let max_payload = client.server_info().max_payload;
-    let mut store = CheckpointStore::open(&js, &config.name, config.replicas, max_payload).await?;
+    let mut store = CheckpointStore::open(&js, &config.name, &config.clusters, config.replicas, max_payload).await?;
 
     let fold = match store.load().await? {
         Some((manifest, fold)) => {

@@ -360,3 +360,29 @@ async fn assert_published_is_the_fold_of_the_stream(js: &jetstream::Context, fol
     let published: Vec<String> = stored_reports(js).await.into_iter().map(|(_, r)| r).collect();
     assert_eq!(published, expected);
 }
+
+#[tokio::test]
+async fn a_checkpoint_of_other_clusters_is_refused() {
+    let server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let last_seq = publish_entries(&js, &[entry(0, "backbeat.a.beat", beat_payload("a", 0, 4))])
+        .await
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let shard = ["--bar-length", "4", "--name", "shard"];
+    let mut first = Processor::start(&server.url(), work.path(), &[&shard[..], &["--cluster", "a"]].concat());
+    first.wait_ready().await;
+    first.wait_folded(last_seq).await;
+    first.signal(Signal::Term);
+    assert!(first.wait_exit(LIVE_TIMEOUT).success(), "{}", first.log_tail());
+
+    // Same name, other cluster: folding on from a's position would skip b's earlier events.
+    let mut second = Processor::start(&server.url(), work.path(), &[&shard[..], &["--cluster", "b"]].concat());
+    let exit = second.wait_exit(LIVE_TIMEOUT);
+    assert!(
+        !exit.success(),
+        "a processor of cluster b resumed a checkpoint of cluster a"
+    );
+    assert!(second.log_tail().contains("own --name"), "{}", second.log_tail());
+}
