@@ -195,7 +195,10 @@ async fn main() -> anyhow::Result<()> {
     let client = server.client().await?;
     let js = jetstream::new(client.clone());
     let gateway_client = server.client().await?;
-    let gateway = backbeat_ingest::gateway::Gateway::start(gateway_client, GatewayConfig::default()).await?;
+    let gateway_publish_client = server.client().await?;
+    let gateway =
+        backbeat_ingest::gateway::Gateway::start_with(gateway_client, gateway_publish_client, GatewayConfig::default())
+            .await?;
     let (addr, _http) =
         backbeat_service::serve_admin("127.0.0.1:0", gateway.router(), futures::future::pending()).await?;
     let base = format!("http://{addr}");

@@ -81,8 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let gateway_config = config.gateway();
     gateway_config.validate()?;
 
+    // Two connections: claims in and replies out on one, JetStream publishes
+    // and acks on the other (each connection is one task, so one core).
     let client = config.nats.connect("backbeat-ingest").await?;
-    let gateway = Gateway::start(client, gateway_config)
+    let publish_client = config.nats.connect("backbeat-ingest-publish").await?;
+    let gateway = Gateway::start_with(client, publish_client, gateway_config)
         .await
         .context("starting the gateway")?;
 

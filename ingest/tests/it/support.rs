@@ -27,11 +27,13 @@ pub struct Running {
 
 impl Running {
     pub async fn start(nats_url: &str, config: GatewayConfig) -> Running {
-        let client = backbeat_service::NatsArgs::for_url(nats_url)
-            .connect("ingest-test-gateway")
+        // As the binary does: intake and JetStream publishes on two connections.
+        let nats = backbeat_service::NatsArgs::for_url(nats_url);
+        let client = nats.connect("ingest-test-gateway").await.expect("gateway connects");
+        let publish_client = nats.connect("ingest-test-publish").await.expect("gateway connects");
+        let gateway = Gateway::start_with(client.clone(), publish_client, config)
             .await
-            .expect("gateway connects");
-        let gateway = Gateway::start(client.clone(), config).await.expect("gateway starts");
+            .expect("gateway starts");
         let (http_stop, stop_rx) = oneshot::channel::<()>();
         let (addr, http) = backbeat_service::serve_admin("127.0.0.1:0", gateway.router(), async move {
             let _ = stop_rx.await;
