@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The server is a fresh nats-server with JetStream (file storage, a temporary
-//! store); the gateway runs in this process on its own connection.
+//! store). The gateway runs in this process on its own two connections, as the
+//! binary does (intake and replies on one, JetStream publishes on the other);
+//! the raw reference publishes on one connection from one task, as an agent
+//! writing straight to JetStream would. The load generator shares the process.
 
 use std::time::{Duration, Instant};
 
