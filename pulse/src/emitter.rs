@@ -260,6 +260,9 @@ impl Emitter {
         let schedule = self.ensure_grid(position.min_next()).await?;
         let mut next = schedule.next_beat(now_unix_us(), position.min_next());
         let mut need_resync = false;
+        // The due time the last published frame gave for the beat after it (its
+        // `deadline_at`), kept so a late-committed tempo change cannot break it.
+        let mut promised: Option<(u64, i64)> = None;
         tracing::info!(term, next, last = ?position.last, "leading: emitting beats");
         self.metrics.is_leader.set(1);
         self.status.update(|s| {
@@ -268,6 +271,9 @@ impl Emitter {
         });
 
         loop {
+            if let Some((beat, promised_due)) = promised.take() {
+                self.keep_promise(beat, promised_due, next).await?;
+            }
             let due = self.current_schedule()?.due_unix_us(next);
             self.status.update(|s| {
                 s.next_beat = Some(next);
@@ -281,7 +287,9 @@ impl Emitter {
             }
             // Read again after the sleep: a tempo change committed meanwhile applies at
             // `next` at the earliest (the tempo handler aims past the planned beat), so
-            // it leaves `due` alone but may change this beat's tempo and the next due time.
+            // it leaves `due` alone but may change this beat's tempo and the next due
+            // time. Should one have been committed too late, re-anchor at `due`.
+            self.keep_promise(next, due, next).await?;
             let state = self.state_machine.current();
             let schedule = self.current_schedule()?;
             let bpm = schedule.bpm_of(next);
@@ -338,6 +346,7 @@ impl Emitter {
                 .await
             {
                 Ok(sequence) => {
+                    promised = Some((next + 1, schedule.due_unix_us(next + 1)));
                     self.metrics.jitter_seconds.observe(jitter_us as f64 / 1e6);
                     self.metrics.beats_total.inc();
                     self.metrics.current_tempo_bpm.set(i64::from(bpm));
@@ -368,6 +377,25 @@ impl Emitter {
                 }
             }
         }
+    }
+
+    /// A tempo change is aimed past the next beat with a commit margin; if its
+    /// commit still arrived after the beat it was aimed at was emitted, the grid
+    /// would move under the `deadline_at` already published. Then re-anchor the
+    /// grid at that promise: the change applies from `beat` on instead.
+    async fn keep_promise(&self, beat: u64, promised_due_us: i64, next: u64) -> Result<(), String> {
+        if beat != next || self.current_schedule()?.due_unix_us(beat) == promised_due_us {
+            return Ok(());
+        }
+        tracing::warn!(
+            beat,
+            "a tempo change was committed after its beat; it applies from this beat"
+        );
+        self.write(Request::SetEpoch {
+            beat,
+            unix_us: promised_due_us,
+        })
+        .await
     }
 
     fn current_schedule(&self) -> Result<Schedule, String> {

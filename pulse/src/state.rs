@@ -211,6 +211,29 @@ mod tests {
     }
 
     #[test]
+    fn a_change_committed_after_its_beat_is_repaired_by_re_anchoring_at_the_promise() {
+        let mut state = configured();
+        state.apply(&Request::SetEpoch { beat: 0, unix_us: 0 });
+        // Beat 5 was emitted at 120 BPM and promised beat 6 at 3.0 s ...
+        let promised_6 = state.schedule().unwrap().due_unix_us(6);
+        assert_eq!(promised_6, 3_000_000);
+        // ... then a change aimed at beat 5 commits: the grid would move beat 6.
+        state.apply(&Request::ChangeTempo { bpm: 130, at_beat: 5 });
+        assert_ne!(state.schedule().unwrap().due_unix_us(6), promised_6);
+        // The emitter re-anchors at the promise: beat 6 stays where it was said
+        // to be, and the new tempo runs from there.
+        state.apply(&Request::SetEpoch {
+            beat: 6,
+            unix_us: promised_6,
+        });
+        let schedule = state.schedule().unwrap();
+        assert_eq!(schedule.due_unix_us(6), promised_6);
+        assert_eq!(schedule.bpm_of(6), 130);
+        assert_eq!(schedule.due_unix_us(7), promised_6 + 60_000_000 / 130);
+        assert_eq!(state.pending, None);
+    }
+
+    #[test]
     fn apply_is_deterministic() {
         let requests = [
             Request::SetEpoch { beat: 3, unix_us: 77 },
