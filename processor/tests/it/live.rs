@@ -384,5 +384,9 @@ async fn a_checkpoint_of_other_clusters_is_refused() {
         !exit.success(),
         "a processor of cluster b resumed a checkpoint of cluster a"
     );
-    assert!(second.log_tail().contains("own --name"), "{}", second.log_tail());
+    assert!(
+        second.log_tail().contains("own --name"),
+        "exited with {exit:?}, not for the cluster filter:\n{}",
+        second.log_tail()
+    );
 }
