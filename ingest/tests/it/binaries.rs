@@ -220,6 +220,44 @@ async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousa
     assert_eq!(summary["accepted"], 3000, "{summary}");
     let (claims, _) = assert_foldable(&client, "sim-h").await;
     assert_eq!(claims, 3000);
+
+    // Without a limit it runs until SIGTERM, then waits for its answers and reports.
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout.json");
+    let mut sim = ChildGuard::spawn(
+        "backbeat-agent-sim",
+        Command::new(bin_path("backbeat-agent-sim"))
+            .args([
+                "--nats",
+                &nats_url,
+                "--cluster",
+                "sim-n",
+                "--agents",
+                "20",
+                "--rate",
+                "200",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(&out_path).unwrap()),
+    )
+    .unwrap();
+    wait_until_async(
+        "the unlimited simulator sends claims",
+        Duration::from_secs(30),
+        || async { (crate::support::claims_stored(&client, "sim-n").await.len() >= 650).then_some(()) },
+    )
+    .await
+    .unwrap();
+    sim.signal(Signal::Term).unwrap();
+    let exit = tokio::task::spawn_blocking(move || sim.wait_exit(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("exits on SIGTERM");
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(exit.success(), "{exit:?} {text}");
+    let summary: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(summary["sent"], summary["accepted"], "{summary}");
+    assert_foldable(&client, "sim-n").await;
 }
 
 /// The example agent of the client library's docs, built by `cargo test`,
