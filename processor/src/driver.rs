@@ -7,6 +7,11 @@
 //! re-created at the checkpoint's sequence + 1, so a kill -9 at any point loses
 //! nothing and re-derives at most what followed the checkpoint (whose reports
 //! are then recognised as already published).
+//!
+//! The fold runs on its own thread ([`crate::worker`]): this task reads and
+//! acknowledges messages and hands them over in batches, while the worker folds
+//! the previous batch; the worker's outputs (reports, checkpoint states) come
+//! back in order and are published and stored here, reports first.
 
 use std::time::{Duration, Instant};
 
