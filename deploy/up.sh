@@ -7,7 +7,7 @@
 #
 # Settings (environment): BACKBEAT_STACK_CLUSTER (local), BACKBEAT_STACK_BPM (120),
 # BACKBEAT_STACK_BAR_LENGTH (16), BACKBEAT_STACK_AGENTS (100),
-# BACKBEAT_STACK_RATE (claims per second for the whole fleet, 50),
+# BACKBEAT_STACK_RATE (claims per second for the whole fleet, 50), BACKBEAT_STACK_LATENESS (1),
 # BACKBEAT_STACK_PROFILE (debug|release, debug), BACKBEAT_STACK_DIR (./.backbeat).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ ROOT="$(pwd)"
 CLUSTER="${BACKBEAT_STACK_CLUSTER:-local}"
 BPM="${BACKBEAT_STACK_BPM:-120}"
 BAR="${BACKBEAT_STACK_BAR_LENGTH:-16}"
+# A claim stamped in the last beat of a bar may arrive after the next beat: one beat of grace.
+LATENESS="${BACKBEAT_STACK_LATENESS:-1}"
 AGENTS="${BACKBEAT_STACK_AGENTS:-100}"
 RATE="${BACKBEAT_STACK_RATE:-50}"
 PROFILE="${BACKBEAT_STACK_PROFILE:-debug}"
@@ -96,13 +98,13 @@ for i in 1 2 3; do
         --cluster "$CLUSTER" --bpm "$BPM" --bar-length "$BAR" --admin-token "$TOKEN"
 done
 start ingest "$BIN/backbeat-ingest" --nats "$NATS" --listen "$INGEST"
-start processor "$BIN/backbeat-processor" run --nats "$NATS" --listen "$PROCESSOR" --bar-length "$BAR"
+start processor "$BIN/backbeat-processor" run --nats "$NATS" --listen "$PROCESSOR" --bar-length "$BAR" --lateness "$LATENESS"
 for port in "${PULSE_PORTS[@]}"; do wait_ready pulse "http://127.0.0.1:$port/health"; done
 wait_ready ingest "http://$INGEST/ready"
 wait_ready processor "http://$PROCESSOR/health"
 
 say "starting $AGENTS simulated agents"
-start agent-sim "$BIN/backbeat-agent-sim" --nats "$NATS" --cluster "$CLUSTER" --agents "$AGENTS" --rate "$RATE" --seed 1
+start agent-sim "$BIN/backbeat-agent-sim" --nats "$NATS" --cluster "$CLUSTER" --bar-length "$BAR" --agents "$AGENTS" --rate "$RATE" --seed 1
 
 cat <<INFO
 

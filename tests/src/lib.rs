@@ -7,10 +7,12 @@
 //! `nats-server` is missing (it fails, saying how to install it), or leave a
 //! process running after the value that owns it is dropped.
 
+mod http;
 mod nats;
 mod process;
 mod wait;
 
+pub use http::http_get;
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, NatsServerOptions};
 pub use process::{bin_path, free_port, ChildGuard, Signal};
 pub use wait::{wait_until, wait_until_async};

@@ -1,5 +1,3 @@
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -253,17 +251,5 @@ impl NatsCluster {
 
 /// One `GET /healthz` against the monitoring port; true on HTTP 200.
 fn healthz(monitor_port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", monitor_port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+    crate::http_get(monitor_port, "/healthz").is_some_and(|(status, _)| status == 200)
 }

@@ -1,4 +1,5 @@
 //! End-to-end tests against real nats-server processes. One binary (modules
 //! below) so the workspace links its end-to-end tests once.
 
+mod pipeline;
 mod streams;
