@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use backbeat_schemas::names::{beat_msg_id, claim_msg_id, parse_subject, SubjectKind, BARS_STREAM, EVENTS_STREAM};
 use backbeat_schemas::LogEntry;
-use backbeat_tests::{free_port, wait_until_async, ChildGuard, Signal};
+use backbeat_tests::{wait_until, wait_until_async, ChildGuard, Signal};
 use futures::StreamExt as _;
 
 /// How long a live test waits for anything (a debug build on a loaded 2-core machine).
@@ -40,24 +40,36 @@ pub struct Processor {
 
 impl Processor {
     /// Starts `run` against `nats_url` with the fold flags in `args` (and any
-    /// other `run` flags), on a free loopback port.
+    /// other `run` flags). It binds its admin HTTP on port 0 and the port is
+    /// read from its log, so no other process can take the port in between.
+    /// Port 0 when it exited before listening (its log tells why).
     pub fn start(nats_url: &str, log_dir: &Path, args: &[&str]) -> Processor {
-        let port = free_port();
-        let log = log_dir.join(format!("processor-{port}.log"));
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let number = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir.join(format!("processor-{}-{number}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("creating the processor's log file");
         let mut command = Command::new(processor_bin());
         command
-            .args(["run", "--nats", nats_url, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["run", "--nats", nats_url, "--listen", "127.0.0.1:0"])
             .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("BACKBEAT_TEST_PROCESSOR_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let child = ChildGuard::spawn("backbeat-processor run", &mut command).expect("starting backbeat-processor run");
+        let mut child =
+            ChildGuard::spawn("backbeat-processor run", &mut command).expect("starting backbeat-processor run");
+        let port = wait_until("the processor's admin HTTP address in its log", LIVE_TIMEOUT, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match listening_port(&text) {
+                Some(port) => Some(port),
+                None => (!child.is_running()).then_some(0),
+            }
+        })
+        .expect("the processor listens or exits");
         Processor { child, port, log }
     }
 
@@ -139,6 +151,14 @@ pub fn folded_seq(port: u16) -> Option<u64> {
     let (_, status) = http_get(port, "/api/v1/status")?;
     let status: serde_json::Value = serde_json::from_str(&status).ok()?;
     Some(metric.max(status["last_seq"].as_u64()?))
+}
+
+/// The port of the processor's "admin HTTP listening addr=127.0.0.1:PORT" log line.
+fn listening_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("admin HTTP listening"))?;
+    let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// One HTTP/1.0 GET on loopback; None when nothing answers.
