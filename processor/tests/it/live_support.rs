@@ -2,8 +2,6 @@
 //! its admin HTTP, publishing SPEC §7 log entries to `BACKBEAT_EVENTS` with
 //! their SPEC §8 message ids, and reading `BACKBEAT_BARS` back.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,6 +10,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use backbeat_schemas::names::{beat_msg_id, claim_msg_id, parse_subject, SubjectKind, BARS_STREAM, EVENTS_STREAM};
 use backbeat_schemas::LogEntry;
+pub use backbeat_tests::http_get;
 use backbeat_tests::{wait_until, wait_until_async, ChildGuard, Signal};
 use futures::StreamExt as _;
 
@@ -159,18 +158,6 @@ fn listening_port(log: &str) -> Option<u16> {
     let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-/// One HTTP/1.0 GET on loopback; None when nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
 }
 
 /// The value of the sample `name` (with labels exactly as Prometheus renders them).
