@@ -390,3 +390,26 @@ async fn a_checkpoint_of_other_clusters_is_refused() {
         second.log_tail()
     );
 }
+
+#[tokio::test]
+async fn the_processor_folds_on_after_nats_server_restarts() {
+    let mut server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let beats = |range: std::ops::RangeInclusive<u64>| -> Vec<LogEntry> {
+        range
+            .map(|b| entry(0, "backbeat.n.beat", beat_payload("n", b, 4)))
+            .collect()
+    };
+    publish_entries(&js, &beats(0..=4)).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(&server.url(), work.path(), &["--bar-length", "4"]);
+    wait_for_reports(&js, 1, &processor).await;
+
+    server.restart().expect("nats-server restarts with its store");
+    let js = jetstream::new(server.client().await.unwrap());
+    publish_entries(&js, &beats(5..=8)).await.unwrap();
+    wait_for_reports(&js, 2, &processor).await;
+    assert!(processor.is_running(), "{}", processor.log_tail());
+    assert_published_is_the_fold_of_the_stream(&js, "--bar-length 4").await;
+}

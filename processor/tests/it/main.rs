@@ -5,7 +5,8 @@
 //!   each folded as stop-after-event-k + resume-from-checkpoint for every k.
 //! - `live`: `backbeat-processor run` as a child process on a real
 //!   nats-server: golden bytes live, export/fold/replay agree, prompt
-//!   rollup, bad input, admin endpoints and SIGTERM.
+//!   rollup, bad input, admin endpoints and SIGTERM, a checkpoint of other
+//!   clusters refused, folding on after nats-server restarts.
 //! - `crash`: kill -9 at seeded random points, and a restart from behind its
 //!   reports after the duplicate window: every report exactly once.
 
