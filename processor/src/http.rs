@@ -1,15 +1,19 @@
 //! The processor's admin HTTP: the common endpoints plus `/api/v1/windows`
 //! (open windows and recent reports per cluster) and `/api/v1/windows/{id}`.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use backbeat_schemas::BarReport;
 use backbeat_service::admin::{admin_router, AdminState};
+use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::status::SharedStatus;
+use crate::status::{ClusterView, OpenWindow, SharedStatus};
 
 /// The whole router; `connected` tells whether NATS is connected right now.
 pub fn router(metrics: &Metrics, status: SharedStatus, connected: impl Fn() -> bool + Send + Sync + 'static) -> Router {
@@ -48,20 +52,48 @@ pub fn router(metrics: &Metrics, status: SharedStatus, connected: impl Fn() -> b
     )
 }
 
-async fn windows(State(status): State<SharedStatus>) -> Json<serde_json::Value> {
+/// Serialized from the structs themselves (not through `serde_json::Value`,
+/// which would sort keys), so each report reads in SPEC §2 field order.
+#[derive(Serialize)]
+struct WindowsBody<'a> {
+    clusters: &'a BTreeMap<String, ClusterView>,
+}
+
+#[derive(Serialize)]
+struct ClosedWindow<'a> {
+    state: &'static str,
+    report: &'a BarReport,
+}
+
+#[derive(Serialize)]
+struct OpenWindowBody<'a> {
+    state: &'static str,
+    cluster_id: &'a str,
+    window: &'a OpenWindow,
+}
+
+async fn windows(State(status): State<SharedStatus>) -> Response {
     let s = status.get();
-    Json(serde_json::json!({ "clusters": s.clusters }))
+    Json(WindowsBody { clusters: &s.clusters }).into_response()
 }
 
 async fn window(State(status): State<SharedStatus>, Path(id): Path<String>) -> Response {
     let s = status.get();
     for cluster in s.clusters.values() {
         if let Some(report) = cluster.recent_reports.iter().find(|r| r.window_id == id) {
-            return Json(serde_json::json!({"state": "closed", "report": report})).into_response();
+            return Json(ClosedWindow {
+                state: "closed",
+                report,
+            })
+            .into_response();
         }
         if let Some(open) = cluster.open_windows.iter().find(|w| w.window_id == id) {
-            return Json(serde_json::json!({"state": "open", "cluster_id": cluster.cluster_id, "window": open}))
-                .into_response();
+            return Json(OpenWindowBody {
+                state: "open",
+                cluster_id: &cluster.cluster_id,
+                window: open,
+            })
+            .into_response();
         }
     }
     (

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, env = "BACKBEAT_READY_LAG_MAX", default_value_t = 1000)]
         ready_lag_max: u64,
         /// Replicas of the streams and bucket this service creates (3 on a NATS cluster).
-        #[arg(long, env = "BACKBEAT_REPLICAS", default_value_t = 1)]
+        #[arg(long = "stream-replicas", env = "BACKBEAT_STREAM_REPLICAS", default_value_t = 1)]
         replicas: usize,
     },
     /// Write a cluster's events (or the slice of some windows) as a SPEC §7 log file.

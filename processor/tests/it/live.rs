@@ -299,6 +299,10 @@ async fn admin_endpoints_answer_and_sigterm_writes_a_final_checkpoint() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(body.contains(r#""state":"closed""#), "{body}");
+    // The report reads as published: SPEC §2 field order, the exact bytes.
+    let closed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let report: backbeat_schemas::BarReport = serde_json::from_value(closed["report"].clone()).unwrap();
+    assert!(body.contains(&report.to_json()), "{body}");
     let (code, body) = processor
         .get(&format!("/api/v1/windows/{}", window_id("m", 4, 2)))
         .unwrap();
@@ -385,7 +389,7 @@ async fn a_checkpoint_of_other_clusters_is_refused() {
         "a processor of cluster b resumed a checkpoint of cluster a"
     );
     assert!(
-        second.log_tail().contains("own --name"),
+        second.log().contains("own --name"),
         "exited with {exit:?}, not for the cluster filter:\n{}",
         second.log_tail()
     );

@@ -131,6 +131,11 @@ impl Processor {
     }
 
     /// The last lines of the processor's log, for failure messages.
+    /// The whole log (a backtrace, with RUST_BACKTRACE=1, can push the error out of the tail).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
