@@ -5,6 +5,11 @@
 //! is not an integer). This reader returns a borrowed tree that keeps each
 //! number's source text, so every rule of §2 can be checked exactly, and it
 //! borrows unescaped strings from the input so a claim costs few allocations.
+//!
+//! Admission does not need the tree: [`scan_object`] reads the same grammar with
+//! the same checks (and the same errors) in one pass, keeping only the
+//! top-level members it is asked for. Both share one reader of objects and
+//! arrays, so the rules cannot drift apart.
 
 use std::borrow::Cow;
 
@@ -81,18 +86,110 @@ impl std::fmt::Display for JsonError {
 
 /// Parses one complete JSON document (surrounding whitespace allowed).
 pub fn parse(bytes: &[u8]) -> Result<Value<'_>, JsonError> {
+    document(bytes, |parser| parser.value(1))
+}
+
+/// A value as [`scan_object`] keeps it: scalars whole, arrays and objects
+/// only as their kind (what is inside them was checked, not kept).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shallow<'a> {
+    Null,
+    Bool(bool),
+    Number(Number<'a>),
+    String(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Shallow<'_> {
+    /// The JSON type's name, for error messages (as [`Value::type_name`]).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Shallow::Null => "null",
+            Shallow::Bool(_) => "boolean",
+            Shallow::Number(_) => "number",
+            Shallow::String(_) => "string",
+            Shallow::Array => "array",
+            Shallow::Object => "object",
+        }
+    }
+}
+
+/// What [`scan_object`] found in a valid document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scanned<'a, const N: usize> {
+    /// The document is an object: the value of each asked-for name, in the
+    /// order of the names, `None` where the object has no such member.
+    Object([Option<Shallow<'a>>; N]),
+    /// The document is valid JSON but not an object: its type's name.
+    NotObject(&'static str),
+}
+
+/// Checks one complete JSON document exactly as [`parse`] does (the same
+/// documents are refused, with the same error) without building a tree: it
+/// keeps only the top-level members named in `names`, as [`Shallow`] values.
+///
+/// This is admission's fast path: a claim is read in one pass, and allocates
+/// only for strings with escapes and for names of nested objects.
+pub fn scan_object<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Result<Scanned<'a, N>, JsonError> {
+    document(bytes, |parser| {
+        // Names of the unknown top-level members, then of the nested objects
+        // being read (a stack: each object truncates back to where it began).
+        let mut other_names = Vec::new();
+        if parser.peek() != Some(b'{') {
+            let value = parser.shallow_value(1, &mut other_names)?;
+            return Ok(Scanned::NotObject(value.type_name()));
+        }
+        let mut slots: [Option<Shallow<'a>>; N] = std::array::from_fn(|_| None);
+        parser.object_members(1, |parser, key, key_offset| {
+            match names.iter().position(|name| *name == key) {
+                Some(index) => {
+                    if slots[index].is_some() {
+                        return Err(duplicate_key(key_offset));
+                    }
+                    parser.name_separator()?;
+                    slots[index] = Some(parser.shallow_value(2, &mut other_names)?);
+                }
+                None => {
+                    if other_names.contains(&key) {
+                        return Err(duplicate_key(key_offset));
+                    }
+                    parser.name_separator()?;
+                    parser.shallow_value(2, &mut other_names)?;
+                    other_names.push(key);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Scanned::Object(slots))
+    })
+}
+
+/// Runs `read` on a whole document: UTF-8 first, then the value, then only
+/// whitespace may follow.
+fn document<'a, T>(
+    bytes: &'a [u8],
+    read: impl FnOnce(&mut Parser<'a>) -> Result<T, JsonError>,
+) -> Result<T, JsonError> {
     let text = std::str::from_utf8(bytes).map_err(|e| JsonError {
         offset: e.valid_up_to(),
         message: "not valid UTF-8",
     })?;
     let mut parser = Parser { text, bytes, pos: 0 };
     parser.skip_whitespace();
-    let value = parser.value(1)?;
+    let value = read(&mut parser)?;
     parser.skip_whitespace();
     if parser.pos != bytes.len() {
         return Err(parser.error("trailing characters after the document"));
     }
     Ok(value)
+}
+
+fn duplicate_key(key_offset: usize) -> JsonError {
+    JsonError {
+        offset: key_offset,
+        message: "duplicate key",
+    }
 }
 
 struct Parser<'a> {
@@ -150,14 +247,20 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+    /// Reads an object's braces, names, colons and commas; `member` checks each
+    /// name (duplicates) and reads its value, positioned just after the name.
+    /// The name's offset goes with it, for the duplicate key error.
+    fn object_members(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&mut Self, Cow<'a, str>, usize) -> Result<(), JsonError>,
+    ) -> Result<(), JsonError> {
         self.enter(depth)?;
         self.pos += 1;
-        let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(10);
         self.skip_whitespace();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(Value::Object(members));
+            return Ok(());
         }
         loop {
             self.skip_whitespace();
@@ -166,53 +269,112 @@ impl<'a> Parser<'a> {
             }
             let key_offset = self.pos;
             let key = self.string()?;
-            if members.iter().any(|(existing, _)| *existing == key) {
-                return Err(JsonError {
-                    offset: key_offset,
-                    message: "duplicate key",
-                });
-            }
-            self.skip_whitespace();
-            if self.peek() != Some(b':') {
-                return Err(self.error("expected ':'"));
-            }
-            self.pos += 1;
-            self.skip_whitespace();
-            let value = self.value(depth + 1)?;
-            members.push((key, value));
+            member(self, key, key_offset)?;
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b'}') => {
                     self.pos += 1;
-                    return Ok(Value::Object(members));
+                    return Ok(());
                 }
                 _ => return Err(self.error("expected ',' or '}'")),
             }
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+    /// The `:` between a member's name and its value, with the whitespace around it.
+    fn name_separator(&mut self) -> Result<(), JsonError> {
+        self.skip_whitespace();
+        if self.peek() != Some(b':') {
+            return Err(self.error("expected ':'"));
+        }
+        self.pos += 1;
+        self.skip_whitespace();
+        Ok(())
+    }
+
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(10);
+        self.object_members(depth, |parser, key, key_offset| {
+            if members.iter().any(|(existing, _)| *existing == key) {
+                return Err(duplicate_key(key_offset));
+            }
+            parser.name_separator()?;
+            let value = parser.value(depth + 1)?;
+            members.push((key, value));
+            Ok(())
+        })?;
+        Ok(Value::Object(members))
+    }
+
+    /// Reads an array's brackets and commas; `item` reads each element.
+    fn array_items(
+        &mut self,
+        depth: usize,
+        mut item: impl FnMut(&mut Self) -> Result<(), JsonError>,
+    ) -> Result<(), JsonError> {
         self.enter(depth)?;
         self.pos += 1;
-        let mut items = Vec::new();
         self.skip_whitespace();
         if self.peek() == Some(b']') {
             self.pos += 1;
-            return Ok(Value::Array(items));
+            return Ok(());
         }
         loop {
             self.skip_whitespace();
-            items.push(self.value(depth + 1)?);
+            item(self)?;
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 Some(b']') => {
                     self.pos += 1;
-                    return Ok(Value::Array(items));
+                    return Ok(());
                 }
                 _ => return Err(self.error("expected ',' or ']'")),
             }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
+        let mut items = Vec::new();
+        self.array_items(depth, |parser| {
+            items.push(parser.value(depth + 1)?);
+            Ok(())
+        })?;
+        Ok(Value::Array(items))
+    }
+
+    /// Reads a value with every rule `value` applies, but keeps only scalars:
+    /// an array or object is checked through (nesting, duplicate keys at every
+    /// level, strings, numbers) and kept as its kind. `names` is scratch space
+    /// for the names of the objects being read, a stack shared by the levels.
+    fn shallow_value(&mut self, depth: usize, names: &mut Vec<Cow<'a, str>>) -> Result<Shallow<'a>, JsonError> {
+        match self.peek() {
+            Some(b'{') => {
+                let base = names.len();
+                self.object_members(depth, |parser, key, key_offset| {
+                    if names[base..].contains(&key) {
+                        return Err(duplicate_key(key_offset));
+                    }
+                    parser.name_separator()?;
+                    parser.shallow_value(depth + 1, names)?;
+                    names.push(key);
+                    Ok(())
+                })?;
+                names.truncate(base);
+                Ok(Shallow::Object)
+            }
+            Some(b'[') => {
+                self.array_items(depth, |parser| parser.shallow_value(depth + 1, names).map(drop))?;
+                Ok(Shallow::Array)
+            }
+            Some(b'"') => Ok(Shallow::String(self.string()?)),
+            Some(b't') => self.expect_literal("true").map(|()| Shallow::Bool(true)),
+            Some(b'f') => self.expect_literal("false").map(|()| Shallow::Bool(false)),
+            Some(b'n') => self.expect_literal("null").map(|()| Shallow::Null),
+            Some(b'-' | b'0'..=b'9') => Ok(Shallow::Number(self.number()?)),
+            None => Err(self.error("unexpected end of document")),
+            Some(_) => Err(self.error("unexpected character")),
         }
     }
 
@@ -422,6 +584,26 @@ mod tests {
         err("{\"a\":1,}");
         err("{} {}");
         err("\"a\tb\"");
+    }
+
+    #[test]
+    fn scan_object_keeps_the_named_members_only() {
+        let doc = br#"{"b":[1,{"x":null}],"a":"\u0041","c":3.0,"d":{}}"#;
+        let Ok(Scanned::Object([a, b, c, z])) = scan_object(doc, &["a", "b", "c", "z"]) else {
+            panic!("not an object")
+        };
+        assert_eq!(a, Some(Shallow::String(Cow::Owned("A".into()))));
+        assert_eq!(b, Some(Shallow::Array));
+        assert_eq!(c.as_ref().map(Shallow::type_name), Some("number"));
+        assert_eq!(z, None);
+        assert_eq!(scan_object(b"[1] ", &["a"]), Ok(Scanned::NotObject("array")));
+        // Duplicates count at every depth, known names or not.
+        for doc in [r#"{"a":1,"a":2}"#, r#"{"q":1,"q":2}"#, r#"{"q":[{"r":1,"\u0072":2}]}"#] {
+            assert_eq!(
+                scan_object(doc.as_bytes(), &["a"]),
+                Err(parse(doc.as_bytes()).unwrap_err())
+            );
+        }
     }
 
     #[test]

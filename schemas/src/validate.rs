@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::hlc::Hlc;
-use crate::json::{self, Number, Value};
+use crate::json::{self, Number, Scanned, Shallow};
 use crate::message::{
     BeatFrame, BeatFrameType, ClaimState, StatusClaim, StatusClaimType, BEATFRAME_TYPE, BEAT_INDEX_MAX,
     MESSAGE_BYTES_MAX, STATUSCLAIM_TYPE,
@@ -65,12 +65,12 @@ impl Rejection {
         }
     }
 
-    fn field(name: &'static str, rule: &str, found: Option<&Value<'_>>) -> Self {
+    fn field(name: &'static str, rule: &str, found: Option<&Shallow<'_>>) -> Self {
         let found = match found {
             None => "it is absent".to_string(),
-            Some(Value::String(s)) if s.chars().count() <= 40 => format!("got string {s:?}"),
-            Some(Value::Number(n)) if n.raw.len() <= 40 => format!("got {}", n.raw),
-            Some(Value::Bool(b)) => format!("got {b}"),
+            Some(Shallow::String(s)) if s.chars().count() <= 40 => format!("got string {s:?}"),
+            Some(Shallow::Number(n)) if n.raw.len() <= 40 => format!("got {}", n.raw),
+            Some(Shallow::Bool(b)) => format!("got {b}"),
             Some(other) => format!("got {}", other.type_name()),
         };
         Rejection::new(Reason::InvalidField(name), format!("{name} must be {rule}; {found}"))
@@ -81,15 +81,18 @@ impl Rejection {
 /// SPEC §2 and §4 for bar length `bar_length` (at least 1).
 pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> Result<BeatFrame, Rejection> {
     assert!(bar_length >= 1, "bar length must be at least 1");
-    let members = parse_document(payload, BEATFRAME_TYPE)?;
-    let fields = Fields(&members);
+    let slots = parse_document(payload, BEATFRAME_TYPE, &BEAT_FIELDS)?;
+    let fields = Fields {
+        names: &BEAT_FIELDS,
+        slots: &slots,
+    };
 
     let cluster_id = fields.string("cluster_id", "a string matching [A-Za-z0-9_-]{1,64}", |s| {
         is_valid_cluster_id(s)
     })?;
     let beat_index = fields.integer("beat_index", "an integer from 0 to 2^53-1", 0, BEAT_INDEX_MAX)?;
     let downbeat = match fields.get("downbeat") {
-        Some(Value::Bool(b)) => *b,
+        Some(Shallow::Bool(b)) => *b,
         other => return Err(Rejection::field("downbeat", "a boolean", other)),
     };
     let phase = fields.string("phase", "one of plan, execution, review", |s| Phase::parse(s).is_some())?;
@@ -101,7 +104,7 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
     )?;
     let tempo_bpm = fields.integer("tempo_bpm", "an integer from 1 to 1000", 1, 1000)? as u32;
     let window = match fields.get("window_id") {
-        Some(Value::String(s)) => s,
+        Some(Shallow::String(s)) => s,
         other => return Err(Rejection::field("window_id", "a string", other)),
     };
 
@@ -139,15 +142,18 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
 
 /// Checks a status claim against SPEC §2. The claim borrows from `payload`.
 pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
-    let mut members = parse_document(payload, STATUSCLAIM_TYPE)?;
-    let fields = Fields(&members);
+    let mut slots = parse_document(payload, STATUSCLAIM_TYPE, &CLAIM_FIELDS)?;
+    let fields = Fields {
+        names: &CLAIM_FIELDS,
+        slots: &slots,
+    };
 
     let agent_id_len_ok = |s: &str| (1..=128).contains(&s.chars().count());
     fields.string("agent_id", "a string of 1 to 128 characters", agent_id_len_ok)?;
     let has_task = match fields.get("task_id") {
         None => false,
-        Some(Value::String(s)) if s.is_empty() => false,
-        Some(Value::String(s)) if s.chars().count() <= 128 => true,
+        Some(Shallow::String(s)) if s.is_empty() => false,
+        Some(Shallow::String(s)) if s.chars().count() <= 128 => true,
         other => {
             return Err(Rejection::field(
                 "task_id",
@@ -165,12 +171,12 @@ pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
     let state = ClaimState::parse(state).expect("checked above");
     let beats_left = fields.integer("beats_left", "an integer from 0 to 4294967295", 0, u64::from(u32::MAX))? as u32;
     let progress = match fields.get("progress") {
-        Some(Value::Number(n)) if (0.0..=1.0).contains(&n.as_f64()) => n.as_f64(),
+        Some(Shallow::Number(n)) if (0.0..=1.0).contains(&n.as_f64()) => n.as_f64(),
         other => return Err(Rejection::field("progress", "a finite number from 0.0 to 1.0", other)),
     };
     let has_notes = match fields.get("notes") {
         None => false,
-        Some(Value::String(s)) if s.chars().count() <= 1024 => true,
+        Some(Shallow::String(s)) if s.chars().count() <= 1024 => true,
         other => {
             return Err(Rejection::field(
                 "notes",
@@ -183,9 +189,8 @@ pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
 
     // Every check passed: move the strings out without copying them.
     let mut take = |name: &str| -> Option<Cow<'_, str>> {
-        let member = members.iter_mut().find(|(key, _)| key == name)?;
-        match std::mem::replace(&mut member.1, Value::Null) {
-            Value::String(s) => Some(s),
+        match slots[field_index(&CLAIM_FIELDS, name)].take()? {
+            Shallow::String(s) => Some(s),
             _ => None,
         }
     };
@@ -205,61 +210,98 @@ pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
     })
 }
 
-/// Size, JSON and `type`: the checks common to both documents.
-fn parse_document<'a>(payload: &'a [u8], expected_type: &str) -> Result<Vec<(Cow<'a, str>, Value<'a>)>, Rejection> {
+/// Size, JSON and `type`: the checks common to both documents. `names` starts
+/// with `type`; the result holds the value of each name, in the same order.
+fn parse_document<'a, const N: usize>(
+    payload: &'a [u8],
+    expected_type: &str,
+    names: &[&'static str; N],
+) -> Result<[Option<Shallow<'a>>; N], Rejection> {
+    assert_eq!(names[0], "type", "the type is checked first");
     if payload.len() > MESSAGE_BYTES_MAX {
         return Err(Rejection::new(
             Reason::TooLarge,
             format!("a message is at most {MESSAGE_BYTES_MAX} bytes; got {}", payload.len()),
         ));
     }
-    let members = match json::parse(payload) {
-        Ok(Value::Object(members)) => members,
-        Ok(other) => {
+    let slots = match json::scan_object(payload, names) {
+        Ok(Scanned::Object(slots)) => slots,
+        Ok(Scanned::NotObject(type_name)) => {
             return Err(Rejection::new(
                 Reason::InvalidJson,
-                format!("a message must be a JSON object; got {}", other.type_name()),
+                format!("a message must be a JSON object; got {type_name}"),
             ))
         }
         Err(e) => return Err(Rejection::new(Reason::InvalidJson, format!("not valid JSON: {e}"))),
     };
-    let type_ok = members
-        .iter()
-        .find(|(key, _)| key == "type")
-        .is_some_and(|(_, v)| matches!(v, Value::String(s) if s == expected_type));
-    if !type_ok {
+    if !matches!(&slots[0], Some(Shallow::String(s)) if s == expected_type) {
         return Err(Rejection::new(
             Reason::WrongType,
             format!("type must be \"{expected_type}\""),
         ));
     }
-    Ok(members)
+    Ok(slots)
 }
 
-/// Field look-up over an object's members; `null` counts as absent.
-struct Fields<'m, 'a>(&'m [(Cow<'a, str>, Value<'a>)]);
+/// The members a beat frame's checks read: `type`, then SPEC §2's fields.
+const BEAT_FIELDS: [&str; 9] = [
+    "type",
+    "cluster_id",
+    "beat_index",
+    "downbeat",
+    "phase",
+    "hlc",
+    "deadline_at",
+    "tempo_bpm",
+    "window_id",
+];
+
+/// The members a status claim's checks read: `type`, then SPEC §2's fields.
+const CLAIM_FIELDS: [&str; 9] = [
+    "type",
+    "agent_id",
+    "task_id",
+    "beat_index",
+    "state",
+    "beats_left",
+    "progress",
+    "notes",
+    "hlc",
+];
+
+/// Where `name` stands in `names` (a programmer's error if it is not there).
+fn field_index(names: &[&str], name: &str) -> usize {
+    names
+        .iter()
+        .position(|known| *known == name)
+        .unwrap_or_else(|| panic!("{name} is not one of the fields read"))
+}
+
+/// Field look-up over the members a document's checks read; `null` counts as absent.
+struct Fields<'m, 'a> {
+    names: &'m [&'static str],
+    slots: &'m [Option<Shallow<'a>>],
+}
 
 impl<'m, 'a> Fields<'m, 'a> {
-    fn get(&self, name: &str) -> Option<&'m Value<'a>> {
-        self.0
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value)
-            .filter(|value| !matches!(value, Value::Null))
+    fn get(&self, name: &str) -> Option<&'m Shallow<'a>> {
+        self.slots[field_index(self.names, name)]
+            .as_ref()
+            .filter(|value| !matches!(value, Shallow::Null))
     }
 
     fn string(&self, name: &'static str, rule: &str, ok: impl Fn(&str) -> bool) -> Result<&'m str, Rejection> {
         match self.get(name) {
-            Some(Value::String(s)) if ok(s) => Ok(s),
+            Some(Shallow::String(s)) if ok(s) => Ok(s),
             other => Err(Rejection::field(name, rule, other)),
         }
     }
 
     fn integer(&self, name: &'static str, rule: &str, min: u64, max: u64) -> Result<u64, Rejection> {
         match self.get(name) {
-            Some(Value::Number(n)) => match Number::as_u64(n) {
+            Some(Shallow::Number(n)) => match Number::as_u64(n) {
                 Some(v) if (min..=max).contains(&v) => Ok(v),
-                _ => Err(Rejection::field(name, rule, Some(&Value::Number(*n)))),
+                _ => Err(Rejection::field(name, rule, Some(&Shallow::Number(*n)))),
             },
             other => Err(Rejection::field(name, rule, other)),
         }
@@ -268,7 +310,7 @@ impl<'m, 'a> Fields<'m, 'a> {
     fn hlc(&self) -> Result<Hlc, Rejection> {
         let rule = "{physical}:{logical}:{node}: physical 1-12 lowercase hex digits without leading zeros, logical and node 4 lowercase hex digits";
         match self.get("hlc") {
-            Some(Value::String(s)) => s.parse().map_err(|_| Rejection::field("hlc", rule, self.get("hlc"))),
+            Some(Shallow::String(s)) => s.parse().map_err(|_| Rejection::field("hlc", rule, self.get("hlc"))),
             other => Err(Rejection::field("hlc", rule, other)),
         }
     }

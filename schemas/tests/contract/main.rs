@@ -1,9 +1,12 @@
 //! Contract tests of `backbeat-schemas`: every SPEC §5 validation rule with the
 //! reason it must produce, the JSON Schema documents under `schemas/json/`
-//! against the same corpus, and serialize-then-validate round trips.
+//! against the same corpus, serialize-then-validate round trips, and the
+//! validator against the one it replaced on random mutations (`differential`).
 //! One test binary, so the crate links its integration tests once.
 
 mod corpus;
+mod differential;
 mod json_schema;
+mod reference;
 mod roundtrip;
 mod rules;

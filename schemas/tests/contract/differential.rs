@@ -1,0 +1,383 @@
+//! The single-pass validator against the reference (the tree-building one it
+//! replaced, `reference.rs`): on random mutations of valid claims and beats
+//! (byte flips, truncations, inserted duplicate keys, deep nesting, escapes,
+//! odd numbers) both must give the same result: the same claim or beat (strings
+//! borrowed or owned alike), or the same reason with the same message.
+
+use std::borrow::Cow;
+
+use backbeat_schemas::json;
+use backbeat_schemas::{validate_beat, validate_claim, StatusClaim};
+use proptest::prelude::*;
+
+use crate::reference;
+
+const CLUSTER: &str = "c1";
+
+/// Valid claims written in different ways: compact, spaced, escaped, with
+/// unknown members (nested ones too), null optionals, unusual number forms.
+const CLAIMS: &[&str] = &[
+    r#"{"type":"backbeat.statusclaim.v1","agent_id":"agent-1","task_id":"secret-rotation:42","beat_index":9,"state":"executing","beats_left":3,"progress":0.5,"notes":"fetching inputs","hlc":"18d0e6a3b40:0000:0001"}"#,
+    r#" { "type" : "backbeat.statusclaim.v1" , "agent_id" : "a\u00e9\n\"q\"" , "beat_index" : -0 , "state" : "done" , "beats_left" : 0 , "progress" : 1 , "hlc" : "0:0000:0000" } "#,
+    r#"{"type":"backbeat.statusclaim.v1","agent_id":"\ud83d\ude00 \/ ok","task_id":null,"beat_index":9007199254740991,"state":"helping","beats_left":4294967295,"progress":1e-1,"notes":null,"hlc":"ffffffffffff:ffff:ffff"}"#,
+    r#"{"extra":{"a":[1,{"b":null,"c":[true,false]}],"d":"e"},"type":"backbeat.statusclaim.v1","agent_id":"x","task_id":"","beat_index":1,"state":"idle","beats_left":2,"progress":0.0,"notes":"Ω","hlc":"1:0000:0000","more":[[],{}]}"#,
+    "{\"type\":\"backbeat.statusclaim.v1\",\"agent_id\":\"é漢\",\"beat_index\":12,\"state\":\"waiting\",\"beats_left\":7,\"progress\":0.25E0,\"notes\":\"line\\tbreak\\u0041\",\"hlc\":\"abc:0001:0002\"}",
+    r#"{"\u0074ype":"backbeat.statusclaim.v1","agent_\u0069d":"a","beat_index":3,"state":"blocked","beats_left":1,"progress":0.75,"hlc":"18d0e6a3b40:0000:0001"}"#,
+];
+
+/// Valid beat frames (cluster `c1`, L = 8) written in different ways.
+const BEATS: &[&str] = &[
+    r#"{"type":"backbeat.beatframe.v1","cluster_id":"c1","beat_index":9,"downbeat":false,"phase":"plan","hlc":"18d0e6a3b40:0000:0001","deadline_at":"2024-01-15T10:30:00.5Z","tempo_bpm":120,"window_id":"c1:8:1"}"#,
+    r#" {"type" : "backbeat.beatframe.v1", "cluster_id":"c\u0031","beat_index":16,"downbeat":true,"phase":"plan","hlc":"1:0000:0000","deadline_at":"2024-02-29T23:59:59Z","tempo_bpm":1000,"window_id":"c1:8:2","x":{"y":[1.5e3,-0.0]}} "#,
+    r#"{"window_id":"c1:8:0","tempo_bpm":1,"deadline_at":"2024-01-15T10:30:00.123456789Z","hlc":"2:0000:0000","phase":"review","downbeat":false,"beat_index":7,"cluster_id":"c1","type":"backbeat.beatframe.v1"}"#,
+];
+
+/// Pieces inserted at random places: structure, duplicate keys, escapes
+/// (lone surrogates too), odd numbers, literals, bytes that are not UTF-8.
+const FRAGMENTS: &[&str] = &[
+    ",",
+    ":",
+    "{",
+    "}",
+    "[",
+    "]",
+    "\"",
+    "\\",
+    " ",
+    "\t\n\r",
+    r#","type":"backbeat.statusclaim.v1""#,
+    r#","type":"backbeat.beatframe.v1""#,
+    r#","agent_id":"dup""#,
+    r#","beat_index":1"#,
+    r#","hlc":null"#,
+    r#","notes":null"#,
+    r#","u":1,"u":2"#,
+    r#","u":{"v":1,"v":2}"#,
+    r#","u":[{"v":1},{"v":1,"w":{"v":3,"\u0076":4}}]"#,
+    r#"{"a":1,"\u0061":2}"#,
+    r#""\ud800""#,
+    r#""\udc00x""#,
+    r#""\ud83d\ude00""#,
+    r#""\ud83dx""#,
+    r#""\u00zz""#,
+    r#""\x""#,
+    "\\u0000",
+    "\\ud800",
+    "\\n",
+    "\u{1}",
+    "é",
+    "😀",
+    "-0",
+    "0",
+    "01",
+    "1.",
+    ".5",
+    "3.0",
+    "3e0",
+    "1E+2",
+    "1e-400",
+    "1e400",
+    "-1e309",
+    "18446744073709551616",
+    "9007199254740992",
+    "0.5e-1",
+    "NaN",
+    "Infinity",
+    "-",
+    "true",
+    "false",
+    "null",
+    "nul",
+    "tru",
+];
+
+/// A mutation of a document.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Replace the byte at (index mod length) with this byte.
+    Flip(usize, u8),
+    /// Remove the bytes from (index mod length), this many.
+    Delete(usize, usize),
+    /// Keep only the first (index mod length + 1) bytes.
+    Truncate(usize),
+    /// Insert the fragment at (index mod length + 1).
+    Insert(usize, &'static str),
+    /// Insert this many nested arrays or objects as a new member before the last byte.
+    Nest(usize, bool),
+    /// Replace the value after the (n mod count)-th `:` by this many nested arrays or objects.
+    NestValue(usize, usize, bool),
+    /// Insert `,"{key}":{value}` before the last byte, the key and value taken
+    /// from the document itself (a duplicate key) or a fragment.
+    Repeat(usize, usize),
+    /// Replace the value after the (n mod count)-th `:` by a fragment.
+    Replace(usize, &'static str),
+    /// Insert raw bytes that are not always valid UTF-8.
+    Bytes(usize, Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let fragment = proptest::sample::select(FRAGMENTS);
+    let interesting_byte = prop_oneof![
+        proptest::sample::select(b"{}[]\",:\\ 0123456789eE.-+untfal\x00\x1f\x7f".to_vec()),
+        any::<u8>(),
+    ];
+    prop_oneof![
+        (any::<usize>(), interesting_byte).prop_map(|(i, b)| Mutation::Flip(i, b)),
+        (any::<usize>(), 1usize..4).prop_map(|(i, n)| Mutation::Delete(i, n)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        (any::<usize>(), fragment.clone()).prop_map(|(i, f)| Mutation::Insert(i, f)),
+        (prop_oneof![1usize..6, 120usize..135], any::<bool>()).prop_map(|(n, o)| Mutation::Nest(n, o)),
+        (any::<usize>(), prop_oneof![1usize..6, 120usize..135], any::<bool>())
+            .prop_map(|(i, n, o)| Mutation::NestValue(i, n, o)),
+        (any::<usize>(), any::<usize>()).prop_map(|(k, v)| Mutation::Repeat(k, v)),
+        (any::<usize>(), fragment).prop_map(|(i, f)| Mutation::Replace(i, f)),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..4)).prop_map(|(i, b)| Mutation::Bytes(i, b)),
+    ]
+}
+
+/// Positions just after each `"key":` in `doc`, with the key's text (quotes included).
+fn member_keys(doc: &[u8]) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut keys = Vec::new();
+    let mut i = 0;
+    while i < doc.len() {
+        if doc[i] == b'"' {
+            let start = i;
+            i += 1;
+            while i < doc.len() && doc[i] != b'"' {
+                i += if doc[i] == b'\\' { 2 } else { 1 };
+            }
+            let end = (i + 1).min(doc.len());
+            let mut j = end;
+            while j < doc.len() && doc[j] == b' ' {
+                j += 1;
+            }
+            if j < doc.len() && doc[j] == b':' {
+                keys.push((start..end, j + 1));
+            }
+        }
+        i += 1;
+    }
+    keys
+}
+
+/// The text of the value starting at `at`, up to the next `,` or `}` at the same level (roughly).
+fn value_text(doc: &[u8], at: usize) -> &[u8] {
+    let mut depth = 0i32;
+    let mut in_string = false;
+    let mut i = at;
+    while i < doc.len() {
+        match doc[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'{' | b'[' if !in_string => depth += 1,
+            b'}' | b']' if !in_string => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1
+            }
+            b',' if !in_string && depth == 0 => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    &doc[at..i.min(doc.len())]
+}
+
+/// `n` nested arrays, or objects of one member `k` around a `1`.
+fn nested(n: usize, objects: bool) -> String {
+    if objects {
+        "{\"k\":".repeat(n) + "1" + &"}".repeat(n)
+    } else {
+        "[".repeat(n) + &"]".repeat(n)
+    }
+}
+
+fn apply(doc: &mut Vec<u8>, mutation: &Mutation) {
+    let len = doc.len().max(1);
+    let before_last = doc.len().saturating_sub(1);
+    match mutation {
+        Mutation::Flip(i, b) => {
+            if !doc.is_empty() {
+                doc[i % len] = *b;
+            }
+        }
+        Mutation::Delete(i, n) => {
+            let start = (i % len).min(doc.len());
+            let end = (start + n).min(doc.len());
+            doc.drain(start..end);
+        }
+        Mutation::Truncate(i) => doc.truncate(i % len + 1),
+        Mutation::Insert(i, fragment) => {
+            let at = (i % len + 1).min(doc.len());
+            doc.splice(at..at, fragment.bytes());
+        }
+        Mutation::Nest(n, objects) => {
+            let member = format!(",\"deep\":{}", nested(*n, *objects));
+            doc.splice(before_last..before_last, member.bytes());
+        }
+        Mutation::NestValue(i, n, objects) => {
+            let keys = member_keys(doc);
+            if keys.is_empty() {
+                return;
+            }
+            let (_, at) = keys[i % keys.len()];
+            let end = at + value_text(doc, at).len();
+            doc.splice(at..end, nested(*n, *objects).into_bytes());
+        }
+        Mutation::Repeat(k, v) => {
+            let keys = member_keys(doc);
+            if keys.is_empty() {
+                return;
+            }
+            let (key, _) = &keys[k % keys.len()];
+            let (_, value_at) = &keys[v % keys.len()];
+            let mut member = b",".to_vec();
+            member.extend_from_slice(&doc[key.clone()]);
+            member.push(b':');
+            member.extend_from_slice(value_text(doc, *value_at));
+            doc.splice(before_last..before_last, member);
+        }
+        Mutation::Replace(i, fragment) => {
+            let keys = member_keys(doc);
+            if keys.is_empty() {
+                return;
+            }
+            let (_, at) = keys[i % keys.len()];
+            let end = at + value_text(doc, at).len();
+            doc.splice(at..end, fragment.bytes());
+        }
+        Mutation::Bytes(i, bytes) => {
+            let at = (i % len).min(doc.len());
+            doc.splice(at..at, bytes.iter().copied());
+        }
+    }
+}
+
+fn mutated(templates: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::sample::select(templates),
+        proptest::collection::vec(mutation(), 0..4),
+    )
+        .prop_map(|(template, mutations)| {
+            let mut doc = template.as_bytes().to_vec();
+            for m in &mutations {
+                apply(&mut doc, m);
+            }
+            doc
+        })
+}
+
+fn is_borrowed(s: &Option<Cow<'_, str>>) -> Option<bool> {
+    s.as_ref().map(|s| matches!(s, Cow::Borrowed(_)))
+}
+
+fn same_claim(new: &StatusClaim<'_>, old: &StatusClaim<'_>) -> bool {
+    new == old
+        && new.progress.to_bits() == old.progress.to_bits()
+        && matches!(new.agent_id, Cow::Borrowed(_)) == matches!(old.agent_id, Cow::Borrowed(_))
+        && is_borrowed(&new.task_id) == is_borrowed(&old.task_id)
+        && is_borrowed(&new.notes) == is_borrowed(&old.notes)
+}
+
+fn check_claim(doc: &[u8]) -> Result<(), TestCaseError> {
+    let new = validate_claim(doc);
+    let old = reference::validate_claim(doc);
+    let text = String::from_utf8_lossy(doc);
+    match (&new, &old) {
+        (Ok(n), Ok(o)) => prop_assert!(same_claim(n, o), "{text}\nnew {n:?}\nold {o:?}"),
+        _ => prop_assert_eq!(&new, &old, "{}", text),
+    }
+    // The scanner and the tree refuse the same documents with the same error.
+    prop_assert_eq!(
+        json::scan_object(doc, &["type"]).err(),
+        json::parse(doc).err(),
+        "{}",
+        text
+    );
+    Ok(())
+}
+
+fn check_beat(doc: &[u8]) -> Result<(), TestCaseError> {
+    let text = String::from_utf8_lossy(doc);
+    for (cluster, bar_length) in [(CLUSTER, 8), (CLUSTER, 3), ("c2", 8)] {
+        prop_assert_eq!(
+            validate_beat(doc, cluster, bar_length),
+            reference::validate_beat(doc, cluster, bar_length),
+            "{} (cluster {}, L {})",
+            text,
+            cluster,
+            bar_length
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    #[test]
+    fn claims_agree_with_the_reference(doc in mutated(CLAIMS)) {
+        check_claim(&doc)?;
+    }
+
+    #[test]
+    fn beats_agree_with_the_reference(doc in mutated(BEATS)) {
+        check_beat(&doc)?;
+    }
+
+    #[test]
+    fn beats_read_as_claims_and_claims_as_beats_agree(doc in mutated(BEATS), other in mutated(CLAIMS)) {
+        check_claim(&doc)?;
+        check_beat(&other)?;
+    }
+}
+
+/// Cases worth keeping whatever the random draw: each rule's edge, once.
+#[test]
+fn chosen_cases_agree_with_the_reference() {
+    let mut docs: Vec<Vec<u8>> = Vec::new();
+    for template in CLAIMS.iter().chain(BEATS) {
+        docs.push(template.as_bytes().to_vec());
+        for fragment in FRAGMENTS {
+            for at in 0..template.len() {
+                let mut doc = template.as_bytes().to_vec();
+                apply(&mut doc, &Mutation::Insert(at, fragment));
+                docs.push(doc);
+            }
+        }
+        for n in [126, 127, 128, 129] {
+            for objects in [false, true] {
+                let mut doc = template.as_bytes().to_vec();
+                apply(&mut doc, &Mutation::Nest(n, objects));
+                docs.push(doc);
+                for k in 0..12 {
+                    let mut doc = template.as_bytes().to_vec();
+                    apply(&mut doc, &Mutation::NestValue(k, n, objects));
+                    docs.push(doc);
+                }
+            }
+        }
+        for k in 0..12 {
+            for v in 0..12 {
+                let mut doc = template.as_bytes().to_vec();
+                apply(&mut doc, &Mutation::Repeat(k, v));
+                docs.push(doc);
+            }
+            for fragment in FRAGMENTS {
+                let mut doc = template.as_bytes().to_vec();
+                apply(&mut doc, &Mutation::Replace(k, fragment));
+                docs.push(doc);
+            }
+        }
+        for end in 0..template.len() {
+            docs.push(template.as_bytes()[..end].to_vec());
+        }
+    }
+    docs.push(vec![b' '; 8193]);
+    docs.push([b"[".repeat(5000), b"]".repeat(5000)].concat());
+    for doc in &docs {
+        check_claim(doc).unwrap_or_else(|e| panic!("{e}"));
+        check_beat(doc).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
