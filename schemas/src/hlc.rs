@@ -34,10 +34,17 @@ impl Hlc {
 }
 
 fn lower_hex_value(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.is_empty() {
         return None;
     }
-    u64::from_str_radix(s, 16).ok()
+    s.bytes().try_fold(0u64, |value, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        value.checked_mul(16)?.checked_add(u64::from(digit))
+    })
 }
 
 impl FromStr for Hlc {

@@ -118,16 +118,89 @@ impl Shallow<'_> {
 /// What [`scan_object`] found in a valid document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scanned<'a, const N: usize> {
-    /// The document is an object: the value of each asked-for name, in the
-    /// order of the names, `None` where the object has no such member.
-    Object([Option<Shallow<'a>>; N]),
+    /// The document is an object: where the asked-for members stand.
+    Object(Members<'a, N>),
     /// The document is valid JSON but not an object: its type's name.
     NotObject(&'static str),
 }
 
+/// The top-level members [`scan_object`] was asked for, by their place in
+/// its `names`: where each value stands in the (valid) document, read into a
+/// [`Shallow`] on demand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Members<'a, const N: usize> {
+    text: &'a str,
+    spans: [Option<Span>; N],
+}
+
+impl<'a, const N: usize> Members<'a, N> {
+    /// The value of each name, in the order of the names; `None` where the
+    /// object has no such member. A string borrows from the document unless
+    /// it has escapes.
+    pub fn values(&self) -> [Option<Shallow<'a>>; N] {
+        std::array::from_fn(|index| self.get(index))
+    }
+
+    /// The value of the `index`-th name, `None` where the object has no such member.
+    pub fn get(&self, index: usize) -> Option<Shallow<'a>> {
+        self.spans[index].map(|span| self.shallow(span))
+    }
+
+    fn shallow(&self, span: Span) -> Shallow<'a> {
+        let raw = &self.text[span.start..span.end];
+        match span.kind {
+            Kind::Null => Shallow::Null,
+            Kind::Bool(b) => Shallow::Bool(b),
+            Kind::Number { is_integer } => Shallow::Number(Number { raw, is_integer }),
+            Kind::String { escaped: false } => Shallow::String(Cow::Borrowed(&raw[1..raw.len() - 1])),
+            Kind::String { escaped: true } => {
+                let mut parser = Parser {
+                    text: self.text,
+                    bytes: self.text.as_bytes(),
+                    pos: span.start,
+                };
+                Shallow::String(parser.string().expect("the string was read while scanning"))
+            }
+            Kind::Array => Shallow::Array,
+            Kind::Object => Shallow::Object,
+        }
+    }
+}
+
+/// Where a value stands in a document, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    kind: Kind,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    Bool(bool),
+    Number { is_integer: bool },
+    String { escaped: bool },
+    Array,
+    Object,
+}
+
+impl Kind {
+    fn type_name(self) -> &'static str {
+        match self {
+            Kind::Null => "null",
+            Kind::Bool(_) => "boolean",
+            Kind::Number { .. } => "number",
+            Kind::String { .. } => "string",
+            Kind::Array => "array",
+            Kind::Object => "object",
+        }
+    }
+}
+
 /// Checks one complete JSON document exactly as [`parse`] does (the same
 /// documents are refused, with the same error) without building a tree: it
-/// keeps only the top-level members named in `names`, as [`Shallow`] values.
+/// keeps only where the top-level members named in `names` stand.
 ///
 /// This is admission's fast path: a claim is read in one pass, and allocates
 /// only for strings with escapes and for names of nested objects.
@@ -137,31 +210,41 @@ pub fn scan_object<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Re
         // being read (a stack: each object truncates back to where it began).
         let mut other_names = Vec::new();
         if parser.peek() != Some(b'{') {
-            let value = parser.shallow_value(1, &mut other_names)?;
-            return Ok(Scanned::NotObject(value.type_name()));
+            let span = parser.scan_value(1, &mut other_names)?;
+            return Ok(Scanned::NotObject(span.kind.type_name()));
         }
-        let mut slots: [Option<Shallow<'a>>; N] = std::array::from_fn(|_| None);
+        let mut spans: [Option<Span>; N] = [None; N];
+        // Members usually come in the order of `names`: try the next one first.
+        let mut next_index = 0;
         parser.object_members(1, |parser, key, key_offset| {
-            match names.iter().position(|name| *name == key) {
+            let found = match names.get(next_index) {
+                Some(name) if *name == key => Some(next_index),
+                _ => names.iter().position(|name| *name == key),
+            };
+            match found {
                 Some(index) => {
-                    if slots[index].is_some() {
+                    next_index = index + 1;
+                    if spans[index].is_some() {
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    slots[index] = Some(parser.shallow_value(2, &mut other_names)?);
+                    spans[index] = Some(parser.scan_value(2, &mut other_names)?);
                 }
                 None => {
                     if other_names.contains(&key) {
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    parser.shallow_value(2, &mut other_names)?;
+                    parser.scan_value(2, &mut other_names)?;
                     other_names.push(key);
                 }
             }
             Ok(())
         })?;
-        Ok(Scanned::Object(slots))
+        Ok(Scanned::Object(Members {
+            text: parser.text,
+            spans,
+        }))
     })
 }
 
@@ -183,6 +266,40 @@ fn document<'a, T>(
         return Err(parser.error("trailing characters after the document"));
     }
     Ok(value)
+}
+
+/// The offset in `bytes` of the first byte that ends a run of plain string
+/// characters (`"`, `\\` or a control character below 0x20), or its length.
+/// UTF-8 boundaries are safe: only ASCII bytes stop the run.
+fn special_byte_offset(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    let mut offset = 0;
+    // Eight bytes at a time: a byte's high bit is set in `hits` where it is
+    // zero after the XOR (a quote or a backslash) or below 0x20. The borrows of
+    // the subtractions can only set bits above the first true hit, and the
+    // bytes are read little-endian, so the lowest set bit is the first hit.
+    while let Some(chunk) = bytes.get(offset..offset + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let quote = word ^ QUOTES;
+        let backslash = word ^ BACKSLASHES;
+        let hits = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(SPACES) & !word))
+            & HIGHS;
+        if hits != 0 {
+            return offset + (hits.trailing_zeros() / 8) as usize;
+        }
+        offset += 8;
+    }
+    offset
+        + bytes[offset..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(bytes.len() - offset)
 }
 
 fn duplicate_key(key_offset: usize) -> JsonError {
@@ -344,12 +461,14 @@ impl<'a> Parser<'a> {
         Ok(Value::Array(items))
     }
 
-    /// Reads a value with every rule `value` applies, but keeps only scalars:
+    /// Reads a value with every rule `value` applies without building it:
     /// an array or object is checked through (nesting, duplicate keys at every
-    /// level, strings, numbers) and kept as its kind. `names` is scratch space
-    /// for the names of the objects being read, a stack shared by the levels.
-    fn shallow_value(&mut self, depth: usize, names: &mut Vec<Cow<'a, str>>) -> Result<Shallow<'a>, JsonError> {
-        match self.peek() {
+    /// level, strings, numbers) and only where the value stands, and what it
+    /// is, are kept. `names` is scratch space for the names of the objects
+    /// being read, a stack shared by the levels.
+    fn scan_value(&mut self, depth: usize, names: &mut Vec<Cow<'a, str>>) -> Result<Span, JsonError> {
+        let start = self.pos;
+        let kind = match self.peek() {
             Some(b'{') => {
                 let base = names.len();
                 self.object_members(depth, |parser, key, key_offset| {
@@ -357,25 +476,47 @@ impl<'a> Parser<'a> {
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    parser.shallow_value(depth + 1, names)?;
+                    parser.scan_value(depth + 1, names)?;
                     names.push(key);
                     Ok(())
                 })?;
                 names.truncate(base);
-                Ok(Shallow::Object)
+                Kind::Object
             }
             Some(b'[') => {
-                self.array_items(depth, |parser| parser.shallow_value(depth + 1, names).map(drop))?;
-                Ok(Shallow::Array)
+                self.array_items(depth, |parser| parser.scan_value(depth + 1, names).map(drop))?;
+                Kind::Array
             }
-            Some(b'"') => Ok(Shallow::String(self.string()?)),
-            Some(b't') => self.expect_literal("true").map(|()| Shallow::Bool(true)),
-            Some(b'f') => self.expect_literal("false").map(|()| Shallow::Bool(false)),
-            Some(b'n') => self.expect_literal("null").map(|()| Shallow::Null),
-            Some(b'-' | b'0'..=b'9') => Ok(Shallow::Number(self.number()?)),
-            None => Err(self.error("unexpected end of document")),
-            Some(_) => Err(self.error("unexpected character")),
+            Some(b'"') => Kind::String {
+                escaped: !self.scan_string()?,
+            },
+            Some(b't') => self.expect_literal("true").map(|()| Kind::Bool(true))?,
+            Some(b'f') => self.expect_literal("false").map(|()| Kind::Bool(false))?,
+            Some(b'n') => self.expect_literal("null").map(|()| Kind::Null)?,
+            Some(b'-' | b'0'..=b'9') => Kind::Number {
+                is_integer: self.number()?.is_integer,
+            },
+            None => return Err(self.error("unexpected end of document")),
+            Some(_) => return Err(self.error("unexpected character")),
+        };
+        Ok(Span {
+            kind,
+            start,
+            end: self.pos,
+        })
+    }
+
+    /// Reads a string as `string` does; true when it has no escapes (then
+    /// nothing is allocated).
+    fn scan_string(&mut self) -> Result<bool, JsonError> {
+        let plain_end = self.pos + 1 + special_byte_offset(&self.bytes[self.pos + 1..]);
+        if self.bytes.get(plain_end) == Some(&b'"') {
+            self.pos = plain_end + 1;
+            return Ok(true);
         }
+        // Escapes or an error: the full reader says which.
+        self.string()?;
+        Ok(false)
     }
 
     fn digits(&mut self) -> usize {
@@ -452,18 +593,16 @@ impl<'a> Parser<'a> {
         self.pos += 1;
         let start = self.pos;
         // Fast path: no escapes, borrow the source.
-        loop {
-            match self.peek() {
-                None => return Err(self.error("unterminated string")),
-                Some(b'"') => {
-                    let s = &self.text[start..self.pos];
-                    self.pos += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                Some(b'\\') => break,
-                Some(0x00..=0x1f) => return Err(self.error("control character in string")),
-                Some(_) => self.pos += 1,
+        self.pos += special_byte_offset(&self.bytes[self.pos..]);
+        match self.peek() {
+            None => return Err(self.error("unterminated string")),
+            Some(b'"') => {
+                let s = &self.text[start..self.pos];
+                self.pos += 1;
+                return Ok(Cow::Borrowed(s));
             }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.error("control character in string")),
         }
         let mut out = String::with_capacity(self.pos - start + 16);
         out.push_str(&self.text[start..self.pos]);
@@ -496,12 +635,7 @@ impl<'a> Parser<'a> {
                     // Copy a run of plain characters at once (UTF-8 boundaries
                     // are safe: only ASCII bytes stop the run).
                     let run_start = self.pos;
-                    while let Some(b) = self.peek() {
-                        if b == b'"' || b == b'\\' || b < 0x20 {
-                            break;
-                        }
-                        self.pos += 1;
-                    }
+                    self.pos += special_byte_offset(&self.bytes[self.pos..]);
                     out.push_str(&self.text[run_start..self.pos]);
                 }
             }
@@ -587,11 +721,36 @@ mod tests {
     }
 
     #[test]
+    fn special_byte_offset_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(bytes.len())
+        };
+        for filler in [b'a', 0x20, 0x7f, 0x80, 0x81, 0xff, 0x21, 0x5d] {
+            for len in 0..20 {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = byte;
+                        if at + 2 < len {
+                            bytes[at + 2] = 0;
+                        }
+                        assert_eq!(special_byte_offset(&bytes), naive(&bytes), "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn scan_object_keeps_the_named_members_only() {
         let doc = br#"{"b":[1,{"x":null}],"a":"\u0041","c":3.0,"d":{}}"#;
-        let Ok(Scanned::Object([a, b, c, z])) = scan_object(doc, &["a", "b", "c", "z"]) else {
+        let Ok(Scanned::Object(members)) = scan_object(doc, &["a", "b", "c", "z"]) else {
             panic!("not an object")
         };
+        let [a, b, c, z] = members.values();
         assert_eq!(a, Some(Shallow::String(Cow::Owned("A".into()))));
         assert_eq!(b, Some(Shallow::Array));
         assert_eq!(c.as_ref().map(Shallow::type_name), Some("number"));

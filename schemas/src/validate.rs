@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::hlc::Hlc;
-use crate::json::{self, Number, Scanned, Shallow};
+use crate::json::{self, Members, Number, Scanned, Shallow};
 use crate::message::{
     BeatFrame, BeatFrameType, ClaimState, StatusClaim, StatusClaimType, BEATFRAME_TYPE, BEAT_INDEX_MAX,
     MESSAGE_BYTES_MAX, STATUSCLAIM_TYPE,
@@ -77,35 +77,86 @@ impl Rejection {
     }
 }
 
+/// A member the checks read: its name, and where it stands in the document's
+/// list of names (`BEAT_FIELDS` or `CLAIM_FIELDS`).
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: &'static str,
+    index: usize,
+}
+
+impl Field {
+    /// `name` in `names`; evaluated at compile time (see [`field!`]), so a
+    /// name missing from the list does not compile.
+    const fn new(names: &[&'static str], name: &'static str) -> Field {
+        let mut index = 0;
+        while index < names.len() {
+            if const_str_eq(names[index], name) {
+                return Field { name, index };
+            }
+            index += 1;
+        }
+        panic!("not one of the fields read");
+    }
+}
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The [`Field`] `$name` of the list `$names`, found at compile time.
+macro_rules! field {
+    ($names:ident, $name:literal) => {
+        const { Field::new(&$names, $name) }
+    };
+}
+
 /// Checks a beat frame published on `backbeat.{subject_cluster}.beat` against
 /// SPEC §2 and §4 for bar length `bar_length` (at least 1).
 pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> Result<BeatFrame, Rejection> {
     assert!(bar_length >= 1, "bar length must be at least 1");
-    let slots = parse_document(payload, BEATFRAME_TYPE, &BEAT_FIELDS)?;
-    let fields = Fields {
-        names: &BEAT_FIELDS,
-        slots: &slots,
-    };
+    let members = parse_document(payload, BEATFRAME_TYPE, &BEAT_FIELDS)?;
+    let fields = Fields { members: &members };
 
-    let cluster_id = fields.string("cluster_id", "a string matching [A-Za-z0-9_-]{1,64}", |s| {
-        is_valid_cluster_id(s)
-    })?;
-    let beat_index = fields.integer("beat_index", "an integer from 0 to 2^53-1", 0, BEAT_INDEX_MAX)?;
-    let downbeat = match fields.get("downbeat") {
-        Some(Shallow::Bool(b)) => *b,
-        other => return Err(Rejection::field("downbeat", "a boolean", other)),
+    let cluster_id = fields.string(
+        field!(BEAT_FIELDS, "cluster_id"),
+        "a string matching [A-Za-z0-9_-]{1,64}",
+        is_valid_cluster_id,
+    )?;
+    let beat_index = fields.integer(
+        field!(BEAT_FIELDS, "beat_index"),
+        "an integer from 0 to 2^53-1",
+        0,
+        BEAT_INDEX_MAX,
+    )?;
+    let downbeat = match fields.get(field!(BEAT_FIELDS, "downbeat")) {
+        Some(Shallow::Bool(b)) => b,
+        other => return Err(Rejection::field("downbeat", "a boolean", other.as_ref())),
     };
-    let phase = fields.string("phase", "one of plan, execution, review", |s| Phase::parse(s).is_some())?;
-    let hlc = fields.hlc()?;
+    let phase = fields.string(field!(BEAT_FIELDS, "phase"), "one of plan, execution, review", |s| {
+        Phase::parse(s).is_some()
+    })?;
+    let hlc = fields.hlc(field!(BEAT_FIELDS, "hlc"))?;
     let deadline_at = fields.string(
-        "deadline_at",
+        field!(BEAT_FIELDS, "deadline_at"),
         "a real UTC time written YYYY-MM-DDTHH:MM:SS[.1-9 digits]Z",
         is_valid_deadline,
     )?;
-    let tempo_bpm = fields.integer("tempo_bpm", "an integer from 1 to 1000", 1, 1000)? as u32;
-    let window = match fields.get("window_id") {
+    let tempo_bpm = fields.integer(field!(BEAT_FIELDS, "tempo_bpm"), "an integer from 1 to 1000", 1, 1000)? as u32;
+    let window = match fields.get(field!(BEAT_FIELDS, "window_id")) {
         Some(Shallow::String(s)) => s,
-        other => return Err(Rejection::field("window_id", "a string", other)),
+        other => return Err(Rejection::field("window_id", "a string", other.as_ref())),
     };
 
     if cluster_id != subject_cluster {
@@ -114,11 +165,11 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
             format!("cluster_id {cluster_id:?} differs from the subject's cluster {subject_cluster:?}"),
         ));
     }
-    let phase = Phase::parse(phase).expect("checked above");
+    let phase = Phase::parse(&phase).expect("checked above");
     let expected_phase = phase_of(beat_index, bar_length);
     let expected_downbeat = is_downbeat(beat_index, bar_length);
-    let expected_window_id = window_id(cluster_id, bar_length, window_of(beat_index, bar_length));
-    if downbeat != expected_downbeat || phase != expected_phase || **window != expected_window_id {
+    let expected_window_id = window_id(&cluster_id, bar_length, window_of(beat_index, bar_length));
+    if downbeat != expected_downbeat || phase != expected_phase || *window != *expected_window_id {
         return Err(Rejection::new(
             Reason::BarMismatch,
             format!(
@@ -129,12 +180,12 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
     }
     Ok(BeatFrame {
         kind: BeatFrameType,
-        cluster_id: cluster_id.to_string(),
+        cluster_id: cluster_id.into_owned(),
         beat_index,
         downbeat,
         phase,
         hlc,
-        deadline_at: deadline_at.to_string(),
+        deadline_at: deadline_at.into_owned(),
         tempo_bpm,
         window_id: expected_window_id,
     })
@@ -142,61 +193,67 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
 
 /// Checks a status claim against SPEC §2. The claim borrows from `payload`.
 pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
-    let mut slots = parse_document(payload, STATUSCLAIM_TYPE, &CLAIM_FIELDS)?;
-    let fields = Fields {
-        names: &CLAIM_FIELDS,
-        slots: &slots,
-    };
+    let members = parse_document(payload, STATUSCLAIM_TYPE, &CLAIM_FIELDS)?;
+    let fields = Fields { members: &members };
 
-    let agent_id_len_ok = |s: &str| (1..=128).contains(&s.chars().count());
-    fields.string("agent_id", "a string of 1 to 128 characters", agent_id_len_ok)?;
-    let has_task = match fields.get("task_id") {
-        None => false,
-        Some(Shallow::String(s)) if s.is_empty() => false,
-        Some(Shallow::String(s)) if s.chars().count() <= 128 => true,
+    let agent_id_len_ok = |s: &str| !s.is_empty() && at_most_chars(s, 128);
+    let agent_id = fields.string(
+        field!(CLAIM_FIELDS, "agent_id"),
+        "a string of 1 to 128 characters",
+        agent_id_len_ok,
+    )?;
+    let task_id = match fields.get(field!(CLAIM_FIELDS, "task_id")) {
+        None => None,
+        Some(Shallow::String(s)) if s.is_empty() => None,
+        Some(Shallow::String(s)) if at_most_chars(&s, 128) => Some(s),
         other => {
             return Err(Rejection::field(
                 "task_id",
                 "absent, null or a string of at most 128 characters",
-                other,
+                other.as_ref(),
             ))
         }
     };
-    let beat_index = fields.integer("beat_index", "an integer from 0 to 2^53-1", 0, BEAT_INDEX_MAX)?;
+    let beat_index = fields.integer(
+        field!(CLAIM_FIELDS, "beat_index"),
+        "an integer from 0 to 2^53-1",
+        0,
+        BEAT_INDEX_MAX,
+    )?;
     let state = fields.string(
-        "state",
+        field!(CLAIM_FIELDS, "state"),
         "one of idle, planning, executing, reviewing, helping, waiting, blocked, done, failed",
         |s| ClaimState::parse(s).is_some(),
     )?;
-    let state = ClaimState::parse(state).expect("checked above");
-    let beats_left = fields.integer("beats_left", "an integer from 0 to 4294967295", 0, u64::from(u32::MAX))? as u32;
-    let progress = match fields.get("progress") {
+    let state = ClaimState::parse(&state).expect("checked above");
+    let beats_left = fields.integer(
+        field!(CLAIM_FIELDS, "beats_left"),
+        "an integer from 0 to 4294967295",
+        0,
+        u64::from(u32::MAX),
+    )? as u32;
+    let progress = match fields.get(field!(CLAIM_FIELDS, "progress")) {
         Some(Shallow::Number(n)) if (0.0..=1.0).contains(&n.as_f64()) => n.as_f64(),
-        other => return Err(Rejection::field("progress", "a finite number from 0.0 to 1.0", other)),
+        other => {
+            return Err(Rejection::field(
+                "progress",
+                "a finite number from 0.0 to 1.0",
+                other.as_ref(),
+            ))
+        }
     };
-    let has_notes = match fields.get("notes") {
-        None => false,
-        Some(Shallow::String(s)) if s.chars().count() <= 1024 => true,
+    let notes = match fields.get(field!(CLAIM_FIELDS, "notes")) {
+        None => None,
+        Some(Shallow::String(s)) if at_most_chars(&s, 1024) => Some(s),
         other => {
             return Err(Rejection::field(
                 "notes",
                 "absent, null or a string of at most 1024 characters",
-                other,
+                other.as_ref(),
             ))
         }
     };
-    let hlc = fields.hlc()?;
-
-    // Every check passed: move the strings out without copying them.
-    let mut take = |name: &str| -> Option<Cow<'_, str>> {
-        match slots[field_index(&CLAIM_FIELDS, name)].take()? {
-            Shallow::String(s) => Some(s),
-            _ => None,
-        }
-    };
-    let agent_id = take("agent_id").expect("checked above");
-    let task_id = if has_task { take("task_id") } else { None };
-    let notes = if has_notes { take("notes") } else { None };
+    let hlc = fields.hlc(field!(CLAIM_FIELDS, "hlc"))?;
     Ok(StatusClaim {
         kind: StatusClaimType,
         agent_id,
@@ -210,13 +267,19 @@ pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
     })
 }
 
+/// True when `s` has at most `max` code points (a string has at least as many
+/// bytes as code points, so a short one need not be counted).
+fn at_most_chars(s: &str, max: usize) -> bool {
+    s.len() <= max || s.chars().count() <= max
+}
+
 /// Size, JSON and `type`: the checks common to both documents. `names` starts
-/// with `type`; the result holds the value of each name, in the same order.
+/// with `type`; the result holds the members of each name, in the same order.
 fn parse_document<'a, const N: usize>(
     payload: &'a [u8],
     expected_type: &str,
     names: &[&'static str; N],
-) -> Result<[Option<Shallow<'a>>; N], Rejection> {
+) -> Result<Members<'a, N>, Rejection> {
     assert_eq!(names[0], "type", "the type is checked first");
     if payload.len() > MESSAGE_BYTES_MAX {
         return Err(Rejection::new(
@@ -224,8 +287,8 @@ fn parse_document<'a, const N: usize>(
             format!("a message is at most {MESSAGE_BYTES_MAX} bytes; got {}", payload.len()),
         ));
     }
-    let slots = match json::scan_object(payload, names) {
-        Ok(Scanned::Object(slots)) => slots,
+    let members = match json::scan_object(payload, names) {
+        Ok(Scanned::Object(members)) => members,
         Ok(Scanned::NotObject(type_name)) => {
             return Err(Rejection::new(
                 Reason::InvalidJson,
@@ -234,13 +297,13 @@ fn parse_document<'a, const N: usize>(
         }
         Err(e) => return Err(Rejection::new(Reason::InvalidJson, format!("not valid JSON: {e}"))),
     };
-    if !matches!(&slots[0], Some(Shallow::String(s)) if s == expected_type) {
+    if !matches!(members.get(0), Some(Shallow::String(s)) if s == expected_type) {
         return Err(Rejection::new(
             Reason::WrongType,
             format!("type must be \"{expected_type}\""),
         ));
     }
-    Ok(slots)
+    Ok(members)
 }
 
 /// The members a beat frame's checks read: `type`, then SPEC §2's fields.
@@ -269,49 +332,43 @@ const CLAIM_FIELDS: [&str; 9] = [
     "hlc",
 ];
 
-/// Where `name` stands in `names` (a programmer's error if it is not there).
-fn field_index(names: &[&str], name: &str) -> usize {
-    names
-        .iter()
-        .position(|known| *known == name)
-        .unwrap_or_else(|| panic!("{name} is not one of the fields read"))
-}
-
 /// Field look-up over the members a document's checks read; `null` counts as absent.
-struct Fields<'m, 'a> {
-    names: &'m [&'static str],
-    slots: &'m [Option<Shallow<'a>>],
+struct Fields<'m, 'a, const N: usize> {
+    members: &'m Members<'a, N>,
 }
 
-impl<'m, 'a> Fields<'m, 'a> {
-    fn get(&self, name: &str) -> Option<&'m Shallow<'a>> {
-        self.slots[field_index(self.names, name)]
-            .as_ref()
+impl<'a, const N: usize> Fields<'_, 'a, N> {
+    fn get(&self, field: Field) -> Option<Shallow<'a>> {
+        self.members
+            .get(field.index)
             .filter(|value| !matches!(value, Shallow::Null))
     }
 
-    fn string(&self, name: &'static str, rule: &str, ok: impl Fn(&str) -> bool) -> Result<&'m str, Rejection> {
-        match self.get(name) {
-            Some(Shallow::String(s)) if ok(s) => Ok(s),
-            other => Err(Rejection::field(name, rule, other)),
+    fn string(&self, field: Field, rule: &str, ok: impl Fn(&str) -> bool) -> Result<Cow<'a, str>, Rejection> {
+        match self.get(field) {
+            Some(Shallow::String(s)) if ok(&s) => Ok(s),
+            other => Err(Rejection::field(field.name, rule, other.as_ref())),
         }
     }
 
-    fn integer(&self, name: &'static str, rule: &str, min: u64, max: u64) -> Result<u64, Rejection> {
-        match self.get(name) {
-            Some(Shallow::Number(n)) => match Number::as_u64(n) {
+    fn integer(&self, field: Field, rule: &str, min: u64, max: u64) -> Result<u64, Rejection> {
+        match self.get(field) {
+            Some(Shallow::Number(n)) => match Number::as_u64(&n) {
                 Some(v) if (min..=max).contains(&v) => Ok(v),
-                _ => Err(Rejection::field(name, rule, Some(&Shallow::Number(*n)))),
+                _ => Err(Rejection::field(field.name, rule, Some(&Shallow::Number(n)))),
             },
-            other => Err(Rejection::field(name, rule, other)),
+            other => Err(Rejection::field(field.name, rule, other.as_ref())),
         }
     }
 
-    fn hlc(&self) -> Result<Hlc, Rejection> {
+    /// `hlc`, at `field` (its place differs between beats and claims).
+    fn hlc(&self, field: Field) -> Result<Hlc, Rejection> {
         let rule = "{physical}:{logical}:{node}: physical 1-12 lowercase hex digits without leading zeros, logical and node 4 lowercase hex digits";
-        match self.get("hlc") {
-            Some(Shallow::String(s)) => s.parse().map_err(|_| Rejection::field("hlc", rule, self.get("hlc"))),
-            other => Err(Rejection::field("hlc", rule, other)),
+        match self.get(field) {
+            Some(Shallow::String(s)) => s
+                .parse()
+                .map_err(|_| Rejection::field("hlc", rule, Some(&Shallow::String(s)))),
+            other => Err(Rejection::field("hlc", rule, other.as_ref())),
         }
     }
 }
