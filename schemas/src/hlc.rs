@@ -51,12 +51,12 @@ impl FromStr for Hlc {
     type Err = HlcParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut parts = s.split(':');
-        let (Some(physical), Some(logical), Some(node), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // Exactly three parts.
+        let (physical, rest) = s.split_once(':').ok_or(HlcParseError)?;
+        let (logical, node) = rest.split_once(':').ok_or(HlcParseError)?;
+        if node.contains(':') {
             return Err(HlcParseError);
-        };
+        }
         let leading_zero = physical.len() > 1 && physical.starts_with('0');
         if physical.len() > 12 || leading_zero || logical.len() != 4 || node.len() != 4 {
             return Err(HlcParseError);

@@ -144,9 +144,11 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
         Some(Shallow::Bool(b)) => b,
         other => return Err(Rejection::field("downbeat", "a boolean", other.as_ref())),
     };
-    let phase = fields.string(field!(BEAT_FIELDS, "phase"), "one of plan, execution, review", |s| {
-        Phase::parse(s).is_some()
-    })?;
+    let phase = fields.parsed(
+        field!(BEAT_FIELDS, "phase"),
+        "one of plan, execution, review",
+        Phase::parse,
+    )?;
     let hlc = fields.hlc(field!(BEAT_FIELDS, "hlc"))?;
     let deadline_at = fields.string(
         field!(BEAT_FIELDS, "deadline_at"),
@@ -165,7 +167,6 @@ pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> 
             format!("cluster_id {cluster_id:?} differs from the subject's cluster {subject_cluster:?}"),
         ));
     }
-    let phase = Phase::parse(&phase).expect("checked above");
     let expected_phase = phase_of(beat_index, bar_length);
     let expected_downbeat = is_downbeat(beat_index, bar_length);
     let expected_window_id = window_id(&cluster_id, bar_length, window_of(beat_index, bar_length));
@@ -220,27 +221,24 @@ pub fn validate_claim(payload: &[u8]) -> Result<StatusClaim<'_>, Rejection> {
         0,
         BEAT_INDEX_MAX,
     )?;
-    let state = fields.string(
+    let state = fields.parsed(
         field!(CLAIM_FIELDS, "state"),
         "one of idle, planning, executing, reviewing, helping, waiting, blocked, done, failed",
-        |s| ClaimState::parse(s).is_some(),
+        ClaimState::parse,
     )?;
-    let state = ClaimState::parse(&state).expect("checked above");
     let beats_left = fields.integer(
         field!(CLAIM_FIELDS, "beats_left"),
         "an integer from 0 to 4294967295",
         0,
         u64::from(u32::MAX),
     )? as u32;
+    let progress_rule = "a finite number from 0.0 to 1.0";
     let progress = match fields.get(field!(CLAIM_FIELDS, "progress")) {
-        Some(Shallow::Number(n)) if (0.0..=1.0).contains(&n.as_f64()) => n.as_f64(),
-        other => {
-            return Err(Rejection::field(
-                "progress",
-                "a finite number from 0.0 to 1.0",
-                other.as_ref(),
-            ))
-        }
+        Some(Shallow::Number(n)) => match n.as_f64() {
+            value if (0.0..=1.0).contains(&value) => value,
+            _ => return Err(Rejection::field("progress", progress_rule, Some(&Shallow::Number(n)))),
+        },
+        other => return Err(Rejection::field("progress", progress_rule, other.as_ref())),
     };
     let notes = match fields.get(field!(CLAIM_FIELDS, "notes")) {
         None => None,
@@ -351,6 +349,17 @@ impl<'a, const N: usize> Fields<'_, 'a, N> {
         }
     }
 
+    /// A string member that `parse` reads (`None`: the rule is broken).
+    fn parsed<T>(&self, field: Field, rule: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, Rejection> {
+        match self.get(field) {
+            Some(Shallow::String(s)) => match parse(&s) {
+                Some(value) => Ok(value),
+                None => Err(Rejection::field(field.name, rule, Some(&Shallow::String(s)))),
+            },
+            other => Err(Rejection::field(field.name, rule, other.as_ref())),
+        }
+    }
+
     fn integer(&self, field: Field, rule: &str, min: u64, max: u64) -> Result<u64, Rejection> {
         match self.get(field) {
             Some(Shallow::Number(n)) => match Number::as_u64(&n) {
@@ -364,11 +373,6 @@ impl<'a, const N: usize> Fields<'_, 'a, N> {
     /// `hlc`, at `field` (its place differs between beats and claims).
     fn hlc(&self, field: Field) -> Result<Hlc, Rejection> {
         let rule = "{physical}:{logical}:{node}: physical 1-12 lowercase hex digits without leading zeros, logical and node 4 lowercase hex digits";
-        match self.get(field) {
-            Some(Shallow::String(s)) => s
-                .parse()
-                .map_err(|_| Rejection::field("hlc", rule, Some(&Shallow::String(s)))),
-            other => Err(Rejection::field("hlc", rule, other.as_ref())),
-        }
+        self.parsed(field, rule, |s| s.parse().ok())
     }
 }
