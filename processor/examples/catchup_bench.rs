@@ -141,6 +141,7 @@ async fn run_catch_up(client: async_nats::Client, last_seq: u64, reports: u64) -
         batch: BATCH,
         replicas: 1,
         ready_lag_max: 1000,
+        lease_ttl: Duration::from_secs(10),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::spawn(backbeat_processor::driver::run(

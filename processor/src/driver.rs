@@ -8,6 +8,11 @@
 //! nothing and re-derives at most what followed the checkpoint (whose reports
 //! are then recognised as already published).
 //!
+//! One process per name folds at a time: `run` first takes the name's lease
+//! ([`crate::lease`]), waiting while another process holds it, and stops at
+//! once (an error) if it loses it, so two processes never fight over the
+//! durable consumer and the checkpoint.
+//!
 //! The fold runs on its own thread ([`crate::worker`]): this task reads and
 //! acknowledges messages and hands them over in batches, while the worker folds
 //! the previous batch; the worker's outputs (reports, checkpoint states) come
@@ -18,10 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, consumer, AckKind};
 use backbeat_schemas::names::{subject, SubjectKind};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::checkpoint::CheckpointStore;
 use crate::fold::{Fold, FoldConfig};
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::publisher::{BarPublisher, PublishOutcome};
 use crate::status::SharedStatus;
@@ -45,6 +51,8 @@ pub struct RunConfig {
     pub replicas: usize,
     /// Readiness: caught up means at most this many messages behind.
     pub ready_lag_max: u64,
+    /// The single-writer lease's TTL (the lease bucket's `max_age` when it creates the bucket).
+    pub lease_ttl: Duration,
 }
 
 /// The subjects a processor folds.
@@ -55,10 +63,45 @@ pub fn filter_subjects(clusters: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs until `shutdown` resolves, then writes a last checkpoint.
+/// Takes the name's lease ([`crate::lease`]; waiting while another process
+/// holds it), then folds until `shutdown` resolves, writes a last checkpoint
+/// and releases the lease. Losing the lease stops everything at once (the fold
+/// is dropped mid-flight, as a crash would) and is an error.
 pub async fn run(
     client: async_nats::Client,
     config: RunConfig,
+    metrics: Metrics,
+    status: SharedStatus,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.shared();
+    let js = jetstream::new(client.clone());
+    let leases = Leases::open(&js, config.lease_ttl, config.replicas).await?;
+    // Nothing of this name (consumer, checkpoint) is touched before this.
+    let Some(mut lease) = leases
+        .acquire(&config.name, &metrics, &status, shutdown.clone())
+        .await?
+    else {
+        tracing::info!("stopped while waiting for the lease");
+        return Ok(());
+    };
+    let result = tokio::select! {
+        biased;
+        lost = lease.lost() => {
+            tracing::error!(error = %format!("{lost:#}"), "lease lost: stopping at once");
+            return Err(lost.context(format!("processor {:?} stopped: it no longer holds its lease", config.name)));
+        }
+        result = fold_live(client, &config, metrics, status, shutdown) => result,
+    };
+    // Stopped (or failed) on our own: the fold is dropped, so a successor may start now.
+    lease.release().await;
+    result
+}
+
+/// The live fold, while the lease is held.
+async fn fold_live(
+    client: async_nats::Client,
+    config: &RunConfig,
     metrics: Metrics,
     status: SharedStatus,
     shutdown: impl std::future::Future<Output = ()>,

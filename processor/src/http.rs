@@ -27,6 +27,8 @@ pub fn router(metrics: &Metrics, status: SharedStatus, connected: impl Fn() -> b
                 Err("not connected to NATS".into())
             } else if let Some(error) = s.error {
                 Err(error)
+            } else if let Some(reason) = s.lease.not_ready_reason() {
+                Err(reason)
             } else if !s.started {
                 Err("starting: loading the checkpoint and creating the consumer".into())
             } else if !s.caught_up {

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod fold;
 pub mod history;
 pub mod http;
+pub mod lease;
 pub mod logfold;
 pub mod metrics;
 pub mod publisher;

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     pub checkpoint_bytes: IntGauge,
     pub last_seq: IntGauge,
+    /// 1 while this process holds its name's lease ([`crate::lease`]).
+    pub lease_held: IntGauge,
+    pub lease_lost: IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +112,16 @@ impl Metrics {
                 "Stream sequence of the last event folded",
             )
             .unwrap(),
+            lease_held: IntGauge::new(
+                "backbeat_processor_lease_held",
+                "1 while this process holds the single-writer lease of its --name",
+            )
+            .unwrap(),
+            lease_lost: IntCounter::new(
+                "backbeat_processor_lease_lost_total",
+                "Leases lost while held (taken by another process, or not refreshed within the TTL)",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -126,6 +139,8 @@ impl Metrics {
         r.register(Box::new(m.checkpoints.clone())).unwrap();
         r.register(Box::new(m.checkpoint_bytes.clone())).unwrap();
         r.register(Box::new(m.last_seq.clone())).unwrap();
+        r.register(Box::new(m.lease_held.clone())).unwrap();
+        r.register(Box::new(m.lease_lost.clone())).unwrap();
         m
     }
 

@@ -9,6 +9,7 @@ use backbeat_schemas::BarReport;
 use serde::Serialize;
 
 use crate::fold::{ClusterStatus, Fold};
+use crate::lease::LeaseStatus;
 
 /// How many recent reports each cluster keeps for `/api/v1/windows`.
 pub const RECENT_REPORTS_MAX: usize = 32;
@@ -44,6 +45,8 @@ pub struct ProcessorStatus {
     pub reports_published: u64,
     pub started: bool,
     pub error: Option<String>,
+    /// The single-writer lease of this name ([`crate::lease`]).
+    pub lease: LeaseStatus,
     pub clusters: BTreeMap<String, ClusterView>,
 }
 

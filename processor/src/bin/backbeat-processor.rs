@@ -46,7 +46,7 @@ enum Command {
         /// Fold only these clusters (repeat the flag; default: every cluster).
         #[arg(long = "cluster", env = "BACKBEAT_CLUSTER", value_delimiter = ',')]
         clusters: Vec<String>,
-        /// Name of the durable consumer and of the checkpoint ([A-Za-z0-9_-]).
+        /// Name of the durable consumer, the checkpoint and the single-writer lease ([A-Za-z0-9_-]).
         #[arg(long, env = "BACKBEAT_NAME", default_value = "backbeat-processor")]
         name: String,
         /// Admin HTTP address (/health, /ready, /metrics, /api/v1/...).
@@ -64,9 +64,17 @@ enum Command {
         /// /ready answers 200 only within this many messages of the stream's end.
         #[arg(long, env = "BACKBEAT_READY_LAG_MAX", default_value_t = 1000)]
         ready_lag_max: u64,
-        /// Replicas of the streams and bucket this service creates (3 on a NATS cluster).
+        /// Replicas of the streams and buckets this service creates (3 on a NATS cluster).
         #[arg(long = "stream-replicas", env = "BACKBEAT_STREAM_REPLICAS", default_value_t = 1)]
         replicas: usize,
+        /// Single-writer lease TTL, in milliseconds: one `run` per --name at a time. Another
+        /// waits (not ready) until the holder stops or its lease expires this long after its
+        /// last refresh (every TTL/3); a holder that cannot refresh within the TTL exits
+        /// non-zero. The max_age of the lease bucket BACKBEAT_LEASES, set when this creates
+        /// it; an existing bucket's max_age is the TTL in force.
+        #[arg(long, env = "BACKBEAT_LEASE_TTL_MS", default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(300..))]
+        lease_ttl_ms: u64,
     },
     /// Write a cluster's events (or the slice of some windows) as a SPEC §7 log file.
     Export {
@@ -139,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
             batch,
             ready_lag_max,
             replicas,
+            lease_ttl_ms,
         } => {
             for cluster in &clusters {
                 check_cluster(cluster)?;
@@ -153,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
                 batch: batch.clamp(1, 10_000),
                 replicas,
                 ready_lag_max,
+                lease_ttl: Duration::from_millis(lease_ttl_ms),
             };
             let metrics = Metrics::new();
             let status = SharedStatus::default();

@@ -160,6 +160,7 @@ async fn kill_9_at_random_points_leaves_every_report_exactly_once() {
             if publisher.is_finished() { "done" } else { "under way" }
         );
         processor.kill();
+        forget_lease_of_the_dead(&js).await;
         processor = Processor::start(&server.url(), work.path(), &args);
     }
     publisher.await.unwrap();
@@ -229,6 +230,16 @@ async fn kill_9_at_random_points_leaves_every_report_exactly_once() {
     );
 }
 
+/// Deletes the lease of a processor killed with -9 (reaped), as an operator
+/// may: the restart then need not wait out the lease TTL. These tests are
+/// about exactly once; expiry after a kill has its own test (`lease`).
+async fn forget_lease_of_the_dead(js: &jetstream::Context) {
+    // A process killed while starting may not have created the bucket yet.
+    if let Ok(leases) = js.get_key_value("BACKBEAT_LEASES").await {
+        leases.delete("backbeat-processor").await.expect("deleting the lease");
+    }
+}
+
 /// BACKBEAT_BARS with a duplicate window so short that the server's
 /// message-id deduplication is gone by the time a processor restarts: only
 /// the processor's own check (SPEC §8) stands between a window and a second copy.
@@ -281,6 +292,7 @@ async fn a_restart_from_behind_its_reports_publishes_nothing_twice_after_the_dup
     wait_for_reports(&js, expected.len() as u64, &first).await;
     first.wait_folded(last_seq).await;
     first.kill();
+    forget_lease_of_the_dead(&js).await;
     wait_for_the_duplicate_window_to_pass(&js).await;
 
     let mut second = Processor::start(&server.url(), work.path(), &args);
