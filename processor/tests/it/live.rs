@@ -359,7 +359,7 @@ async fn next_report(bars: &mut async_nats::Subscriber, processor: &Processor) -
 }
 
 /// `BACKBEAT_BARS` holds exactly the reports of folding `BACKBEAT_EVENTS` from the start.
-async fn assert_published_is_the_fold_of_the_stream(js: &jetstream::Context, fold_args: &str) {
+pub(crate) async fn assert_published_is_the_fold_of_the_stream(js: &jetstream::Context, fold_args: &str) {
     let expected = reference_reports(config_from_args(fold_args), &stored_events(js).await);
     let published: Vec<String> = stored_reports(js).await.into_iter().map(|(_, r)| r).collect();
     assert_eq!(published, expected);

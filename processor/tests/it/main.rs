@@ -9,10 +9,13 @@
 //!   clusters refused, folding on after nats-server restarts.
 //! - `crash`: kill -9 at seeded random points, and a restart from behind its
 //!   reports after the duplicate window: every report exactly once.
+//! - `lease`: one `run` per `--name`: a second one waits untouching and takes
+//!   over on SIGTERM or after the holder's kill -9; a stolen lease stops its holder.
 
 mod conformance;
 mod crash;
 mod golden;
+mod lease;
 mod live;
 mod live_support;
 mod support;
