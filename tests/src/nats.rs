@@ -70,10 +70,19 @@ impl NatsServer {
 
     pub fn start_with(options: NatsServerOptions) -> anyhow::Result<NatsServer> {
         let dir = std::sync::Arc::new(tempfile::Builder::new().prefix("backbeat-nats-").tempdir()?);
-        let mut server = NatsServer::configure(dir, "n1", &options, None)?;
-        server.launch()?;
-        server.wait_ready()?;
-        Ok(server)
+        // A free port can be taken by another process between our probe and the
+        // server's bind; then the server exits at once and we try new ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut server = NatsServer::configure(dir.clone(), &format!("n1-{attempt}"), &options, None)?;
+            server.launch()?;
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(_) if attempt < 3 && server.log_tail().contains("address already in use") => server.kill(),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn configure(
