@@ -82,6 +82,7 @@ enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         fold: FoldArgs,
+        /// The cluster whose events to write (SPEC §1 id).
         #[arg(long, env = "BACKBEAT_CLUSTER")]
         cluster: String,
         /// Start just after the event that closed the window before this one.
@@ -100,10 +101,13 @@ enum Command {
         nats: NatsArgs,
         #[command(flatten)]
         fold: FoldArgs,
+        /// The cluster whose windows to re-derive (SPEC §1 id).
         #[arg(long, env = "BACKBEAT_CLUSTER")]
         cluster: String,
+        /// The first window (its index, from_beat / bar length) to print.
         #[arg(long, env = "BACKBEAT_FROM_WINDOW")]
         from_window: u64,
+        /// The last window to print (default: every window closed in the stream).
         #[arg(long, env = "BACKBEAT_TO_WINDOW")]
         to_window: Option<u64>,
         /// Also publish them (windows already in BACKBEAT_BARS are skipped).

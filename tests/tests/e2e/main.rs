@@ -1,5 +1,6 @@
 //! End-to-end tests against real nats-server processes. One binary (modules
 //! below) so the workspace links its end-to-end tests once.
 
+mod cli;
 mod pipeline;
 mod streams;
