@@ -5,12 +5,13 @@
 //! pure fold the live run uses, so a replayed report is byte-identical to the
 //! published one.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
-use backbeat_schemas::names::EVENTS_STREAM;
+use backbeat_schemas::names::{subject, SubjectKind, BARS_STREAM, EVENTS_STREAM};
 use backbeat_schemas::{format_line, BarReport};
 use futures::StreamExt as _;
 
@@ -29,9 +30,22 @@ pub struct StoredEvent<'a> {
 pub async fn for_each_event(
     js: &jetstream::Context,
     subjects: Vec<String>,
+    each: impl FnMut(StoredEvent<'_>) -> anyhow::Result<ControlFlow<()>>,
+) -> anyhow::Result<()> {
+    for_each_message(js, EVENTS_STREAM, subjects, each).await
+}
+
+/// [`for_each_event`] over any stream.
+async fn for_each_message(
+    js: &jetstream::Context,
+    stream_name: &str,
+    subjects: Vec<String>,
     mut each: impl FnMut(StoredEvent<'_>) -> anyhow::Result<ControlFlow<()>>,
 ) -> anyhow::Result<()> {
-    let stream = js.get_stream(EVENTS_STREAM).await.context("opening BACKBEAT_EVENTS")?;
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .with_context(|| format!("opening {stream_name}"))?;
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: subjects,
@@ -39,7 +53,7 @@ pub async fn for_each_event(
             ..Default::default()
         })
         .await
-        .context("creating a reader of BACKBEAT_EVENTS")?;
+        .with_context(|| format!("creating a reader of {stream_name}"))?;
     if consumer
         .info()
         .await
@@ -49,9 +63,12 @@ pub async fn for_each_event(
     {
         return Ok(());
     }
-    let mut messages = consumer.messages().await.context("reading BACKBEAT_EVENTS")?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .with_context(|| format!("reading {stream_name}"))?;
     while let Some(message) = messages.next().await {
-        let message = message.context("reading BACKBEAT_EVENTS")?;
+        let message = message.with_context(|| format!("reading {stream_name}"))?;
         let info = message
             .info()
             .map_err(|e| anyhow::anyhow!("message without metadata: {e}"))?;
@@ -153,4 +170,121 @@ pub async fn replay(
         each(report)?;
     }
     Ok(())
+}
+
+/// The reports of `range` already published for one cluster in
+/// `BACKBEAT_BARS`, by window index, as their exact bytes (empty when the
+/// stream does not exist yet).
+pub async fn published_reports(
+    js: &jetstream::Context,
+    cluster_id: &str,
+    range: WindowRange,
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    if js.get_stream(BARS_STREAM).await.is_err() {
+        return Ok(BTreeMap::new());
+    }
+    let mut published = BTreeMap::new();
+    for_each_message(
+        js,
+        BARS_STREAM,
+        vec![subject(cluster_id, SubjectKind::Bar)],
+        |message| {
+            let text = std::str::from_utf8(message.payload).context("a stored report is not UTF-8")?;
+            let report: BarReport = serde_json::from_str(text).with_context(|| {
+                format!(
+                    "stored report at BACKBEAT_BARS sequence {} is not a BarReport",
+                    message.seq
+                )
+            })?;
+            if range.contains(report.window_index) {
+                published.insert(report.window_index, text.to_string());
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+    .await?;
+    Ok(published)
+}
+
+/// How replayed reports compare with the published ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Replayed windows with a published report of the same bytes.
+    pub identical: u64,
+    /// Replayed windows not (yet) published.
+    pub unpublished: u64,
+    /// Windows whose published report differs from the replayed one, or that
+    /// were published but not re-derived at all.
+    pub differing: Vec<u64>,
+    /// The bar length the published reports were made with, when it is not the replay's.
+    pub published_bar_length: Option<u64>,
+}
+
+/// Compares `derived` (folded with bar length `bar_length`) with `published`
+/// (from [`published_reports`]), byte for byte.
+pub fn compare(derived: &[BarReport], published: &BTreeMap<u64, String>, bar_length: u64) -> Comparison {
+    let mut comparison = Comparison::default();
+    let mut derived_windows = std::collections::BTreeSet::new();
+    for report in derived {
+        derived_windows.insert(report.window_index);
+        match published.get(&report.window_index) {
+            None => comparison.unpublished += 1,
+            Some(text) if *text == report.to_json() => comparison.identical += 1,
+            Some(_) => comparison.differing.push(report.window_index),
+        }
+    }
+    // A published window the replay did not re-derive: with other fold flags
+    // (a bar length above all: every beat is then a bar_mismatch) nothing closes.
+    comparison
+        .differing
+        .extend(published.keys().filter(|w| !derived_windows.contains(w)));
+    comparison.differing.sort_unstable();
+    comparison.published_bar_length = published
+        .values()
+        .filter_map(|text| serde_json::from_str::<BarReport>(text).ok())
+        .map(|report| report.bar_length)
+        .find(|l| *l != bar_length);
+    comparison
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(window: u64, bar_length: u64, agents: u64) -> BarReport {
+        let mut report: BarReport = serde_json::from_str(
+            r#"{"type":"backbeat.barreport.v1","window_id":"x","from_beat":0,"to_beat":0,"agents_reporting":0,
+                "on_time_reviews":0,"help_promises_fulfilled":0,"secret_rotations_ok":true,"tempo_drift_ms":0,"issues":[]}"#,
+        )
+        .unwrap();
+        report.window_index = window;
+        report.bar_length = bar_length;
+        report.agents_reporting = agents;
+        report
+    }
+
+    #[test]
+    fn replayed_reports_are_compared_byte_for_byte() {
+        let published: BTreeMap<u64, String> = [
+            (1, report(1, 4, 3).to_json()),
+            (2, report(2, 4, 3).to_json()),
+            (3, report(3, 4, 3).to_json()),
+        ]
+        .into();
+        let derived = [report(1, 4, 3), report(2, 4, 9), report(4, 4, 1)];
+        let comparison = compare(&derived, &published, 4);
+        assert_eq!(
+            comparison,
+            Comparison {
+                identical: 1,
+                unpublished: 1,
+                differing: vec![2, 3],
+                published_bar_length: None
+            }
+        );
+        // Folded with another bar length, nothing is re-derived: every published window differs.
+        let comparison = compare(&[], &published, 5);
+        assert_eq!(comparison.differing, vec![1, 2, 3]);
+        assert_eq!(comparison.published_bar_length, Some(4));
+    }
 }

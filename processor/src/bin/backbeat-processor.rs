@@ -96,6 +96,8 @@ enum Command {
         out: Option<std::path::PathBuf>,
     },
     /// Re-derive past windows' reports from the stream and print them (byte-identical to the live run).
+    /// Each is compared with the report published in BACKBEAT_BARS; the command fails, naming
+    /// the first window, when one differs (the fold flags must be the live processor's).
     Replay {
         #[command(flatten)]
         nats: NatsArgs,
@@ -252,7 +254,8 @@ async fn main() -> anyhow::Result<()> {
                 to: to_window,
             };
             let mut derived = Vec::new();
-            history::replay(&js, fold.to_config()?, &cluster, range, |report| {
+            let config = fold.to_config()?;
+            history::replay(&js, config, &cluster, range, |report| {
                 derived.push(report);
                 Ok(())
             })
@@ -263,6 +266,29 @@ async fn main() -> anyhow::Result<()> {
             }
             stdout.flush()?;
             drop(stdout);
+            // Replay = live: say whether these are the published bytes.
+            let published = history::published_reports(&js, &cluster, range).await?;
+            let comparison = history::compare(&derived, &published, config.bar_length);
+            tracing::info!(
+                replayed = derived.len(),
+                identical = comparison.identical,
+                unpublished = comparison.unpublished,
+                differing = comparison.differing.len(),
+                "compared with BACKBEAT_BARS"
+            );
+            if !comparison.differing.is_empty() {
+                let hint = match comparison.published_bar_length {
+                    Some(l) => format!("the published reports have bar length {l}: pass --bar-length {l}"),
+                    None => "pass the fold flags the live processor runs with (--bar-length, --lateness, \
+                             --future, --max-jump, --task-ttl)"
+                        .to_string(),
+                };
+                anyhow::bail!(
+                    "{} window(s) replayed differently from the reports published in BACKBEAT_BARS (first: window {}); {hint}",
+                    comparison.differing.len(),
+                    comparison.differing[0]
+                );
+            }
             if publish {
                 let mut publisher = BarPublisher::new(js);
                 for report in &derived {

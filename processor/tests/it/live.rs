@@ -12,9 +12,9 @@ use backbeat_tests::{wait_until_async, NatsServer, Signal};
 use futures::StreamExt as _;
 
 use crate::live_support::{
-    beat_payload, claim_payload, ensure_streams, entry, metric_value, publish_entries, reference_reports, run_tool,
-    stored_events, stored_reports, stream_messages, wait_for_reports, Processor, LIVE_TIMEOUT,
-    NO_CHECKPOINT_UNTIL_STOP,
+    beat_payload, claim_payload, ensure_streams, entry, metric_value, processor_bin, publish_entries,
+    reference_reports, run_tool, stored_events, stored_reports, stream_messages, wait_for_reports, Processor,
+    LIVE_TIMEOUT, NO_CHECKPOINT_UNTIL_STOP,
 };
 use crate::support::{assert_same_lines, config_from_args, read_log, workspace_root};
 
@@ -89,6 +89,27 @@ async fn golden_scenarios_run_live_give_the_golden_bytes_and_match_export_fold_a
         replay_args.extend(&fold_args);
         let expected_replay: String = stored[1..].iter().map(|(_, r)| format!("{r}\n")).collect();
         assert_same_lines(&format!("{name}: replay"), &run_tool(&replay_args), &expected_replay);
+
+        // A replay with another bar length than the live run is told so, and fails.
+        let position = fold_args
+            .iter()
+            .position(|a| *a == "--bar-length")
+            .expect("scenario args name L");
+        let bar_length = fold_args[position + 1];
+        let other = (bar_length.parse::<u64>().unwrap() + 1).to_string();
+        let mut wrong_args = vec!["replay", "--nats", &url, "--cluster", &cluster, "--from-window", "0"];
+        wrong_args.extend(&fold_args);
+        wrong_args[7 + position + 1] = &other;
+        let output = std::process::Command::new(processor_bin())
+            .args(&wrong_args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: a replay that differs must fail");
+        assert!(
+            stderr.contains(&format!("pass --bar-length {bar_length}")),
+            "{name}: {stderr}"
+        );
 
         // Nothing extra once caught up.
         assert_eq!(
