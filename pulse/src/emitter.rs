@@ -285,6 +285,9 @@ impl Emitter {
             if self.leading_term() != Some(term) {
                 return Ok(Stop::NotLeading);
             }
+            // A tempo change aimed at this beat may be committing: hold the beat until
+            // the write is decided (bounded by the write's own limit), then fix its tempo.
+            self.wait_for_tempo_gate(next).await;
             // Read again after the sleep: a tempo change committed meanwhile applies at
             // `next` at the earliest (the tempo handler aims past the planned beat), so
             // it leaves `due` alone but may change this beat's tempo and the next due
@@ -383,6 +386,26 @@ impl Emitter {
     /// commit still arrived after the beat it was aimed at was emitted, the grid
     /// would move under the `deadline_at` already published. Then re-anchor the
     /// grid at that promise: the change applies from `beat` on instead.
+    /// Waits while a tempo change aimed at `beat` or earlier is being committed,
+    /// then marks `beat` as fixed so that no later change can aim at it. Gives
+    /// up after one election timeout (the tempo handler's own write limit).
+    async fn wait_for_tempo_gate(&self, beat: u64) {
+        let started = std::time::Instant::now();
+        loop {
+            let held = self.status.update_with(|s| match s.tempo_gate {
+                Some(gate) if gate <= beat && started.elapsed() < self.settings.election_timeout => true,
+                _ => {
+                    s.locked_beat = Some(beat);
+                    false
+                }
+            });
+            if !held {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     async fn keep_promise(&self, beat: u64, promised_due_us: i64, next: u64) -> Result<(), String> {
         if beat != next || self.current_schedule()?.due_unix_us(beat) == promised_due_us {
             return Ok(());

@@ -134,10 +134,32 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     }
     let bpm = u32::try_from(request.bpm).unwrap_or(u32::MAX);
     let now = now_unix_us();
+    // Under the status lock: the lowest beat whose tempo the emitter has not
+    // fixed yet, and the gate that holds that beat until this write is decided.
+    let gated = api.status.update_with(|s| {
+        if s.tempo_gate.is_some() {
+            return Err(());
+        }
+        let planned = s
+            .next_beat
+            .or_else(|| state.schedule().map(|schedule| schedule.next_beat(now, 0)));
+        let next_unemitted = match (planned, s.locked_beat) {
+            (Some(planned), Some(locked)) => Some(planned.max(locked + 1)),
+            (planned, locked) => planned.or(locked.map(|l| l + 1)),
+        };
+        Ok(next_unemitted)
+    });
+    let Ok(next_unemitted) = gated else {
+        return error(
+            StatusCode::CONFLICT,
+            "change_pending",
+            "another tempo change is being committed; retry after it applies",
+        );
+    };
     let (current, at_beat) = match state.schedule() {
         None => (state.tempo_bpm, 0),
         Some(schedule) => {
-            let next_unemitted = api.status.get().next_beat.unwrap_or_else(|| schedule.next_beat(now, 0));
+            let next_unemitted = next_unemitted.unwrap_or_else(|| schedule.next_beat(now, 0));
             if let Some(pending) = state.pending.filter(|p| p.at_beat >= next_unemitted) {
                 return error(
                     StatusCode::CONFLICT,
@@ -158,6 +180,23 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     if let Err(e) = check_change(current, bpm) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", e.to_string());
     }
+    // Close the gate at `at_beat` unless the emitter fixed that beat meanwhile.
+    let closed = api.status.update_with(|s| {
+        let beat_gone = state.epoch.is_some() && s.locked_beat.is_some_and(|locked| locked >= at_beat);
+        if s.tempo_gate.is_some() || beat_gone {
+            return false;
+        }
+        s.tempo_gate = Some(at_beat);
+        true
+    });
+    if !closed {
+        return error(
+            StatusCode::CONFLICT,
+            "change_pending",
+            "the beat this change aimed at went out meanwhile, or another change is being committed; retry",
+        );
+    }
+    let _open_on_exit = GateGuard(&api.status);
     let limit = api.settings.election_timeout;
     let write = tokio::time::timeout(limit, api.raft.client_write(Request::ChangeTempo { bpm, at_beat }));
     let Ok(written) = write.await else {
@@ -323,6 +362,15 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
         "degraded": degraded.is_some(),
         "degraded_reason": degraded,
     })
+}
+
+/// Opens the tempo gate when the write it guarded is decided (or abandoned).
+struct GateGuard<'a>(&'a crate::status::SharedStatus);
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.update(|s| s.tempo_gate = None);
+    }
 }
 
 #[cfg(test)]

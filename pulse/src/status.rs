@@ -19,6 +19,15 @@ pub struct EmitterStatus {
     pub next_beat_due_unix_us: Option<i64>,
     /// Why the emitter cannot do its job right now, if so.
     pub problem: Option<String>,
+    /// A tempo change aimed at this beat is being committed: the emitter holds
+    /// that beat (and later ones) until the write is decided, so the beat an
+    /// accepted change names is the beat it lands on.
+    #[serde(skip)]
+    pub tempo_gate: Option<u64>,
+    /// The beat whose tempo the emitter has fixed and is publishing now; a
+    /// change can aim only past it.
+    #[serde(skip)]
+    pub locked_beat: Option<u64>,
 }
 
 /// Shared between the emitter (writer) and the HTTP handlers (readers).
@@ -34,5 +43,10 @@ impl SharedStatus {
 
     pub fn update(&self, f: impl FnOnce(&mut EmitterStatus)) {
         f(&mut self.inner.lock().expect("status lock"));
+    }
+
+    /// [`SharedStatus::update`] that returns what `f` returns (read and write under one lock).
+    pub fn update_with<R>(&self, f: impl FnOnce(&mut EmitterStatus) -> R) -> R {
+        f(&mut self.inner.lock().expect("status lock"))
     }
 }
