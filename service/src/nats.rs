@@ -15,10 +15,15 @@ pub struct NatsArgs {
     #[arg(long = "nats-creds", env = "BACKBEAT_NATS_CREDS")]
     pub creds: Option<PathBuf>,
     /// NATS user name (with --nats-password).
-    #[arg(long = "nats-user", env = "BACKBEAT_NATS_USER")]
+    #[arg(long = "nats-user", env = "BACKBEAT_NATS_USER", requires = "password")]
     pub user: Option<String>,
     /// NATS password (with --nats-user).
-    #[arg(long = "nats-password", env = "BACKBEAT_NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "nats-password",
+        env = "BACKBEAT_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
     pub password: Option<String>,
     /// NATS token.
     #[arg(long = "nats-token", env = "BACKBEAT_NATS_TOKEN", hide_env_values = true)]
@@ -27,10 +32,10 @@ pub struct NatsArgs {
     #[arg(long = "nats-tls-ca", env = "BACKBEAT_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS, with --nats-tls-key.
-    #[arg(long = "nats-tls-cert", env = "BACKBEAT_NATS_TLS_CERT")]
+    #[arg(long = "nats-tls-cert", env = "BACKBEAT_NATS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
-    #[arg(long = "nats-tls-key", env = "BACKBEAT_NATS_TLS_KEY")]
+    #[arg(long = "nats-tls-key", env = "BACKBEAT_NATS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Require TLS even without a CA file (the system roots are used).
     #[arg(long = "nats-tls", env = "BACKBEAT_NATS_TLS")]

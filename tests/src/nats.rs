@@ -37,6 +37,8 @@ pub struct NatsServerOptions {
     pub sync_always: bool,
     /// Largest message the server accepts.
     pub max_payload: &'static str,
+    /// Require clients to log in with this user and password.
+    pub user_password: Option<(&'static str, &'static str)>,
 }
 
 impl Default for NatsServerOptions {
@@ -44,6 +46,7 @@ impl Default for NatsServerOptions {
         NatsServerOptions {
             sync_always: false,
             max_payload: "8MB",
+            user_password: None,
         }
     }
 }
@@ -108,6 +111,11 @@ impl NatsServer {
              jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 8GB{sync}\n}}\n",
             max_payload = options.max_payload,
         );
+        if let Some((user, password)) = options.user_password {
+            conf_text.push_str(&format!(
+                "authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n"
+            ));
+        }
         if let Some((cluster_port, routes)) = cluster {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
             conf_text.push_str(&format!(

@@ -1,6 +1,7 @@
 //! End-to-end tests against real nats-server processes. One binary (modules
 //! below) so the workspace links its end-to-end tests once.
 
+mod auth;
 mod cli;
 mod pipeline;
 mod streams;
