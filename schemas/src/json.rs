@@ -272,6 +272,19 @@ fn document<'a, T>(
 /// characters (`"`, `\\` or a control character below 0x20), or its length.
 /// UTF-8 boundaries are safe: only ASCII bytes stop the run.
 fn special_byte_offset(bytes: &[u8]) -> usize {
+    stop_byte_offset::<false>(bytes)
+}
+
+/// As [`special_byte_offset`], but a byte of 0x80 or above (any non-ASCII
+/// character) stops the run too: the length of a run of plain ASCII.
+pub(crate) fn plain_ascii_len(bytes: &[u8]) -> usize {
+    stop_byte_offset::<true>(bytes)
+}
+
+/// `"`, `\\` and bytes below 0x20 stop the run; with `NON_ASCII`, bytes of
+/// 0x80 and above too.
+#[inline]
+fn stop_byte_offset<const NON_ASCII: bool>(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
@@ -288,7 +301,8 @@ fn special_byte_offset(bytes: &[u8]) -> usize {
         let backslash = word ^ BACKSLASHES;
         let hits = ((quote.wrapping_sub(ONES) & !quote)
             | (backslash.wrapping_sub(ONES) & !backslash)
-            | (word.wrapping_sub(SPACES) & !word))
+            | (word.wrapping_sub(SPACES) & !word)
+            | if NON_ASCII { word } else { 0 })
             & HIGHS;
         if hits != 0 {
             return offset + (hits.trailing_zeros() / 8) as usize;
@@ -298,7 +312,7 @@ fn special_byte_offset(bytes: &[u8]) -> usize {
     offset
         + bytes[offset..]
             .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || (NON_ASCII && b >= 0x80))
             .unwrap_or(bytes.len() - offset)
 }
 
@@ -728,6 +742,12 @@ mod tests {
                 .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
                 .unwrap_or(bytes.len())
         };
+        let naive_ascii = |bytes: &[u8]| {
+            bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+                .unwrap_or(bytes.len())
+        };
         for filler in [b'a', 0x20, 0x7f, 0x80, 0x81, 0xff, 0x21, 0x5d] {
             for len in 0..20 {
                 for at in 0..len {
@@ -738,6 +758,7 @@ mod tests {
                             bytes[at + 2] = 0;
                         }
                         assert_eq!(special_byte_offset(&bytes), naive(&bytes), "{bytes:?}");
+                        assert_eq!(plain_ascii_len(&bytes), naive_ascii(&bytes), "{bytes:?}");
                     }
                 }
             }

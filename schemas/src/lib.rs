@@ -5,6 +5,7 @@
 //! It must never do I/O: no NATS, no files, no clock, no async runtime. Functions
 //! that need the time take it as an argument.
 
+mod canonical;
 pub mod hlc;
 pub mod json;
 pub mod logfile;
@@ -20,5 +21,5 @@ pub use logfile::{format_line, parse_log, LogEntry, LogLineError};
 pub use message::{BeatFrame, ClaimState, StatusClaim, BARREPORT_TYPE, BEATFRAME_TYPE, STATUSCLAIM_TYPE};
 pub use names::{parse_subject, subject, SubjectKind};
 pub use report::{BarReport, Issue};
-pub use validate::{validate_beat, validate_claim, Reason, Rejection};
+pub use validate::{validate_beat, validate_claim, validate_claim_fully, Reason, Rejection};
 pub use window::Phase;

@@ -23,6 +23,10 @@ const CLAIMS: &[&str] = &[
     r#"{"extra":{"a":[1,{"b":null,"c":[true,false]}],"d":"e"},"type":"backbeat.statusclaim.v1","agent_id":"x","task_id":"","beat_index":1,"state":"idle","beats_left":2,"progress":0.0,"notes":"Ω","hlc":"1:0000:0000","more":[[],{}]}"#,
     "{\"type\":\"backbeat.statusclaim.v1\",\"agent_id\":\"é漢\",\"beat_index\":12,\"state\":\"waiting\",\"beats_left\":7,\"progress\":0.25E0,\"notes\":\"line\\tbreak\\u0041\",\"hlc\":\"abc:0001:0002\"}",
     r#"{"\u0074ype":"backbeat.statusclaim.v1","agent_\u0069d":"a","beat_index":3,"state":"blocked","beats_left":1,"progress":0.75,"hlc":"18d0e6a3b40:0000:0001"}"#,
+    // The client library's form (admission's fast path), with and without the optionals.
+    r#"{"type":"backbeat.statusclaim.v1","agent_id":"agent-7","task_id":"build:3","beat_index":1200,"state":"reviewing","beats_left":0,"progress":1.0,"hlc":"18d0e6a3b40:0000:0001"}"#,
+    r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":4294967295,"progress":0,"notes":"n","hlc":"0:0000:0000"}"#,
+    r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","task_id":null,"beat_index":9007199254740991,"state":"failed","beats_left":7,"progress":0.123456789012345,"notes":null,"hlc":"ffffffffffff:ffff:ffff"}"#,
 ];
 
 /// Valid beat frames (cluster `c1`, L = 8) written in different ways.
@@ -330,6 +334,122 @@ proptest! {
     fn beats_read_as_claims_and_claims_as_beats_agree(doc in mutated(BEATS), other in mutated(CLAIMS)) {
         check_claim(&doc)?;
         check_beat(&other)?;
+    }
+}
+
+/// A claim in the client library's member order and layout, from values
+/// that are often at or past a rule's edge: the fast path must agree with the
+/// reference on each (accept the same claim, or leave it to the full reader).
+fn canonical_claim() -> impl Strategy<Value = Vec<u8>> {
+    let text = |max: usize| {
+        prop_oneof![
+            4 => proptest::string::string_regex(&format!("[a-z0-9:._-]{{0,{max}}}")).unwrap(),
+            1 => Just("x".repeat(max)),
+            1 => Just("x".repeat(max + 1)),
+            1 => Just("é".repeat(max)),
+            1 => proptest::string::string_regex("[a-z\\\"\u{1}\u{7f}é😀/]{0,6}").unwrap(),
+        ]
+    };
+    let optional = |max: usize| {
+        prop_oneof![
+            Just(None),
+            Just(Some("null".to_string())),
+            text(max).prop_map(|t| Some(format!("\"{t}\""))),
+        ]
+    };
+    let integer = prop_oneof![
+        Just("0".to_string()),
+        Just("9007199254740991".to_string()),
+        Just("9007199254740992".to_string()),
+        Just("4294967295".to_string()),
+        Just("4294967296".to_string()),
+        Just("99999999999999999999".to_string()),
+        Just("00".to_string()),
+        Just("-0".to_string()),
+        Just("1.0".to_string()),
+        Just("1e2".to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        (0u64..100_000).prop_map(|n| n.to_string()),
+    ];
+    let progress = prop_oneof![
+        proptest::sample::select(vec![
+            "0",
+            "1",
+            "0.0",
+            "1.0",
+            "0.5",
+            "1.5",
+            "2",
+            "01",
+            "0.",
+            "-0",
+            "-0.5",
+            "0.5e0",
+            "1.0000000000000001",
+            "0.30000000000000004",
+            "0.999999999999999",
+            "0.9999999999999999",
+            "0.1234567890123456",
+            "1.000000000000000",
+        ])
+        .prop_map(str::to_string),
+        ("[01]", "[0-9]{1,17}").prop_map(|(w, f)| format!("{w}.{f}")),
+    ];
+    let state = proptest::sample::select(vec![
+        "idle",
+        "planning",
+        "executing",
+        "reviewing",
+        "helping",
+        "waiting",
+        "blocked",
+        "done",
+        "failed",
+        "Done",
+        "",
+    ]);
+    let hlc = proptest::sample::select(vec![
+        "18d0e6a3b40:0000:0001",
+        "0:0000:0000",
+        "ffffffffffff:ffff:ffff",
+        "01:0000:0000",
+        "1:000:0000",
+        "1:0000:0000:0",
+        "G:0000:0000",
+    ]);
+    (
+        text(128),
+        optional(128),
+        integer.clone(),
+        state,
+        integer,
+        progress,
+        optional(1024),
+        hlc,
+        proptest::sample::select(vec!["", " ", "\n", "x"]),
+    )
+        .prop_map(|(agent, task, beat, state, left, progress, notes, hlc, tail)| {
+            let mut doc = format!(r#"{{"type":"backbeat.statusclaim.v1","agent_id":"{agent}""#);
+            if let Some(task) = task {
+                doc.push_str(&format!(r#","task_id":{task}"#));
+            }
+            doc.push_str(&format!(
+                r#","beat_index":{beat},"state":"{state}","beats_left":{left},"progress":{progress}"#
+            ));
+            if let Some(notes) = notes {
+                doc.push_str(&format!(r#","notes":{notes}"#));
+            }
+            doc.push_str(&format!(r#","hlc":"{hlc}"}}{tail}"#));
+            doc.into_bytes()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    #[test]
+    fn claims_in_the_client_form_agree_with_the_reference(doc in canonical_claim()) {
+        check_claim(&doc)?;
     }
 }
 

@@ -1,0 +1,220 @@
+//! Admission's fast path: a status claim written the way the client library
+//! writes it is read straight off its bytes.
+//!
+//! "That way" is: compact, `type` first, the members in SPEC §2 order, no
+//! unknown members, strings of plain ASCII without escapes, integers without
+//! sign, fraction or exponent, and `progress` as `0`, `1` or `0.`/`1.` with at
+//! most 15 fraction digits. [`claim`] answers `Some` only for such a claim
+//! that is valid, and then with the very claim [`crate::validate_claim`]'s
+//! full reader gives (strings borrowed from the payload, the same `f64`). For
+//! anything else — whitespace, another order, escapes, a value out of range,
+//! an invalid document — it answers `None` and the full reader decides, so
+//! the fast path can never change what is accepted or the reason given.
+//! The contract tests check this against the reference validator.
+
+use crate::hlc::Hlc;
+use crate::json::plain_ascii_len;
+use crate::message::{ClaimState, StatusClaim, StatusClaimType, BEAT_INDEX_MAX, MESSAGE_BYTES_MAX};
+
+/// `10^k` for the fraction digits of `progress` (all exact in an `f64`).
+const POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The claim, when `payload` is a valid claim in the client library's form.
+pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
+    if payload.len() > MESSAGE_BYTES_MAX {
+        return None;
+    }
+    let mut cursor = Cursor { bytes: payload, pos: 0 };
+    cursor.literal(br#"{"type":"backbeat.statusclaim.v1","agent_id":""#)?;
+    let agent_id = cursor.string()?;
+    if agent_id.is_empty() || agent_id.len() > 128 {
+        return None;
+    }
+    let task_id = if cursor.eat(br#","task_id":"#) {
+        if cursor.eat(b"null") {
+            None
+        } else {
+            cursor.literal(b"\"")?;
+            let task_id = cursor.string()?;
+            if task_id.len() > 128 {
+                return None;
+            }
+            (!task_id.is_empty()).then_some(task_id)
+        }
+    } else {
+        None
+    };
+    cursor.literal(br#","beat_index":"#)?;
+    let beat_index = cursor.integer(BEAT_INDEX_MAX)?;
+    cursor.literal(br#","state":""#)?;
+    let state = ClaimState::parse(cursor.string()?)?;
+    cursor.literal(br#","beats_left":"#)?;
+    let beats_left = cursor.integer(u64::from(u32::MAX))? as u32;
+    cursor.literal(br#","progress":"#)?;
+    let progress = cursor.progress()?;
+    let notes = if cursor.eat(br#","notes":"#) {
+        if cursor.eat(b"null") {
+            None
+        } else {
+            cursor.literal(b"\"")?;
+            let notes = cursor.string()?;
+            if notes.len() > 1024 {
+                return None;
+            }
+            Some(notes)
+        }
+    } else {
+        None
+    };
+    cursor.literal(br#","hlc":""#)?;
+    let hlc: Hlc = cursor.string()?.parse().ok()?;
+    cursor.literal(b"}")?;
+    if cursor.pos != payload.len() {
+        return None;
+    }
+    Some(StatusClaim {
+        kind: StatusClaimType,
+        agent_id: agent_id.into(),
+        task_id: task_id.map(Into::into),
+        beat_index,
+        state,
+        beats_left,
+        progress,
+        notes: notes.map(Into::into),
+        hlc,
+    })
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Consumes `expected` when the bytes at the cursor are exactly it.
+    fn eat(&mut self, expected: &[u8]) -> bool {
+        let found = self.bytes[self.pos..].starts_with(expected);
+        if found {
+            self.pos += expected.len();
+        }
+        found
+    }
+
+    fn literal(&mut self, expected: &[u8]) -> Option<()> {
+        self.eat(expected).then_some(())
+    }
+
+    /// A string's plain-ASCII content up to its closing quote (the opening one
+    /// is already read); `None` at an escape, a control or non-ASCII character.
+    fn string(&mut self) -> Option<&'a str> {
+        let rest = &self.bytes[self.pos..];
+        let len = plain_ascii_len(rest);
+        if rest.get(len) != Some(&b'"') {
+            return None;
+        }
+        self.pos += len + 1;
+        // All ASCII, so always UTF-8.
+        std::str::from_utf8(&rest[..len]).ok()
+    }
+
+    /// Decimal digits: `0` or a non-zero digit then digits, at most 19 (no overflow).
+    fn digits(&mut self) -> Option<(u64, usize)> {
+        let start = self.pos;
+        let mut value = 0u64;
+        while let Some(&byte) = self.bytes.get(self.pos) {
+            if !byte.is_ascii_digit() || self.pos - start == 19 {
+                break;
+            }
+            value = value * 10 + u64::from(byte - b'0');
+            self.pos += 1;
+        }
+        let count = self.pos - start;
+        if count == 0 || (count > 1 && self.bytes[start] == b'0') {
+            return None;
+        }
+        Some((value, count))
+    }
+
+    /// A JSON integer from 0 to `max` (what follows must not continue the
+    /// number: the caller's next literal checks that).
+    fn integer(&mut self, max: u64) -> Option<u64> {
+        let (value, _) = self.digits()?;
+        (value <= max).then_some(value)
+    }
+
+    /// `progress`: `0` or `1`, with an optional fraction of 1 to 15 digits,
+    /// from 0.0 to 1.0. The integer `m` of its digits is below 2^53 and
+    /// `10^k` is exact, so `m / 10^k` is the correctly rounded value, the one
+    /// `str::parse::<f64>` gives (Clinger's fast path).
+    fn progress(&mut self) -> Option<f64> {
+        let whole = match self.bytes.get(self.pos) {
+            Some(b'0') => 0u64,
+            Some(b'1') => 1,
+            _ => return None,
+        };
+        self.pos += 1;
+        let value = if self.eat(b".") {
+            let start = self.pos;
+            let mut fraction = 0u64;
+            while let Some(&byte) = self.bytes.get(self.pos) {
+                if !byte.is_ascii_digit() {
+                    break;
+                }
+                fraction = fraction * 10 + u64::from(byte - b'0');
+                self.pos += 1;
+                if self.pos - start > 15 {
+                    return None;
+                }
+            }
+            let digits = self.pos - start;
+            if digits == 0 {
+                return None;
+            }
+            let scale = POWERS_OF_TEN[digits];
+            (whole as f64 * scale + fraction as f64) / scale
+        } else {
+            whole as f64
+        };
+        (0.0..=1.0).contains(&value).then_some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_form_is_read_and_anything_else_left_to_the_full_reader() {
+        fn read(doc: &str) -> Option<StatusClaim<'_>> {
+            claim(doc.as_bytes())
+        }
+        let c = read(r#"{"type":"backbeat.statusclaim.v1","agent_id":"a-1","task_id":"build:3","beat_index":12,"state":"done","beats_left":4,"progress":0.25,"notes":"ok","hlc":"1f:0000:0002"}"#)
+            .expect("the client form");
+        assert_eq!(
+            (&*c.agent_id, c.task_id.as_deref(), c.beat_index),
+            ("a-1", Some("build:3"), 12)
+        );
+        assert_eq!(
+            (c.state, c.beats_left, c.progress, c.notes.as_deref()),
+            (ClaimState::Done, 4, 0.25, Some("ok"))
+        );
+        let c = read(r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","task_id":"","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#)
+            .expect("the client form without notes");
+        assert_eq!((c.task_id, c.progress), (None, 1.0));
+        for other in [
+            // Whitespace, another order, an escape, non-ASCII, an odd number, a bad value.
+            r#"{"type":"backbeat.statusclaim.v1", "agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
+            r#"{"agent_id":"a","type":"backbeat.statusclaim.v1","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"\u0061","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"é","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":-0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1e0,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1.5,"hlc":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"} "#,
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
+}
