@@ -38,8 +38,9 @@ pub struct Manifest {
     pub clusters: Vec<String>,
 }
 
-/// 3: agents counted in a per-cluster table (2: per-window agent sets; 1: task hash maps).
-const FORMAT: u32 = 3;
+/// 4: one roster of agents holding their tasks (3: agent and task tables apart;
+/// 2: per-window agent sets; 1: task hash maps).
+const FORMAT: u32 = 4;
 
 /// One processor's checkpoints (`name` = its durable consumer's name).
 pub struct CheckpointStore {

@@ -33,17 +33,17 @@ impl Hlc {
     }
 }
 
-fn lower_hex_value(s: &str) -> Option<u64> {
-    if s.is_empty() {
+fn lower_hex_value(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
         return None;
     }
-    s.bytes().try_fold(0u64, |value, b| {
+    digits.iter().try_fold(0u64, |value, &b| {
         let digit = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             _ => return None,
         };
-        value.checked_mul(16)?.checked_add(u64::from(digit))
+        Some(value << 4 | u64::from(digit))
     })
 }
 
@@ -51,20 +51,20 @@ impl FromStr for Hlc {
     type Err = HlcParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // Exactly three parts.
-        let (physical, rest) = s.split_once(':').ok_or(HlcParseError)?;
-        let (logical, node) = rest.split_once(':').ok_or(HlcParseError)?;
-        if node.contains(':') {
+        // `{physical}:{logical}:{node}`: 1 to 12 digits, then exactly 4 and 4.
+        // One pass over the bytes; a `:` anywhere else is not a hex digit.
+        let bytes = s.as_bytes();
+        if !(11..=22).contains(&bytes.len()) {
             return Err(HlcParseError);
         }
-        let leading_zero = physical.len() > 1 && physical.starts_with('0');
-        if physical.len() > 12 || leading_zero || logical.len() != 4 || node.len() != 4 {
+        let (physical, rest) = bytes.split_at(bytes.len() - 10);
+        if rest[0] != b':' || rest[5] != b':' || (physical.len() > 1 && physical[0] == b'0') {
             return Err(HlcParseError);
         }
         Ok(Hlc {
             physical_ms: lower_hex_value(physical).ok_or(HlcParseError)?,
-            logical: lower_hex_value(logical).ok_or(HlcParseError)? as u16,
-            node: lower_hex_value(node).ok_or(HlcParseError)? as u16,
+            logical: lower_hex_value(&rest[1..5]).ok_or(HlcParseError)? as u16,
+            node: lower_hex_value(&rest[6..10]).ok_or(HlcParseError)? as u16,
         })
     }
 }
@@ -198,6 +198,22 @@ mod tests {
     }
 
     proptest! {
+        /// The one-pass reader refuses and reads exactly what the rule's plain
+        /// reading (split at colons, then check each part) does.
+        #[test]
+        fn parsing_agrees_with_the_plain_reading(s in "[0-9a-fA-F:g ]{0,24}|[1-9a-f][0-9a-f]{0,13}:[0-9a-f:]{4}:[0-9a-f]{3,5}") {
+            fn plain(s: &str) -> Option<Hlc> {
+                let (physical, rest) = s.split_once(':')?;
+                let (logical, node) = rest.split_once(':')?;
+                let hex = |t: &str| (!t.is_empty() && t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| u64::from_str_radix(t, 16).ok()).flatten();
+                if node.contains(':') || physical.len() > 12 || (physical.len() > 1 && physical.starts_with('0')) || logical.len() != 4 || node.len() != 4 {
+                    return None;
+                }
+                Some(Hlc { physical_ms: hex(physical)?, logical: hex(logical)? as u16, node: hex(node)? as u16 })
+            }
+            prop_assert_eq!(s.parse::<Hlc>().ok(), plain(&s));
+        }
+
         #[test]
         fn round_trip(p in 0..=HLC_PHYSICAL_MAX, l: u16, n: u16) {
             let h = Hlc::new(p, l, n);

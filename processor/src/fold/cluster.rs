@@ -4,13 +4,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use backbeat_schemas::message::{task_kind, BarReportType};
+use backbeat_schemas::report::ISSUE_SAMPLE_LEN_MAX;
 use backbeat_schemas::window::{from_beat, to_beat, window_id, window_of};
 use backbeat_schemas::{validate_beat, validate_claim, BarReport, ClaimState};
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{IssueCode, WindowAccumulator};
-use super::agents::AgentTable;
-use super::tasks::{TaskClaimKind, TaskKeyRef, TaskTable};
+use super::roster::{Roster, TaskClaim, TaskClaimKind};
 use super::{ClusterStatus, FoldConfig, Outcome};
 
 /// A beat that was applied: what drift and tempo need of it.
@@ -38,9 +38,8 @@ pub(super) struct ClusterFold {
     tempo_before_recent: Option<u32>,
     /// Tempo of the last applied beat (for `tempo_changes`).
     last_tempo: Option<u32>,
-    tasks: TaskTable,
-    /// The open windows each agent is counted in.
-    agents: AgentTable,
+    /// The agents (the open windows each is counted in) and their tasks.
+    roster: Roster,
 }
 
 impl ClusterFold {
@@ -54,8 +53,7 @@ impl ClusterFold {
             recent_beats: VecDeque::new(),
             tempo_before_recent: None,
             last_tempo: None,
-            tasks: TaskTable::default(),
-            agents: AgentTable::default(),
+            roster: Roster::default(),
         }
     }
 
@@ -65,7 +63,7 @@ impl ClusterFold {
             current_beat: self.current_beat,
             next_to_close: self.current_beat.map(|_| self.next_to_close),
             open_windows: self.windows.keys().copied().collect(),
-            tasks: self.tasks.len() as u64,
+            tasks: self.roster.task_count() as u64,
         }
     }
 
@@ -182,7 +180,8 @@ impl ClusterFold {
         let window = self.windows.entry(window_index).or_default();
         window.claims_accepted += 1;
         window.applied(seq);
-        if self.agents.count_in(&claim.agent_id, window_index) {
+        let agent = self.roster.agent(&claim.agent_id);
+        if self.roster.count_in(agent, window_index) {
             window.agents_reporting += 1;
         }
         if let Some(task_id) = claim.task_id.as_deref() {
@@ -192,18 +191,14 @@ impl ClusterFold {
                 ClaimState::Done => TaskClaimKind::Done,
                 _ => TaskClaimKind::Other,
             };
-            let key = TaskKeyRef {
-                agent_id: &claim.agent_id,
+            let task_claim = TaskClaim {
                 task_id,
-            };
-            let effect = self.tasks.apply_claim(
-                key,
-                claim.beat_index,
-                claim.beats_left,
+                beat_index: claim.beat_index,
+                beats_left: claim.beats_left,
                 kind,
-                window_index,
-                config.bar_length,
-            );
+                window: window_index,
+            };
+            let effect = self.roster.apply_task_claim(agent, task_claim, config.bar_length);
             window.on_time_reviews += u64::from(effect.on_time_review);
             window.help_promises_fulfilled += u64::from(effect.help_fulfilled);
             if claim.state == ClaimState::Failed && task_kind(task_id) == "secret-rotation" {
@@ -227,12 +222,10 @@ impl ClusterFold {
         let (first, last) = (from_beat(w, bar_length), to_beat(w, bar_length));
         let mut acc = self.windows.remove(&w).unwrap_or_default();
 
-        let overdue = self.tasks.take_overdue(w);
-        if !overdue.is_empty() {
-            let issue = acc.issue(IssueCode::OverdueTasks);
-            for id in &overdue {
-                issue.add(id);
-            }
+        let (overdue, sample) = self.roster.take_overdue(w, ISSUE_SAMPLE_LEN_MAX);
+        if overdue > 0 {
+            // Each task once (keys are unique), so the sample is the first ids.
+            acc.issue(IssueCode::OverdueTasks).add_many(overdue, sample.into_iter());
         }
 
         let report = BarReport {
@@ -258,8 +251,7 @@ impl ClusterFold {
             seq_last: acc.seq_last,
         };
 
-        self.tasks.expire(w, config.task_ttl);
-        self.agents.close(w);
+        self.roster.close(w, config.task_ttl);
         self.next_to_close = w + 1;
         let next_first = last.saturating_add(1);
         while self.recent_beats.front().is_some_and(|b| b.index < next_first) {

@@ -7,9 +7,8 @@
 //! stop after any event and resume with the same results.
 
 mod accumulator;
-mod agents;
 mod cluster;
-mod tasks;
+mod roster;
 
 use std::collections::BTreeMap;
 

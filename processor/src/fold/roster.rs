@@ -1,0 +1,553 @@
+//! A cluster's agents and their tasks: which open windows each agent is
+//! counted in (SPEC §5 `agents_reporting`) and the task table of SPEC §5 (one
+//! entry per `(agent_id, task_id)` with its deadline, help promise and
+//! delivery, dropped after `T` windows without a claim).
+//!
+//! This is the fold's hottest structure: every applied claim finds its agent,
+//! and most find a task. So one hash look-up finds both. Agents live in a slab
+//! (a `Vec` of slots, freed slots reused) found through a hash index of slot
+//! numbers; an agent's id is stored inline when short, and its tasks (usually
+//! a few) sit together in one vector beside it, searched by task id. A claim
+//! thus touches a handful of cache lines however large the fleet, where a map
+//! of agents plus a map of tasks, with their keys on the heap, touched about ten.
+//!
+//! Two ordered indexes of window → task records keep window closes cheap
+//! however many tasks there are: by the window of the deadline (for overdue
+//! tasks) and by the last window (for the time-to-live). A record names the
+//! agent's slot and the task entry's id, which is unique for the life of the
+//! fold, so a record of a dropped task (or of a slot reused by another agent)
+//! finds nothing. The last-window index is lazy: a claim that moves a task to
+//! another window only appends a record, and a record counts only while its
+//! window is still the task's last window. Neither index is ever iterated in
+//! hash order, and the hash index is rebuilt, not stored, when a checkpoint is
+//! read.
+//!
+//! An agent is forgotten once it has no task, no open window, and has not
+//! claimed for [`AGENT_KEEP_WINDOWS`] windows, so the roster grows with the
+//! fleet and its live tasks, never with the log.
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher as _;
+
+use compact_str::CompactString;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+
+/// Windows an agent without a claim or a task is kept for (only a cost
+/// trade-off: forgetting sooner or later never changes a report).
+pub const AGENT_KEEP_WINDOWS: u64 = 2;
+
+/// One task's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEntry {
+    /// Unique for the life of the fold: tells a re-created task from the dropped one.
+    pub id: u64,
+    pub deadline: u64,
+    /// The window holding `deadline`, where the entry is indexed.
+    pub deadline_window: u64,
+    pub help_deadline: Option<u64>,
+    pub delivered_at: Option<u64>,
+    pub done_seen: bool,
+    pub last_window: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Task {
+    task_id: CompactString,
+    entry: TaskEntry,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Agent {
+    agent_id: CompactString,
+    /// Open windows the agent is counted in (usually one or two).
+    open: SmallVec<[u64; 2]>,
+    /// The highest window it was counted in.
+    last: u64,
+    /// Its live tasks, in no particular order.
+    tasks: Vec<Task>,
+}
+
+/// A record of a window index: the agent's slot, and the id of the task entry.
+type TaskRecord = (u32, u64);
+
+/// What a claim did to its task, for the window's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClaimEffect {
+    pub on_time_review: bool,
+    pub help_fulfilled: bool,
+}
+
+/// The state a claim declares, as far as tasks care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskClaimKind {
+    Helping,
+    /// `reviewing`: delivers the task.
+    Delivering,
+    /// `done`: delivers the task and settles a help promise.
+    Done,
+    Other,
+}
+
+/// A claim's task, as [`Roster::apply_task_claim`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskClaim<'a> {
+    pub task_id: &'a str,
+    pub beat_index: u64,
+    pub beats_left: u32,
+    pub kind: TaskClaimKind,
+    /// The window of `beat_index`.
+    pub window: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Roster {
+    slots: Vec<Option<Agent>>,
+    /// Empty slots, reused before the slab grows.
+    free: Vec<u32>,
+    /// Slot numbers of the live agents, hashed by their id.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    /// Window of the deadline → the tasks created with a deadline there.
+    by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
+    /// Window → tasks whose last window was set to it (lazy, see the module doc).
+    by_last_window: BTreeMap<u64, Vec<TaskRecord>>,
+    next_id: u64,
+    /// Live tasks.
+    task_count: usize,
+}
+
+impl Roster {
+    /// Live task entries.
+    pub fn task_count(&self) -> usize {
+        self.task_count
+    }
+
+    fn agent_mut(&mut self, slot: u32) -> &mut Agent {
+        self.slots[slot as usize].as_mut().expect("a live agent's slot")
+    }
+
+    /// The slot of `agent_id`, added if it is not known (or was forgotten).
+    pub fn agent(&mut self, agent_id: &str) -> u32 {
+        let hash = self.hasher.hash_one(agent_id);
+        let slots = &self.slots;
+        let found = self.index.find(hash, |&slot| {
+            slots[slot as usize]
+                .as_ref()
+                .is_some_and(|agent| agent.agent_id == agent_id)
+        });
+        if let Some(&slot) = found {
+            return slot;
+        }
+        let agent = Agent {
+            agent_id: agent_id.into(),
+            open: SmallVec::new(),
+            last: 0,
+            tasks: Vec::new(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(agent);
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 live agents");
+                self.slots.push(Some(agent));
+                slot
+            }
+        };
+        Self::index_slot(&mut self.index, &self.slots, &self.hasher, hash, slot);
+        slot
+    }
+
+    /// Adds a live slot to the hash index (`hash` is its agent id's).
+    fn index_slot(
+        index: &mut HashTable<u32>,
+        slots: &[Option<Agent>],
+        hasher: &DefaultHashBuilder,
+        hash: u64,
+        slot: u32,
+    ) {
+        index.insert_unique(hash, slot, |&s| {
+            let agent = slots[s as usize].as_ref().expect("indexed slots are live");
+            hasher.hash_one(agent.agent_id.as_str())
+        });
+    }
+
+    /// Counts the agent at `slot` in open window `window`; true when it was
+    /// not counted there yet.
+    pub fn count_in(&mut self, slot: u32, window: u64) -> bool {
+        let agent = self.agent_mut(slot);
+        if agent.open.contains(&window) {
+            return false;
+        }
+        agent.open.push(window);
+        agent.last = agent.last.max(window);
+        true
+    }
+
+    /// Applies a claim of the agent at `slot` to its task `claim.task_id`.
+    pub fn apply_task_claim(&mut self, slot: u32, claim: TaskClaim<'_>, bar_length: u64) -> ClaimEffect {
+        let due = claim.beat_index + u64::from(claim.beats_left);
+        let agent = self.slots[slot as usize].as_mut().expect("a live agent's slot");
+        let position = match agent.tasks.iter().position(|task| task.task_id == claim.task_id) {
+            Some(position) => position,
+            None => {
+                // The first claim of the task, or the first after it was dropped.
+                let id = self.next_id;
+                self.next_id += 1;
+                let deadline_window = due / bar_length;
+                agent.tasks.push(Task {
+                    task_id: claim.task_id.into(),
+                    entry: TaskEntry {
+                        id,
+                        deadline: due,
+                        deadline_window,
+                        help_deadline: None,
+                        delivered_at: None,
+                        done_seen: false,
+                        last_window: claim.window,
+                    },
+                });
+                self.task_count += 1;
+                self.by_deadline_window
+                    .entry(deadline_window)
+                    .or_default()
+                    .push((slot, id));
+                self.by_last_window.entry(claim.window).or_default().push((slot, id));
+                agent.tasks.len() - 1
+            }
+        };
+        let entry = &mut agent.tasks[position].entry;
+        let mut effect = ClaimEffect::default();
+        let beat_index = claim.beat_index;
+        if claim.kind == TaskClaimKind::Helping && entry.help_deadline.is_none() {
+            entry.help_deadline = Some(due);
+        }
+        if matches!(claim.kind, TaskClaimKind::Delivering | TaskClaimKind::Done) && entry.delivered_at.is_none() {
+            entry.delivered_at = Some(beat_index);
+            effect.on_time_review = beat_index <= entry.deadline;
+        }
+        if claim.kind == TaskClaimKind::Done && !entry.done_seen {
+            entry.done_seen = true;
+            effect.help_fulfilled = entry.help_deadline.is_some_and(|help| beat_index <= help);
+        }
+        if entry.last_window != claim.window {
+            entry.last_window = claim.window;
+            let record = (slot, entry.id);
+            self.by_last_window.entry(claim.window).or_default().push(record);
+        }
+        effect
+    }
+
+    /// The agent and live task a record was made for, if the task is still there.
+    fn live(&self, (slot, id): TaskRecord) -> Option<(&Agent, &Task)> {
+        let agent = self.slots[slot as usize].as_ref()?;
+        let task = agent.tasks.iter().find(|task| task.entry.id == id)?;
+        Some((agent, task))
+    }
+
+    /// Tasks due in `window` and not delivered at or before their deadline:
+    /// how many, and the first `sample` of them as `agent_id/task_id` in
+    /// bytewise `(agent_id, task_id)` order (only those are formatted). Their
+    /// deadline index records are consumed.
+    pub fn take_overdue(&mut self, window: u64, sample: usize) -> (u64, Vec<String>) {
+        let Some(records) = self.by_deadline_window.remove(&window) else {
+            return (0, Vec::new());
+        };
+        let mut overdue: Vec<(&str, &str)> = records
+            .iter()
+            .filter_map(|&record| self.live(record))
+            .filter(|(_, task)| task.entry.delivered_at.is_none_or(|at| at > task.entry.deadline))
+            .map(|(agent, task)| (agent.agent_id.as_str(), task.task_id.as_str()))
+            .collect();
+        let count = overdue.len() as u64;
+        if overdue.len() > sample && sample > 0 {
+            overdue.select_nth_unstable(sample - 1);
+        }
+        overdue.truncate(sample);
+        overdue.sort_unstable();
+        let first = overdue
+            .iter()
+            .map(|(agent_id, task_id)| format!("{agent_id}/{task_id}"))
+            .collect();
+        (count, first)
+    }
+
+    /// Window `closed` is reported: drops tasks whose last window is more than
+    /// `ttl` windows before it, uncounts every agent from it, and forgets
+    /// agents with nothing left to keep.
+    pub fn close(&mut self, closed: u64, ttl: u64) {
+        self.expire(closed, ttl);
+        for slot in 0..self.slots.len() {
+            let Some(agent) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            agent.open.retain(|w| *w > closed);
+            if agent.open.is_empty() && agent.tasks.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
+                self.forget(slot as u32);
+            }
+        }
+    }
+
+    /// Drops tasks whose last window is more than `ttl` windows before `closed`.
+    fn expire(&mut self, closed: u64, ttl: u64) {
+        let Some(oldest_kept) = closed.checked_sub(ttl) else {
+            return;
+        };
+        let mut touched_deadline_windows = Vec::new();
+        while let Some(bucket) = self.by_last_window.first_entry() {
+            if *bucket.key() >= oldest_kept {
+                break;
+            }
+            let (window, records) = bucket.remove_entry();
+            for (slot, id) in records {
+                let Some(agent) = self.slots[slot as usize].as_mut() else {
+                    continue;
+                };
+                let Some(position) = agent
+                    .tasks
+                    .iter()
+                    .position(|task| task.entry.id == id && task.entry.last_window == window)
+                else {
+                    continue;
+                };
+                let task = agent.tasks.swap_remove(position);
+                self.task_count -= 1;
+                touched_deadline_windows.push(task.entry.deadline_window);
+            }
+        }
+        // The dropped tasks' deadline records go too, so that a deadline far
+        // ahead does not keep records of long-gone tasks.
+        touched_deadline_windows.sort_unstable();
+        touched_deadline_windows.dedup();
+        for window in touched_deadline_windows {
+            if let Some(mut records) = self.by_deadline_window.remove(&window) {
+                records.retain(|&record| self.live(record).is_some());
+                if !records.is_empty() {
+                    self.by_deadline_window.insert(window, records);
+                }
+            }
+        }
+    }
+
+    /// Frees the slot of an agent with no task.
+    fn forget(&mut self, slot: u32) {
+        let agent = self.slots[slot as usize].take().expect("forgetting a live agent");
+        let hash = self.hasher.hash_one(agent.agent_id.as_str());
+        self.index
+            .find_entry(hash, |&s| s == slot)
+            .expect("live slots are indexed")
+            .remove();
+        self.free.push(slot);
+    }
+}
+
+/// The roster as a checkpoint holds it: everything but the hash index.
+#[derive(Serialize)]
+struct RosterRef<'a> {
+    slots: &'a Vec<Option<Agent>>,
+    free: &'a Vec<u32>,
+    by_deadline_window: &'a BTreeMap<u64, Vec<TaskRecord>>,
+    by_last_window: &'a BTreeMap<u64, Vec<TaskRecord>>,
+    next_id: u64,
+}
+
+#[derive(Deserialize)]
+struct RosterState {
+    slots: Vec<Option<Agent>>,
+    free: Vec<u32>,
+    by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
+    by_last_window: BTreeMap<u64, Vec<TaskRecord>>,
+    next_id: u64,
+}
+
+impl Serialize for Roster {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RosterRef {
+            slots: &self.slots,
+            free: &self.free,
+            by_deadline_window: &self.by_deadline_window,
+            by_last_window: &self.by_last_window,
+            next_id: self.next_id,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Roster {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let state = RosterState::deserialize(deserializer)?;
+        let mut roster = Roster {
+            slots: state.slots,
+            free: state.free,
+            index: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            by_deadline_window: state.by_deadline_window,
+            by_last_window: state.by_last_window,
+            next_id: state.next_id,
+            task_count: 0,
+        };
+        for (slot, agent) in roster.slots.iter().enumerate() {
+            if let Some(agent) = agent {
+                roster.task_count += agent.tasks.len();
+                let hash = roster.hasher.hash_one(agent.agent_id.as_str());
+                Self::index_slot(&mut roster.index, &roster.slots, &roster.hasher, hash, slot as u32);
+            }
+        }
+        Ok(roster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The rules of SPEC §5 written as plainly as possible: one ordered map
+    /// of tasks scanned whole at every close, and one set of agents per window.
+    #[derive(Default)]
+    struct Model {
+        tasks: BTreeMap<(String, String), TaskEntry>,
+        counted: BTreeMap<u64, BTreeSet<String>>,
+    }
+
+    impl Model {
+        fn count_in(&mut self, agent: &str, window: u64) -> bool {
+            self.counted.entry(window).or_default().insert(agent.to_string())
+        }
+
+        fn apply_claim(&mut self, agent: &str, claim: TaskClaim<'_>, bar: u64) -> ClaimEffect {
+            let due = claim.beat_index + u64::from(claim.beats_left);
+            let key = (agent.to_string(), claim.task_id.to_string());
+            let entry = self.tasks.entry(key).or_insert(TaskEntry {
+                id: 0,
+                deadline: due,
+                deadline_window: due / bar,
+                help_deadline: None,
+                delivered_at: None,
+                done_seen: false,
+                last_window: claim.window,
+            });
+            let mut effect = ClaimEffect::default();
+            if claim.kind == TaskClaimKind::Helping && entry.help_deadline.is_none() {
+                entry.help_deadline = Some(due);
+            }
+            if matches!(claim.kind, TaskClaimKind::Delivering | TaskClaimKind::Done) && entry.delivered_at.is_none() {
+                entry.delivered_at = Some(claim.beat_index);
+                effect.on_time_review = claim.beat_index <= entry.deadline;
+            }
+            if claim.kind == TaskClaimKind::Done && !entry.done_seen {
+                entry.done_seen = true;
+                effect.help_fulfilled = entry.help_deadline.is_some_and(|h| claim.beat_index <= h);
+            }
+            entry.last_window = claim.window;
+            effect
+        }
+
+        fn close(&mut self, window: u64, ttl: u64) -> Vec<String> {
+            let overdue = self
+                .tasks
+                .iter()
+                .filter(|(_, e)| e.deadline_window == window && e.delivered_at.is_none_or(|at| at > e.deadline))
+                .map(|((a, t), _)| format!("{a}/{t}"))
+                .collect();
+            if let Some(oldest_kept) = window.checked_sub(ttl) {
+                self.tasks.retain(|_, e| e.last_window >= oldest_kept);
+            }
+            self.counted.remove(&window);
+            overdue
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// agent, task (none for a claim without one), beat offset from the
+        /// window start, beats_left, kind, window offset.
+        Claim(u8, Option<u8>, u64, u32, u8, u8),
+        Close,
+        Checkpoint,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0u8..6, proptest::option::weighted(0.8, 0u8..4), 0u64..4, 0u32..20, 0u8..4, 0u8..3)
+                .prop_map(|(a, t, b, l, k, w)| Step::Claim(a, t, b, l, k, w)),
+            2 => Just(Step::Close),
+            1 => Just(Step::Checkpoint),
+        ]
+    }
+
+    proptest! {
+        /// The slab, its hash index and its lazy window indexes give what the
+        /// plain model gives, through checkpoints too.
+        #[test]
+        fn the_roster_behaves_as_the_plain_rules(steps in proptest::collection::vec(step(), 1..200), ttl in 0u64..4) {
+            const BAR: u64 = 4;
+            let mut roster = Roster::default();
+            let mut model = Model::default();
+            let mut next_to_close = 0u64;
+            for step in steps {
+                match step {
+                    Step::Claim(a, t, b, left, k, w) => {
+                        let window = next_to_close + u64::from(w);
+                        let agent = format!("agent-{a}");
+                        let slot = roster.agent(&agent);
+                        prop_assert_eq!(roster.count_in(slot, window), model.count_in(&agent, window));
+                        if let Some(t) = t {
+                            let task_id = format!("t{t}");
+                            let claim = TaskClaim {
+                                task_id: &task_id,
+                                beat_index: window * BAR + b,
+                                beats_left: left,
+                                kind: [TaskClaimKind::Helping, TaskClaimKind::Delivering, TaskClaimKind::Done, TaskClaimKind::Other][k as usize],
+                                window,
+                            };
+                            let got = roster.apply_task_claim(slot, claim, BAR);
+                            prop_assert_eq!(got, model.apply_claim(&agent, claim, BAR));
+                        }
+                    }
+                    Step::Close => {
+                        let (count, first) = roster.take_overdue(next_to_close, 2);
+                        roster.close(next_to_close, ttl);
+                        let want = model.close(next_to_close, ttl);
+                        prop_assert_eq!(count, want.len() as u64);
+                        prop_assert_eq!(&first[..], &want[..want.len().min(2)]);
+                        prop_assert_eq!(roster.task_count(), model.tasks.len());
+                        next_to_close += 1;
+                    }
+                    Step::Checkpoint => {
+                        let bytes = postcard::to_stdvec(&roster).unwrap();
+                        roster = postcard::from_bytes(&bytes).unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agents_are_forgotten_once_they_have_nothing_to_keep() {
+        let mut roster = Roster::default();
+        let a = roster.agent("a");
+        assert!(roster.count_in(a, 0));
+        assert!(!roster.count_in(a, 0));
+        let claim = TaskClaim {
+            task_id: "t",
+            beat_index: 0,
+            beats_left: 1,
+            kind: TaskClaimKind::Other,
+            window: 0,
+        };
+        roster.apply_task_claim(a, claim, 4);
+        for w in 0..=AGENT_KEEP_WINDOWS + 1 {
+            roster.close(w, 1);
+        }
+        assert_eq!(roster.task_count(), 0);
+        assert_eq!(roster.index.len(), 0, "forgotten once its task expired");
+        assert_eq!(roster.free, [a]);
+        assert_eq!(roster.agent("b"), a, "the slot is reused");
+    }
+}
