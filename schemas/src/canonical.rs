@@ -26,7 +26,14 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     if payload.len() > MESSAGE_BYTES_MAX {
         return None;
     }
-    let mut cursor = Cursor { bytes: payload, pos: 0 };
+    // One UTF-8 check for the whole document (fast for ASCII) lets the
+    // strings below be sliced without another.
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut cursor = Cursor {
+        text,
+        bytes: payload,
+        pos: 0,
+    };
     cursor.literal(br#"{"type":"backbeat.statusclaim.v1","agent_id":""#)?;
     let agent_id = cursor.string()?;
     if agent_id.is_empty() || agent_id.len() > 128 {
@@ -88,21 +95,26 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
 }
 
 struct Cursor<'a> {
+    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    /// Consumes `expected` when the bytes at the cursor are exactly it.
-    fn eat(&mut self, expected: &[u8]) -> bool {
-        let found = self.bytes[self.pos..].starts_with(expected);
+    /// Consumes `expected` when the bytes at the cursor are exactly it. (The
+    /// length is known at compile time, so the comparison is a few loads.)
+    fn eat<const N: usize>(&mut self, expected: &[u8; N]) -> bool {
+        let found = self
+            .bytes
+            .get(self.pos..self.pos + N)
+            .is_some_and(|bytes| <[u8; N]>::try_from(bytes).is_ok_and(|bytes| bytes == *expected));
         if found {
-            self.pos += expected.len();
+            self.pos += N;
         }
         found
     }
 
-    fn literal(&mut self, expected: &[u8]) -> Option<()> {
+    fn literal<const N: usize>(&mut self, expected: &[u8; N]) -> Option<()> {
         self.eat(expected).then_some(())
     }
 
@@ -114,9 +126,10 @@ impl<'a> Cursor<'a> {
         if rest.get(len) != Some(&b'"') {
             return None;
         }
+        let start = self.pos;
         self.pos += len + 1;
-        // All ASCII, so always UTF-8.
-        std::str::from_utf8(&rest[..len]).ok()
+        // All ASCII, so on character boundaries.
+        self.text.get(start..start + len)
     }
 
     /// Decimal digits: `0` or a non-zero digit then digits, at most 19 (no overflow).
