@@ -11,14 +11,13 @@
 //! thus touches a handful of cache lines however large the fleet, where a map
 //! of agents plus a map of tasks, with their keys on the heap, touched about ten.
 //!
-//! Two ordered indexes of window → task records keep window closes cheap
-//! however many tasks there are: by the window of the deadline (for overdue
-//! tasks) and by the last window (for the time-to-live). A record names the
-//! agent's slot and the task entry's id, which is unique for the life of the
-//! fold, so a record of a dropped task (or of a slot reused by another agent)
-//! finds nothing. The last-window index is lazy: a claim that moves a task to
-//! another window only appends a record, and a record counts only while its
-//! window is still the task's last window. Neither index is ever iterated in
+//! Tasks due in a window are found through an ordered index of window →
+//! task records, so finding overdue tasks costs what is due, not the whole
+//! table. A record names the agent's slot and the task entry's id, which is
+//! unique for the life of the fold, so a record of a dropped task (or of a
+//! slot reused by another agent) finds nothing. The time-to-live needs no
+//! index: each close already visits every agent (to uncount it from the
+//! window), and drops its stale tasks on the way. Nothing is ever iterated in
 //! hash order, and the hash index is rebuilt, not stored, when a checkpoint is
 //! read.
 //!
@@ -111,8 +110,6 @@ pub struct Roster {
     hasher: DefaultHashBuilder,
     /// Window of the deadline → the tasks created with a deadline there.
     by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
-    /// Window → tasks whose last window was set to it (lazy, see the module doc).
-    by_last_window: BTreeMap<u64, Vec<TaskRecord>>,
     next_id: u64,
     /// Live tasks.
     task_count: usize,
@@ -215,7 +212,6 @@ impl Roster {
                     .entry(deadline_window)
                     .or_default()
                     .push((slot, id));
-                self.by_last_window.entry(claim.window).or_default().push((slot, id));
                 agent.tasks.len() - 1
             }
         };
@@ -233,11 +229,7 @@ impl Roster {
             entry.done_seen = true;
             effect.help_fulfilled = entry.help_deadline.is_some_and(|help| beat_index <= help);
         }
-        if entry.last_window != claim.window {
-            entry.last_window = claim.window;
-            let record = (slot, entry.id);
-            self.by_last_window.entry(claim.window).or_default().push(record);
-        }
+        entry.last_window = claim.window;
         effect
     }
 
@@ -277,45 +269,28 @@ impl Roster {
 
     /// Window `closed` is reported: drops tasks whose last window is more than
     /// `ttl` windows before it, uncounts every agent from it, and forgets
-    /// agents with nothing left to keep.
+    /// agents with nothing left to keep. One pass over the agents does it all.
     pub fn close(&mut self, closed: u64, ttl: u64) {
-        self.expire(closed, ttl);
+        let oldest_kept = closed.checked_sub(ttl);
+        let mut touched_deadline_windows = Vec::new();
         for slot in 0..self.slots.len() {
             let Some(agent) = self.slots[slot].as_mut() else {
                 continue;
             };
             agent.open.retain(|w| *w > closed);
+            if let Some(oldest_kept) = oldest_kept {
+                let before = agent.tasks.len();
+                agent.tasks.retain(|task| {
+                    let keep = task.entry.last_window >= oldest_kept;
+                    if !keep {
+                        touched_deadline_windows.push(task.entry.deadline_window);
+                    }
+                    keep
+                });
+                self.task_count -= before - agent.tasks.len();
+            }
             if agent.open.is_empty() && agent.tasks.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
                 self.forget(slot as u32);
-            }
-        }
-    }
-
-    /// Drops tasks whose last window is more than `ttl` windows before `closed`.
-    fn expire(&mut self, closed: u64, ttl: u64) {
-        let Some(oldest_kept) = closed.checked_sub(ttl) else {
-            return;
-        };
-        let mut touched_deadline_windows = Vec::new();
-        while let Some(bucket) = self.by_last_window.first_entry() {
-            if *bucket.key() >= oldest_kept {
-                break;
-            }
-            let (window, records) = bucket.remove_entry();
-            for (slot, id) in records {
-                let Some(agent) = self.slots[slot as usize].as_mut() else {
-                    continue;
-                };
-                let Some(position) = agent
-                    .tasks
-                    .iter()
-                    .position(|task| task.entry.id == id && task.entry.last_window == window)
-                else {
-                    continue;
-                };
-                let task = agent.tasks.swap_remove(position);
-                self.task_count -= 1;
-                touched_deadline_windows.push(task.entry.deadline_window);
             }
         }
         // The dropped tasks' deadline records go too, so that a deadline far
@@ -350,7 +325,6 @@ struct RosterRef<'a> {
     slots: &'a Vec<Option<Agent>>,
     free: &'a Vec<u32>,
     by_deadline_window: &'a BTreeMap<u64, Vec<TaskRecord>>,
-    by_last_window: &'a BTreeMap<u64, Vec<TaskRecord>>,
     next_id: u64,
 }
 
@@ -359,7 +333,6 @@ struct RosterState {
     slots: Vec<Option<Agent>>,
     free: Vec<u32>,
     by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
-    by_last_window: BTreeMap<u64, Vec<TaskRecord>>,
     next_id: u64,
 }
 
@@ -369,7 +342,6 @@ impl Serialize for Roster {
             slots: &self.slots,
             free: &self.free,
             by_deadline_window: &self.by_deadline_window,
-            by_last_window: &self.by_last_window,
             next_id: self.next_id,
         }
         .serialize(serializer)
@@ -385,7 +357,6 @@ impl<'de> Deserialize<'de> for Roster {
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             by_deadline_window: state.by_deadline_window,
-            by_last_window: state.by_last_window,
             next_id: state.next_id,
             task_count: 0,
         };
