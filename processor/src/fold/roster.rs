@@ -66,6 +66,9 @@ struct Agent {
     last: u64,
     /// Its live tasks, in no particular order.
     tasks: Vec<Task>,
+    /// At most the lowest `last_window` of its tasks: while it is not below
+    /// the oldest window kept, a close need not look at the tasks.
+    tasks_last_window_min: u64,
 }
 
 /// A record of a window index: the agent's slot, and the id of the task entry.
@@ -142,6 +145,7 @@ impl Roster {
             open: SmallVec::new(),
             last: 0,
             tasks: Vec::new(),
+            tasks_last_window_min: u64::MAX,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -230,6 +234,7 @@ impl Roster {
             effect.help_fulfilled = entry.help_deadline.is_some_and(|help| beat_index <= help);
         }
         entry.last_window = claim.window;
+        agent.tasks_last_window_min = agent.tasks_last_window_min.min(claim.window);
         effect
     }
 
@@ -278,7 +283,7 @@ impl Roster {
                 continue;
             };
             agent.open.retain(|w| *w > closed);
-            if let Some(oldest_kept) = oldest_kept {
+            if let Some(oldest_kept) = oldest_kept.filter(|&oldest| agent.tasks_last_window_min < oldest) {
                 let before = agent.tasks.len();
                 agent.tasks.retain(|task| {
                     let keep = task.entry.last_window >= oldest_kept;
@@ -288,6 +293,12 @@ impl Roster {
                     keep
                 });
                 self.task_count -= before - agent.tasks.len();
+                agent.tasks_last_window_min = agent
+                    .tasks
+                    .iter()
+                    .map(|task| task.entry.last_window)
+                    .min()
+                    .unwrap_or(u64::MAX);
             }
             if agent.open.is_empty() && agent.tasks.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
                 self.forget(slot as u32);
