@@ -1,4 +1,4 @@
-//! Pure fold throughput and memory: `cargo run --release -p backbeat-processor --example fold_bench -- [CLAIMS] [AGENTS]`.
+//! Pure fold throughput and memory: `cargo run --release -p backbeat-processor --example fold_bench -- [CLAIMS] [AGENTS] [--write-log FILE]`.
 //!
 //! Generates a log of CLAIMS claims (default 10M) from AGENTS agents (default
 //! 100k) with beats interleaved (L = 120, each agent claims about once a
@@ -7,6 +7,7 @@
 //! SPEC §5 validation alone (`backbeat-schemas`) takes on the same events (a
 //! floor under the fold), and the peak resident set size (VmHWM) of the process.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use backbeat_processor::{Fold, FoldConfig};
@@ -27,7 +28,20 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    // `--write-log FILE`: also write the generated log there (SPEC §7), e.g. to
+    // time `backbeat-processor fold --bar-length 120 --log FILE` on it.
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let log_path = all
+        .iter()
+        .position(|a| a == "--write-log")
+        .map(|i| all.get(i + 1).expect("--write-log FILE").clone());
+    let mut log = log_path
+        .map(|path| std::io::BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| panic!("{path}: {e}"))));
+    let args: Vec<u64> = all
+        .iter()
+        .filter(|a| a.parse::<u64>().is_ok())
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
     let total_claims = args.first().copied().unwrap_or(10_000_000);
     let agents = args.get(1).copied().unwrap_or(100_000);
     let mut generator = Generator::new(agents);
@@ -48,6 +62,11 @@ fn main() {
             fold.apply(*seq, subject, payload, &mut reports);
         }
         folded += start.elapsed();
+        if let Some(log) = &mut log {
+            for (seq, subject, payload) in &chunk {
+                writeln!(log, "{}", backbeat_schemas::format_line(*seq, subject, payload)).expect("writing the log");
+            }
+        }
         report_count += reports.len() as u64;
         reports.clear();
         // The floor under the fold: SPEC §5 validation alone (backbeat-schemas), on the same events.
