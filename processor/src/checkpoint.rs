@@ -109,8 +109,12 @@ impl CheckpointStore {
         let manifest: Manifest = serde_json::from_slice(&raw).context("checkpoint manifest is not readable")?;
         if manifest.format != FORMAT {
             bail!(
-                "checkpoint format {} is not {FORMAT}: this processor cannot resume it",
-                manifest.format
+                "checkpoint format {} is not {FORMAT}: this processor cannot resume it. To fold again \
+                 from the stream's start, delete key {} of bucket {CHECKPOINT_BUCKET} (nats kv del \
+                 {CHECKPOINT_BUCKET} {}); reports already in the bars stream are not published again",
+                manifest.format,
+                self.manifest_key(),
+                self.manifest_key()
             );
         }
         let mut state = Vec::with_capacity(manifest.bytes as usize);
