@@ -6,6 +6,8 @@
 //! before the clock starts. Prints claims/s through `Fold::apply`, the time
 //! SPEC §5 validation alone (`backbeat-schemas`) takes on the same events (a
 //! floor under the fold), and the peak resident set size (VmHWM) of the process.
+//! The reference is this machine's memory latency, measured in the same run: a
+//! large fleet's state is not in cache, so a claim costs a few loads from memory.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -25,6 +27,34 @@ fn peak_rss_mb() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Nanoseconds per load when each load's address comes from the one before,
+/// over `mb` MB in random order: what the fold pays for a claim whose agent's
+/// state is not in cache (the reference for the fold's time per claim).
+fn dependent_load_ns(mb: usize) -> f64 {
+    let lines = mb * 1024 * 1024 / 64;
+    // A random cycle through the lines (Sattolo's algorithm, xorshift64).
+    let mut order: Vec<usize> = (0..lines).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..lines).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % i as u64) as usize);
+    }
+    let mut next = vec![0usize; lines * 8];
+    for k in 0..lines {
+        next[order[k] * 8] = order[(k + 1) % lines] * 8;
+    }
+    let steps = 2_000_000;
+    let mut at = 0;
+    let start = Instant::now();
+    for _ in 0..steps {
+        at = next[at];
+    }
+    std::hint::black_box(at);
+    start.elapsed().as_nanos() as f64 / steps as f64
 }
 
 fn main() {
@@ -83,6 +113,13 @@ fn main() {
     let rate = total_claims as f64 / folded.as_secs_f64();
     // Peak RSS before the state is serialized below (that buffer is the bench's, not the fold's).
     let peak_rss_mb = peak_rss_mb();
+    let (near, far) = (dependent_load_ns(1), dependent_load_ns(64));
+    let per_claim_ns = 1e9 / rate;
+    println!(
+        "reference: a dependent load takes {near:.0} ns over 1 MB and {far:.0} ns over 64 MB on this machine; \
+         a claim took {per_claim_ns:.0} ns = {:.1} loads from memory",
+        per_claim_ns / far
+    );
     println!(
         "| claims | agents | events | MB of payload | reports | fold time s | claims/s | MB/s | \
          validation alone s | validation share | state MB | peak RSS MB |"
