@@ -53,6 +53,11 @@ pub struct RunConfig {
     pub ready_lag_max: u64,
     /// The single-writer lease's TTL (the lease bucket's `max_age` when it creates the bucket).
     pub lease_ttl: Duration,
+    /// Keep a checkpoint as history after at least this many reported windows
+    /// (0: keep none), for `replay` to start from.
+    pub history_every: u64,
+    /// Kept checkpoints at most (the oldest leave first).
+    pub history_keep: usize,
 }
 
 /// The subjects a processor folds.
@@ -114,7 +119,15 @@ async fn fold_live(
         backbeat_service::streams::ensure_stream(&js, backbeat_service::streams::events_config(options)).await?;
     backbeat_service::streams::ensure_stream(&js, backbeat_service::streams::bars_config(options)).await?;
     let max_payload = client.server_info().max_payload;
-    let mut store = CheckpointStore::open(&js, &config.name, &config.clusters, config.replicas, max_payload).await?;
+    let mut store = CheckpointStore::open(
+        &js,
+        &config.name,
+        &config.clusters,
+        config.replicas,
+        max_payload,
+        config.history_keep,
+    )
+    .await?;
 
     let fold = match store.load().await? {
         Some((manifest, fold)) => {
@@ -188,6 +201,7 @@ async fn fold_live(
         checkpointed_seq: fold.last_seq(),
         last_checkpoint: Instant::now(),
         checkpoint_wanted: false,
+        windows_since_kept: 0,
     };
     let (requests, mut outputs) = worker::spawn(fold);
     let mut since_ack = 0usize;
@@ -312,6 +326,8 @@ struct Shell {
     last_checkpoint: Instant,
     /// A checkpoint is due and not yet requested.
     checkpoint_wanted: bool,
+    /// Windows reported since the last checkpoint kept as history.
+    windows_since_kept: u64,
 }
 
 impl Shell {
@@ -322,6 +338,7 @@ impl Shell {
         self.folded_seq = self.folded_seq.max(output.last_seq);
         metrics.last_seq.set(self.folded_seq as i64);
         let had_reports = !output.reports.is_empty();
+        self.windows_since_kept += output.reports.len() as u64;
         for report in &output.reports {
             match self
                 .publisher
@@ -378,12 +395,24 @@ impl Shell {
 
     async fn save(&mut self, checkpoint: worker::CheckpointState) {
         self.last_checkpoint = Instant::now();
+        let history_every = self.config.history_every;
+        let keep = history_every > 0 && self.windows_since_kept >= history_every;
         match self
             .store
-            .save_state(checkpoint.seq, checkpoint.config, &checkpoint.state)
+            .save_state(
+                checkpoint.seq,
+                checkpoint.config,
+                &checkpoint.state,
+                checkpoint.next_to_close,
+                keep,
+            )
             .await
         {
             Ok(manifest) => {
+                if keep {
+                    self.windows_since_kept = 0;
+                    self.metrics.checkpoints_kept.inc();
+                }
                 self.checkpointed_seq = manifest.seq;
                 self.metrics.checkpoints.inc();
                 self.metrics.checkpoint_bytes.set(manifest.bytes as i64);

@@ -1,9 +1,10 @@
 //! Reading the past: `export` (a slice of the stream as a SPEC §7 log file) and
 //! `replay` (re-deriving past windows' reports from the stream).
 //!
-//! Both fold one cluster's events from the start of the stream with the same
-//! pure fold the live run uses, so a replayed report is byte-identical to the
-//! published one.
+//! Both fold one cluster's events with the same pure fold the live run uses,
+//! so a replayed report is byte-identical to the published one: `export` from
+//! the start of the stream, `replay` from there or from a checkpoint the live
+//! run kept (`crate::checkpoint::replay_start`), which gives the same state.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,14 +33,15 @@ pub async fn for_each_event(
     subjects: Vec<String>,
     each: impl FnMut(StoredEvent<'_>) -> anyhow::Result<ControlFlow<()>>,
 ) -> anyhow::Result<()> {
-    for_each_message(js, EVENTS_STREAM, subjects, each).await
+    for_each_message(js, EVENTS_STREAM, subjects, 1, each).await
 }
 
-/// [`for_each_event`] over any stream.
+/// [`for_each_event`] over any stream, from sequence `from_seq` (1: the start).
 async fn for_each_message(
     js: &jetstream::Context,
     stream_name: &str,
     subjects: Vec<String>,
+    from_seq: u64,
     mut each: impl FnMut(StoredEvent<'_>) -> anyhow::Result<ControlFlow<()>>,
 ) -> anyhow::Result<()> {
     let stream = js
@@ -49,7 +51,13 @@ async fn for_each_message(
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subjects: subjects,
-            deliver_policy: consumer::DeliverPolicy::All,
+            deliver_policy: if from_seq <= 1 {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq,
+                }
+            },
             ..Default::default()
         })
         .await
@@ -141,18 +149,25 @@ pub async fn export(
 }
 
 /// Re-derives the reports of `range` for one cluster, in window order, calling
-/// `each` for each one as it is derived.
+/// `each` for each one as it is derived. It folds from the stream's start, or
+/// from `start`: a fold of that cluster resumed from a checkpoint after the
+/// event with the given sequence, whose state has not yet reported `range.from`.
 pub async fn replay(
     js: &jetstream::Context,
     config: FoldConfig,
     cluster_id: &str,
     range: WindowRange,
+    start: Option<(u64, Fold)>,
     mut each: impl FnMut(BarReport) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut fold = Fold::new(config);
+    let (from_seq, mut fold) = match start {
+        Some((seq, fold)) => (seq + 1, fold),
+        None => (1, Fold::new(config)),
+    };
     let mut reports = Vec::new();
     let mut derived = Vec::new();
-    for_each_event(js, filter_subjects(&[cluster_id.to_string()]), |event| {
+    let subjects = filter_subjects(&[cluster_id.to_string()]);
+    for_each_message(js, EVENTS_STREAM, subjects, from_seq, |event| {
         fold.apply(event.seq, event.subject, event.payload, &mut reports);
         let mut flow = ControlFlow::Continue(());
         for report in reports.drain(..) {
@@ -188,6 +203,7 @@ pub async fn published_reports(
         js,
         BARS_STREAM,
         vec![subject(cluster_id, SubjectKind::Bar)],
+        1,
         |message| {
             let text = std::str::from_utf8(message.payload).context("a stored report is not UTF-8")?;
             let report: BarReport = serde_json::from_str(text).with_context(|| {

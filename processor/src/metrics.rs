@@ -26,6 +26,8 @@ pub struct Metrics {
     pub reports_skipped: IntCounter,
     pub report_mismatches: IntCounter,
     pub checkpoints: IntCounter,
+    /// Checkpoints kept as history (for replay).
+    pub checkpoints_kept: IntCounter,
     pub checkpoint_bytes: IntGauge,
     pub last_seq: IntGauge,
     /// 1 while this process holds its name's lease ([`crate::lease`]).
@@ -105,6 +107,11 @@ impl Metrics {
             )
             .unwrap(),
             checkpoints: IntCounter::new("backbeat_processor_checkpoints_total", "Checkpoints written").unwrap(),
+            checkpoints_kept: IntCounter::new(
+                "backbeat_processor_checkpoints_kept_total",
+                "Checkpoints kept as history, for replay to start from",
+            )
+            .unwrap(),
             checkpoint_bytes: IntGauge::new("backbeat_processor_checkpoint_bytes", "Size of the last checkpoint")
                 .unwrap(),
             last_seq: IntGauge::new(
@@ -137,6 +144,7 @@ impl Metrics {
         r.register(Box::new(m.reports_skipped.clone())).unwrap();
         r.register(Box::new(m.report_mismatches.clone())).unwrap();
         r.register(Box::new(m.checkpoints.clone())).unwrap();
+        r.register(Box::new(m.checkpoints_kept.clone())).unwrap();
         r.register(Box::new(m.checkpoint_bytes.clone())).unwrap();
         r.register(Box::new(m.last_seq.clone())).unwrap();
         r.register(Box::new(m.lease_held.clone())).unwrap();

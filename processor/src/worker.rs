@@ -10,6 +10,7 @@
 //! before it stores the checkpoint: a checkpoint never runs ahead of the
 //! reports. The worker never touches the network and never reads a clock.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use async_nats::Subject;
@@ -47,6 +48,8 @@ pub struct CheckpointState {
     pub seq: u64,
     pub config: FoldConfig,
     pub state: Vec<u8>,
+    /// Each cluster's lowest window not yet reported (0 before its first beat).
+    pub next_to_close: BTreeMap<String, u64>,
 }
 
 /// The worker's answer to one request.
@@ -124,6 +127,10 @@ fn checkpoint_output(fold: &Fold) -> Output {
             seq: fold.last_seq(),
             config: *fold.config(),
             state: fold.to_checkpoint(),
+            next_to_close: views(fold)
+                .into_iter()
+                .map(|view| (view.cluster_id, view.next_to_close.unwrap_or(0)))
+                .collect(),
         }),
         views: Some(views(fold)),
         ..Output::default()

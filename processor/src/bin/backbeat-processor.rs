@@ -75,6 +75,14 @@ enum Command {
         #[arg(long, env = "BACKBEAT_LEASE_TTL_MS", default_value_t = 10_000,
               value_parser = clap::value_parser!(u64).range(300..))]
         lease_ttl_ms: u64,
+        /// Keep a checkpoint as history after at least this many reported windows (0: keep
+        /// none). `replay` of a past window starts from the newest kept checkpoint before it
+        /// instead of from the stream's start.
+        #[arg(long, env = "BACKBEAT_HISTORY_EVERY", default_value_t = 100)]
+        history_every: u64,
+        /// Kept checkpoints at most; the oldest leave first (with their chunks).
+        #[arg(long, env = "BACKBEAT_HISTORY_KEEP", default_value_t = 100)]
+        history_keep: usize,
     },
     /// Write a cluster's events (or the slice of some windows) as a SPEC §7 log file.
     Export {
@@ -115,6 +123,13 @@ enum Command {
         /// Also publish them (windows already in BACKBEAT_BARS are skipped).
         #[arg(long, env = "BACKBEAT_PUBLISH")]
         publish: bool,
+        /// The `run` whose kept checkpoints to start from (its --name): the newest one taken
+        /// before the first window, made with the same fold flags. None fits: the stream's start.
+        #[arg(long, env = "BACKBEAT_NAME", default_value = "backbeat-processor")]
+        name: String,
+        /// Fold from the stream's start even when a kept checkpoint fits.
+        #[arg(long, env = "BACKBEAT_FROM_STREAM_START")]
+        from_stream_start: bool,
     },
 }
 
@@ -154,6 +169,8 @@ async fn main() -> anyhow::Result<()> {
             ready_lag_max,
             replicas,
             lease_ttl_ms,
+            history_every,
+            history_keep,
         } => {
             for cluster in &clusters {
                 check_cluster(cluster)?;
@@ -169,6 +186,8 @@ async fn main() -> anyhow::Result<()> {
                 replicas,
                 ready_lag_max,
                 lease_ttl: Duration::from_millis(lease_ttl_ms),
+                history_every,
+                history_keep,
             };
             let metrics = Metrics::new();
             let status = SharedStatus::default();
@@ -245,8 +264,11 @@ async fn main() -> anyhow::Result<()> {
             from_window,
             to_window,
             publish,
+            name,
+            from_stream_start,
         } => {
             check_cluster(&cluster)?;
+            check_cluster(&name).context("--name")?;
             let client = nats.connect("backbeat-processor-replay").await?;
             let js = async_nats::jetstream::new(client);
             let range = WindowRange {
@@ -255,10 +277,31 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut derived = Vec::new();
             let config = fold.to_config()?;
-            history::replay(&js, config, &cluster, range, |report| {
-                derived.push(report);
-                Ok(())
-            })
+            let start = if from_stream_start {
+                None
+            } else {
+                backbeat_processor::checkpoint::replay_start(&js, &name, &cluster, &config, from_window).await?
+            };
+            match &start {
+                Some((manifest, _)) => tracing::info!(
+                    name,
+                    seq = manifest.seq,
+                    generation = manifest.generation,
+                    "replaying from a kept checkpoint"
+                ),
+                None => tracing::info!("replaying from the stream's start"),
+            }
+            history::replay(
+                &js,
+                config,
+                &cluster,
+                range,
+                start.map(|(m, fold)| (m.seq, fold)),
+                |report| {
+                    derived.push(report);
+                    Ok(())
+                },
+            )
             .await?;
             let mut stdout = std::io::stdout().lock();
             for report in &derived {

@@ -161,6 +161,12 @@ impl Fold {
         }
     }
 
+    /// Forgets every cluster but `cluster_id` (a replay of one cluster from a
+    /// checkpoint of many: the others' events are not read).
+    pub fn keep_only(&mut self, cluster_id: &str) {
+        self.clusters.retain(|id, _| id == cluster_id);
+    }
+
     /// The clusters seen so far.
     pub fn cluster_ids(&self) -> impl Iterator<Item = &str> {
         self.clusters.keys().map(String::as_str)

@@ -11,6 +11,8 @@
 //!   reports after the duplicate window: every report exactly once.
 //! - `lease`: one `run` per `--name`: a second one waits untouching and takes
 //!   over on SIGTERM or after the holder's kill -9; a stolen lease stops its holder.
+//! - `replay`: `replay` starts from the newest checkpoint `run` kept before the
+//!   window, with the published bytes; the history keeps only the newest ones.
 
 mod conformance;
 mod crash;
@@ -18,4 +20,5 @@ mod golden;
 mod lease;
 mod live;
 mod live_support;
+mod replay;
 mod support;

@@ -1,0 +1,146 @@
+//! `replay` from the checkpoints `run` keeps: a past window is re-derived from
+//! the newest kept checkpoint taken before it was reported, with the bytes the
+//! live run published, as a replay from the stream's start gives them; the
+//! history keeps only the newest `--history-keep` checkpoints, and the chunks
+//! of those that left it are gone.
+
+use async_nats::jetstream;
+use backbeat_processor::checkpoint::{Manifest, CHECKPOINT_BUCKET};
+use backbeat_schemas::LogEntry;
+use backbeat_tests::{wait_until_async, NatsServer};
+
+use crate::live_support::{
+    beat_payload, claim_payload, ensure_streams, entry, processor_bin, publish_entries, stored_reports,
+    wait_for_reports, Processor, LIVE_TIMEOUT,
+};
+use crate::support::assert_same_lines;
+
+const L: u64 = 4;
+
+/// Beats `from..to` of cluster `r`, each with claims of three agents (a task
+/// each, delivered in the window after it starts, some late).
+fn events(from: u64, to: u64) -> Vec<LogEntry> {
+    let mut entries = Vec::new();
+    for beat in from..to {
+        entries.push(entry(0, "backbeat.r.beat", beat_payload("r", beat, L)));
+        for (logical, agent) in ["a1", "a2", "a3"].into_iter().enumerate() {
+            let task = format!("t:{}", beat / (2 * L));
+            let state = if beat % (2 * L) == L + 1 {
+                "reviewing"
+            } else {
+                "executing"
+            };
+            let payload = claim_payload(agent, Some(&task), beat, state, 6, (beat, logical as u16));
+            entries.push(entry(0, "backbeat.r.claim", payload));
+        }
+    }
+    entries
+}
+
+/// `replay` of cluster `r` from `from`: (stdout, stderr); it must succeed.
+fn replay(url: &str, from: u64, extra: &[&str]) -> (String, String) {
+    let from = from.to_string();
+    let output = std::process::Command::new(processor_bin())
+        .args([
+            "replay",
+            "--nats",
+            url,
+            "--cluster",
+            "r",
+            "--bar-length",
+            "4",
+            "--from-window",
+            &from,
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running backbeat-processor replay");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "replay failed: {stderr}");
+    (String::from_utf8(output.stdout).expect("UTF-8"), stderr)
+}
+
+#[tokio::test]
+async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
+    let server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &server.url(),
+        work.path(),
+        &[
+            "--bar-length",
+            "4",
+            "--history-every",
+            "2",
+            "--history-keep",
+            "3",
+            "--checkpoint-min-interval-ms",
+            "0",
+        ],
+    );
+    processor.wait_ready().await;
+
+    // Five phases of two windows each; after each, its reports and a kept checkpoint.
+    let phases = 5u64;
+    for phase in 0..phases {
+        // Through the beat that closes the phase's second window.
+        let from = if phase == 0 { 0 } else { phase * 2 * L + 1 };
+        let to = (phase + 1) * 2 * L + 1;
+        publish_entries(&js, &events(from, to)).await.unwrap();
+        wait_for_reports(&js, (phase + 1) * 2, &processor).await;
+        let port_metric = "backbeat_processor_checkpoints_kept_total";
+        let result = wait_until_async(&format!("kept checkpoint {}", phase + 1), LIVE_TIMEOUT, || {
+            let kept = processor.metric(port_metric);
+            async move { kept.filter(|&k| k >= (phase + 1) as f64).map(drop) }
+        })
+        .await;
+        if let Err(e) = result {
+            panic!("{e}\n{}", processor.log_tail());
+        }
+    }
+    let published: Vec<String> = stored_reports(&js).await.into_iter().map(|(_, r)| r).collect();
+    assert_eq!(published.len() as u64, phases * 2);
+
+    // The history holds the newest three, oldest first; the others' chunks are gone.
+    let kv = js.get_key_value(CHECKPOINT_BUCKET).await.unwrap();
+    let history: Vec<Manifest> =
+        serde_json::from_slice(&kv.get("backbeat-processor.history").await.unwrap().expect("a history")).unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert!(history.windows(2).all(|w| w[0].seq < w[1].seq), "{history:?}");
+    for manifest in &history {
+        let key = format!("backbeat-processor.g{}.c0", manifest.generation);
+        assert!(kv.get(&key).await.unwrap().is_some(), "kept chunk {key}");
+    }
+    let oldest_kept = history[0].generation;
+    for generation in 1..oldest_kept {
+        let key = format!("backbeat-processor.g{generation}.c0");
+        assert!(
+            kv.get(&key).await.unwrap().is_none(),
+            "chunk {key} outlived its checkpoint"
+        );
+    }
+
+    // A window after the oldest kept checkpoint: replayed from the newest one before it.
+    let target = history[1].next_to_close["r"];
+    let (from_kept, stderr) = replay(&server.url(), target, &[]);
+    assert!(stderr.contains("replaying from a kept checkpoint"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("seq={}", history[1].seq)),
+        "the newest kept checkpoint taken before window {target} was reported: {stderr}"
+    );
+    let expected: String = published[target as usize..].iter().map(|r| format!("{r}\n")).collect();
+    assert_same_lines("replay from a kept checkpoint", &from_kept, &expected);
+    // The same bytes from the stream's start.
+    let (from_start, stderr) = replay(&server.url(), target, &["--from-stream-start"]);
+    assert!(stderr.contains("replaying from the stream's start"), "{stderr}");
+    assert_eq!(from_start, from_kept);
+    // Window 0 was reported before any kept checkpoint: the stream's start.
+    let (all, stderr) = replay(&server.url(), 0, &[]);
+    assert!(stderr.contains("replaying from the stream's start"), "{stderr}");
+    let expected: String = published.iter().map(|r| format!("{r}\n")).collect();
+    assert_same_lines("replay from window 0", &all, &expected);
+}
