@@ -115,8 +115,8 @@ BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
   processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
   metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/
-  reports     $BIN/backbeat-processor replay --nats $NATS --cluster $CLUSTER --from-window 0
-  events      $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER   (the log, SPEC §7)
+  reports     $BIN/backbeat-processor replay --nats $NATS --cluster $CLUSTER --bar-length $BAR --lateness $LATENESS --from-window 0
+  events      $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER --bar-length $BAR --lateness $LATENESS   (the log, SPEC §7)
   logs        $STATE/logs/*.log
 Ctrl-C stops everything.
 INFO

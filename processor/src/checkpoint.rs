@@ -63,6 +63,19 @@ impl Manifest {
     }
 }
 
+/// A checkpoint written by a processor of another version, which this one
+/// cannot read: the state must be folded again from the stream's start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "checkpoint format {format} is not {FORMAT}: this processor cannot resume it. To fold again from the \
+     stream's start, delete key {key} of bucket {CHECKPOINT_BUCKET} (nats kv del {CHECKPOINT_BUCKET} {key}); \
+     reports already in the bars stream are not published again"
+)]
+pub struct OtherFormat {
+    pub format: u32,
+    pub key: String,
+}
+
 /// 4: one roster of agents holding their tasks (3: agent and task tables apart;
 /// 2: per-window agent sets; 1: task hash maps).
 const FORMAT: u32 = 4;
@@ -149,14 +162,13 @@ impl CheckpointStore {
         };
         let manifest: Manifest = serde_json::from_slice(&raw).context("checkpoint manifest is not readable")?;
         if manifest.format != FORMAT {
-            bail!(
-                "checkpoint format {} is not {FORMAT}: this processor cannot resume it. To fold again \
-                 from the stream's start, delete key {} of bucket {CHECKPOINT_BUCKET} (nats kv del \
-                 {CHECKPOINT_BUCKET} {}); reports already in the bars stream are not published again",
-                manifest.format,
-                self.manifest_key(),
-                self.manifest_key()
-            );
+            let error = OtherFormat {
+                format: manifest.format,
+                key: self.manifest_key(),
+            };
+            // Its chunks go when the next checkpoint is written.
+            self.current = Some(manifest);
+            return Err(error.into());
         }
         let state = read_state(&self.kv, &self.name, &manifest).await?;
         if manifest.clusters != self.clusters {

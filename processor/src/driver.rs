@@ -25,7 +25,7 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use backbeat_schemas::names::{subject, SubjectKind};
 use futures::{FutureExt as _, StreamExt as _};
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, OtherFormat};
 use crate::fold::{Fold, FoldConfig};
 use crate::lease::Leases;
 use crate::metrics::Metrics;
@@ -58,6 +58,18 @@ pub struct RunConfig {
     pub history_every: u64,
     /// Kept checkpoints at most (the oldest leave first).
     pub history_keep: usize,
+}
+
+/// Whether `stream` still holds every message it ever stored (none removed by
+/// limits, purges or deletes).
+async fn stream_is_whole(stream: &mut jetstream::stream::Stream) -> anyhow::Result<bool> {
+    let state = stream
+        .info()
+        .await
+        .context("reading the events stream's state")?
+        .state
+        .clone();
+    Ok(state.first_sequence <= 1 && state.messages == state.last_sequence)
 }
 
 /// The subjects a processor folds.
@@ -129,7 +141,25 @@ async fn fold_live(
     )
     .await?;
 
-    let fold = match store.load().await? {
+    let loaded = match store.load().await {
+        Ok(loaded) => loaded,
+        Err(e) => match e.downcast_ref::<OtherFormat>() {
+            // Folding the whole stream again gives the very state the
+            // checkpoint held (and the reports already published are skipped),
+            // so an upgrade needs no one's hand. A stream missing events could
+            // not give it: then an operator decides.
+            Some(other) if stream_is_whole(&mut events.clone()).await? => {
+                tracing::warn!(
+                    format = other.format,
+                    "checkpoint of another format; the events stream holds every event since its start, \
+                     so folding it again from there"
+                );
+                None
+            }
+            _ => return Err(e),
+        },
+    };
+    let fold = match loaded {
         Some((manifest, fold)) => {
             if manifest.config != config.fold {
                 bail!(

@@ -438,3 +438,68 @@ async fn the_processor_folds_on_after_nats_server_restarts() {
     assert!(processor.is_running(), "{}", processor.log_tail());
     assert_published_is_the_fold_of_the_stream(&js, "--bar-length 4").await;
 }
+
+/// Rewrites the checkpoint manifest of `name` as if an older processor had written it.
+async fn age_checkpoint(js: &jetstream::Context, name: &str) {
+    let kv = js
+        .get_key_value(backbeat_processor::checkpoint::CHECKPOINT_BUCKET)
+        .await
+        .unwrap();
+    let key = format!("{name}.manifest");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&kv.get(&key).await.unwrap().expect("a manifest")).unwrap();
+    manifest["format"] = 3.into();
+    kv.put(&key, serde_json::to_vec(&manifest).unwrap().into())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_another_format_is_folded_again_when_the_stream_is_whole() {
+    let server = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let beats = |range: std::ops::Range<u64>| -> Vec<LogEntry> {
+        range
+            .map(|b| entry(0, "backbeat.u.beat", beat_payload("u", b, 4)))
+            .collect()
+    };
+    publish_entries(&js, &beats(0..9)).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut old = Processor::start(&server.url(), work.path(), &["--bar-length", "4"]);
+    wait_for_reports(&js, 2, &old).await;
+    old.signal(Signal::Term);
+    assert!(old.wait_exit(LIVE_TIMEOUT).success(), "{}", old.log_tail());
+
+    // An upgrade: the checkpoint is of a format this processor cannot read.
+    age_checkpoint(&js, "backbeat-processor").await;
+    let last_seq = publish_entries(&js, &beats(9..13)).await.unwrap();
+    let mut new = Processor::start(&server.url(), work.path(), &["--bar-length", "4"]);
+    wait_for_reports(&js, 3, &new).await;
+    new.wait_folded(last_seq).await;
+    assert!(new.log().contains("checkpoint of another format"), "{}", new.log_tail());
+    assert_eq!(new.metric("backbeat_processor_reports_skipped_total"), Some(2.0));
+    assert_published_is_the_fold_of_the_stream(&js, "--bar-length 4").await;
+    new.signal(Signal::Term);
+    assert!(new.wait_exit(LIVE_TIMEOUT).success(), "{}", new.log_tail());
+
+    // With events gone from the stream, folding again would not give that
+    // state: the processor stops and says what an operator can do.
+    age_checkpoint(&js, "backbeat-processor").await;
+    let events = js.get_stream(EVENTS_STREAM).await.unwrap();
+    events.purge().sequence(3).await.unwrap();
+    let mut refused = Processor::start(&server.url(), work.path(), &["--bar-length", "4"]);
+    let exit = refused.wait_exit(LIVE_TIMEOUT);
+    assert!(
+        !exit.success(),
+        "folded a stream missing events:\n{}",
+        refused.log_tail()
+    );
+    assert!(
+        refused
+            .log()
+            .contains("nats kv del BACKBEAT_CHECKPOINTS backbeat-processor.manifest"),
+        "{}",
+        refused.log_tail()
+    );
+}
