@@ -2,9 +2,9 @@
 //! `replay` (re-deriving past windows' reports from the stream).
 //!
 //! Both fold one cluster's events with the same pure fold the live run uses,
-//! so a replayed report is byte-identical to the published one: `export` from
-//! the start of the stream, `replay` from there or from a checkpoint the live
-//! run kept (`crate::checkpoint::replay_start`), which gives the same state.
+//! so a replayed report is byte-identical to the published one. Both fold from
+//! the start of the stream or from a checkpoint the live run kept
+//! (`crate::checkpoint::replay_start`), which gives the same state.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -113,19 +113,26 @@ impl WindowRange {
 /// Writes the cluster's events as a log file. With a window range, the slice is
 /// the events folded while those windows were being reported: from just after
 /// the event that closed window `from − 1` (or the stream start) through the
-/// event that closed window `to` (or the stream end).
+/// event that closed window `to` (or the stream end). It folds from the
+/// stream's start, or from `start` (as in [`replay`]), whose state has not
+/// yet reported window `from − 1`.
 pub async fn export(
     js: &jetstream::Context,
     config: FoldConfig,
     cluster_id: &str,
     range: WindowRange,
+    start: Option<(u64, Fold)>,
     mut out: impl Write,
 ) -> anyhow::Result<u64> {
-    let mut fold = Fold::new(config);
+    let (from_seq, mut fold) = match start {
+        Some((seq, fold)) => (seq + 1, fold),
+        None => (1, Fold::new(config)),
+    };
     let mut reports = Vec::new();
     let mut inside = range.from == 0;
     let mut written = 0u64;
-    for_each_event(js, filter_subjects(&[cluster_id.to_string()]), |event| {
+    let subjects = filter_subjects(&[cluster_id.to_string()]);
+    for_each_message(js, EVENTS_STREAM, subjects, from_seq, |event| {
         fold.apply(event.seq, event.subject, event.payload, &mut reports);
         if inside {
             out.write_all(format_line(event.seq, event.subject, event.payload).as_bytes())?;

@@ -102,6 +102,14 @@ enum Command {
         /// Output file (default stdout).
         #[arg(long, env = "BACKBEAT_OUT")]
         out: Option<std::path::PathBuf>,
+        /// The `run` whose kept checkpoints to start from (its --name): the newest one taken
+        /// before the window before --from-window was reported, with the same fold flags.
+        /// None fits: the stream's start.
+        #[arg(long, env = "BACKBEAT_NAME", default_value = "backbeat-processor")]
+        name: String,
+        /// Fold from the stream's start even when a kept checkpoint fits.
+        #[arg(long, env = "BACKBEAT_FROM_STREAM_START")]
+        from_stream_start: bool,
     },
     /// Re-derive past windows' reports from the stream and print them (byte-identical to the live run).
     /// Each is compared with the report published in BACKBEAT_BARS; the command fails, naming
@@ -131,6 +139,35 @@ enum Command {
         #[arg(long, env = "BACKBEAT_FROM_STREAM_START")]
         from_stream_start: bool,
     },
+}
+
+/// Where `replay` or `export` starts folding: the newest checkpoint of `run`
+/// `name` that can re-derive window `window` of `cluster` (see
+/// `checkpoint::replay_start`), or the stream's start; it says which.
+async fn checkpoint_start(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    cluster: &str,
+    config: &backbeat_processor::FoldConfig,
+    window: u64,
+) -> anyhow::Result<Option<(u64, backbeat_processor::Fold)>> {
+    match backbeat_processor::checkpoint::replay_start(js, name, cluster, config, window).await? {
+        Some((manifest, fold)) => {
+            tracing::info!(
+                name,
+                seq = manifest.seq,
+                generation = manifest.generation,
+                "folding from a kept checkpoint"
+            );
+            Ok(Some((manifest.seq, fold)))
+        }
+        None => Ok(start_from_stream()),
+    }
+}
+
+fn start_from_stream() -> Option<(u64, backbeat_processor::Fold)> {
+    tracing::info!("folding from the stream's start");
+    None
 }
 
 fn check_cluster(cluster: &str) -> anyhow::Result<()> {
@@ -230,29 +267,29 @@ async fn main() -> anyhow::Result<()> {
             from_window,
             to_window,
             out,
+            name,
+            from_stream_start,
         } => {
             check_cluster(&cluster)?;
+            check_cluster(&name).context("--name")?;
             let client = nats.connect("backbeat-processor-export").await?;
             let js = async_nats::jetstream::new(client);
             let range = WindowRange {
                 from: from_window.unwrap_or(0),
                 to: to_window,
             };
+            let config = fold.to_config()?;
+            // The slice starts after the event that closed window from − 1.
+            let start = match range.from.checked_sub(1) {
+                Some(before) if !from_stream_start => checkpoint_start(&js, &name, &cluster, &config, before).await?,
+                _ => start_from_stream(),
+            };
             let written = match out {
                 Some(path) => {
                     let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                    history::export(&js, fold.to_config()?, &cluster, range, BufWriter::new(file)).await?
+                    history::export(&js, config, &cluster, range, start, BufWriter::new(file)).await?
                 }
-                None => {
-                    history::export(
-                        &js,
-                        fold.to_config()?,
-                        &cluster,
-                        range,
-                        BufWriter::new(std::io::stdout()),
-                    )
-                    .await?
-                }
+                None => history::export(&js, config, &cluster, range, start, BufWriter::new(std::io::stdout())).await?,
             };
             tracing::info!(written, "exported");
             Ok(())
@@ -278,30 +315,14 @@ async fn main() -> anyhow::Result<()> {
             let mut derived = Vec::new();
             let config = fold.to_config()?;
             let start = if from_stream_start {
-                None
+                start_from_stream()
             } else {
-                backbeat_processor::checkpoint::replay_start(&js, &name, &cluster, &config, from_window).await?
+                checkpoint_start(&js, &name, &cluster, &config, from_window).await?
             };
-            match &start {
-                Some((manifest, _)) => tracing::info!(
-                    name,
-                    seq = manifest.seq,
-                    generation = manifest.generation,
-                    "replaying from a kept checkpoint"
-                ),
-                None => tracing::info!("replaying from the stream's start"),
-            }
-            history::replay(
-                &js,
-                config,
-                &cluster,
-                range,
-                start.map(|(m, fold)| (m.seq, fold)),
-                |report| {
-                    derived.push(report);
-                    Ok(())
-                },
-            )
+            history::replay(&js, config, &cluster, range, start, |report| {
+                derived.push(report);
+                Ok(())
+            })
             .await?;
             let mut stdout = std::io::stdout().lock();
             for report in &derived {

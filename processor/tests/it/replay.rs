@@ -1,6 +1,7 @@
-//! `replay` from the checkpoints `run` keeps: a past window is re-derived from
-//! the newest kept checkpoint taken before it was reported, with the bytes the
-//! live run published, as a replay from the stream's start gives them; the
+//! `replay` (and `export`) from the checkpoints `run` keeps: a past window is
+//! re-derived from the newest kept checkpoint taken before it was reported,
+//! with the bytes the live run published, as a replay from the stream's start
+//! gives them (and an export slice has the same lines); the
 //! history keeps only the newest `--history-keep` checkpoints, and the chunks
 //! of those that left it are gone.
 
@@ -39,26 +40,23 @@ fn events(from: u64, to: u64) -> Vec<LogEntry> {
 
 /// `replay` of cluster `r` from `from`: (stdout, stderr); it must succeed.
 fn replay(url: &str, from: u64, extra: &[&str]) -> (String, String) {
+    tool("replay", url, from, extra)
+}
+
+/// `command` (`replay` or `export`) of cluster `r` from window `from`:
+/// (stdout, stderr); it must succeed.
+fn tool(command: &str, url: &str, from: u64, extra: &[&str]) -> (String, String) {
     let from = from.to_string();
     let output = std::process::Command::new(processor_bin())
-        .args([
-            "replay",
-            "--nats",
-            url,
-            "--cluster",
-            "r",
-            "--bar-length",
-            "4",
-            "--from-window",
-            &from,
-        ])
+        .args([command, "--nats", url, "--cluster", "r", "--bar-length", "4"])
+        .args(["--from-window", &from])
         .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .output()
-        .expect("running backbeat-processor replay");
+        .expect("running backbeat-processor");
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(output.status.success(), "replay failed: {stderr}");
+    assert!(output.status.success(), "{command} failed: {stderr}");
     (String::from_utf8(output.stdout).expect("UTF-8"), stderr)
 }
 
@@ -127,7 +125,7 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     // A window after the oldest kept checkpoint: replayed from the newest one before it.
     let target = history[1].next_to_close["r"];
     let (from_kept, stderr) = replay(&server.url(), target, &[]);
-    assert!(stderr.contains("replaying from a kept checkpoint"), "{stderr}");
+    assert!(stderr.contains("folding from a kept checkpoint"), "{stderr}");
     assert!(
         stderr.contains(&format!("seq={}", history[1].seq)),
         "the newest kept checkpoint taken before window {target} was reported: {stderr}"
@@ -136,11 +134,17 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     assert_same_lines("replay from a kept checkpoint", &from_kept, &expected);
     // The same bytes from the stream's start.
     let (from_start, stderr) = replay(&server.url(), target, &["--from-stream-start"]);
-    assert!(stderr.contains("replaying from the stream's start"), "{stderr}");
+    assert!(stderr.contains("folding from the stream's start"), "{stderr}");
     assert_eq!(from_start, from_kept);
+    // export's slice from a window: from a kept checkpoint, the same lines.
+    let (slice, stderr) = tool("export", &server.url(), target, &[]);
+    assert!(stderr.contains("folding from a kept checkpoint"), "{stderr}");
+    let (slice_from_start, _) = tool("export", &server.url(), target, &["--from-stream-start"]);
+    assert!(!slice.is_empty());
+    assert_eq!(slice, slice_from_start, "export from a kept checkpoint");
     // Window 0 was reported before any kept checkpoint: the stream's start.
     let (all, stderr) = replay(&server.url(), 0, &[]);
-    assert!(stderr.contains("replaying from the stream's start"), "{stderr}");
+    assert!(stderr.contains("folding from the stream's start"), "{stderr}");
     let expected: String = published.iter().map(|r| format!("{r}\n")).collect();
     assert_same_lines("replay from window 0", &all, &expected);
 }
