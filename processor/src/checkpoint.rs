@@ -258,6 +258,11 @@ impl CheckpointStore {
         Ok(manifest)
     }
 
+    /// The kept checkpoints, oldest first.
+    pub fn kept(&self) -> &[Manifest] {
+        &self.history
+    }
+
     fn is_kept(&self, generation: u64) -> bool {
         self.history.iter().any(|kept| kept.generation == generation)
     }

@@ -187,6 +187,8 @@ async fn fold_live(
             Fold::new(config.fold)
         }
     };
+    let kept: Vec<u64> = store.kept().iter().map(|m| m.seq).collect();
+    status.update(|s| s.kept_checkpoint_seqs = kept);
     let start_seq = fold.last_seq() + 1;
 
     // The checkpoint is the position's truth: re-create the durable consumer there.
@@ -446,9 +448,11 @@ impl Shell {
                 self.checkpointed_seq = manifest.seq;
                 self.metrics.checkpoints.inc();
                 self.metrics.checkpoint_bytes.set(manifest.bytes as i64);
+                let kept = self.store.kept().iter().map(|m| m.seq).collect();
                 self.status.update(|s| {
                     s.checkpoint_seq = manifest.seq;
                     s.checkpoint_generation = manifest.generation;
+                    s.kept_checkpoint_seqs = kept;
                 });
             }
             // A failed checkpoint costs only re-folding time after a restart.

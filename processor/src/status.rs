@@ -42,6 +42,8 @@ pub struct ProcessorStatus {
     pub caught_up: bool,
     pub checkpoint_seq: u64,
     pub checkpoint_generation: u64,
+    /// Stream sequences of the checkpoints kept for `replay`, oldest first.
+    pub kept_checkpoint_seqs: Vec<u64>,
     pub reports_published: u64,
     pub started: bool,
     pub error: Option<String>,

@@ -113,6 +113,11 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
         let key = format!("backbeat-processor.g{}.c0", manifest.generation);
         assert!(kv.get(&key).await.unwrap().is_some(), "kept chunk {key}");
     }
+    // The status endpoint lists them too.
+    let (_, status) = processor.get("/api/v1/status").expect("status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let kept: Vec<u64> = history.iter().map(|m| m.seq).collect();
+    assert_eq!(status["kept_checkpoint_seqs"], serde_json::json!(kept), "{status}");
     let oldest_kept = history[0].generation;
     for generation in 1..oldest_kept {
         let key = format!("backbeat-processor.g{generation}.c0");
