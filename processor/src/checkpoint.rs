@@ -240,10 +240,22 @@ impl CheckpointStore {
             self.history.push(manifest.clone());
             let excess = self.history.len().saturating_sub(self.history_keep);
             unused.extend(self.history.drain(..excess));
+            // The list is one message: with many clusters (each manifest names
+            // every cluster's position) the oldest leave early to keep it one.
+            let mut list = serde_json::to_vec(&self.history)?;
+            while list.len() > self.chunk_bytes && self.history.len() > 1 {
+                tracing::warn!(
+                    kept = self.history.len(),
+                    bytes = list.len(),
+                    "the checkpoint history is too large for one message; the oldest kept checkpoint leaves it"
+                );
+                unused.push(self.history.remove(0));
+                list = serde_json::to_vec(&self.history)?;
+            }
             // Written before the chunks of those that left it are removed: the
             // history never names a checkpoint whose chunks are gone.
             self.kv
-                .put(history_key(&self.name), serde_json::to_vec(&self.history)?.into())
+                .put(history_key(&self.name), list.into())
                 .await
                 .context("writing the checkpoint history")?;
         }

@@ -8,7 +8,7 @@
 use async_nats::jetstream;
 use backbeat_processor::checkpoint::{Manifest, CHECKPOINT_BUCKET};
 use backbeat_schemas::LogEntry;
-use backbeat_tests::{wait_until_async, NatsServer};
+use backbeat_tests::{wait_until_async, NatsServer, NatsServerOptions};
 
 use crate::live_support::{
     beat_payload, claim_payload, ensure_streams, entry, processor_bin, publish_entries, stored_reports,
@@ -152,4 +152,74 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     assert!(stderr.contains("folding from the stream's start"), "{stderr}");
     let expected: String = published.iter().map(|r| format!("{r}\n")).collect();
     assert_same_lines("replay from window 0", &all, &expected);
+}
+
+/// With many clusters every manifest names many positions, and the history
+/// list must still fit in one message: the oldest kept checkpoints leave it
+/// early, with a warning, and the processor goes on checkpointing.
+#[tokio::test]
+async fn the_history_stays_one_message_with_many_clusters() {
+    let server = NatsServer::start_with(NatsServerOptions {
+        max_payload: "128KB",
+        ..Default::default()
+    })
+    .expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &server.url(),
+        work.path(),
+        &[
+            "--bar-length",
+            "1",
+            "--history-every",
+            "1",
+            "--checkpoint-min-interval-ms",
+            "0",
+        ],
+    );
+    processor.wait_ready().await;
+    // 600 clusters of bar length 1: each beat closes its cluster's previous window.
+    let clusters: Vec<String> = (0..600).map(|c| format!("c{c:03}")).collect();
+    let phases = 24u64;
+    for beat in 0..phases {
+        let beats: Vec<LogEntry> = clusters
+            .iter()
+            .map(|c| entry(0, &format!("backbeat.{c}.beat"), beat_payload(c, beat, 1)))
+            .collect();
+        publish_entries(&js, &beats).await.unwrap();
+        if beat > 0 {
+            wait_for_reports(&js, beat * clusters.len() as u64, &processor).await;
+            let kept = beat as f64;
+            let result = wait_until_async(&format!("kept checkpoint {beat}"), LIVE_TIMEOUT, || {
+                let now = processor.metric("backbeat_processor_checkpoints_kept_total");
+                async move { now.filter(|&k| k >= kept).map(drop) }
+            })
+            .await;
+            if let Err(e) = result {
+                panic!("{e}\n{}", processor.log_tail());
+            }
+        }
+    }
+    let kv = js.get_key_value(CHECKPOINT_BUCKET).await.unwrap();
+    let list = kv.get("backbeat-processor.history").await.unwrap().expect("a history");
+    let history: Vec<Manifest> = serde_json::from_slice(&list).unwrap();
+    assert!(list.len() <= 128 * 1024 - 8 * 1024, "{} bytes", list.len());
+    assert!(
+        history.len() > 1 && (history.len() as u64) < phases - 1,
+        "{} kept",
+        history.len()
+    );
+    assert!(
+        processor.log().contains("too large for one message"),
+        "{}",
+        processor.log_tail()
+    );
+    let oldest = history[0].generation;
+    assert!(kv
+        .get(format!("backbeat-processor.g{}.c0", oldest - 1))
+        .await
+        .unwrap()
+        .is_none());
 }
