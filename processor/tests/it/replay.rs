@@ -60,27 +60,37 @@ fn tool(command: &str, url: &str, from: u64, extra: &[&str]) -> (String, String)
     (String::from_utf8(output.stdout).expect("UTF-8"), stderr)
 }
 
+/// `run` with `args` that checkpoints after every batch with reports, once ready.
+async fn start_checkpointing(url: &str, dir: &std::path::Path, args: &[&str]) -> Processor {
+    let mut processor = Processor::start(url, dir, &[args, &["--checkpoint-min-interval-ms", "0"]].concat());
+    processor.wait_ready().await;
+    processor
+}
+
+/// Waits until `processor` has kept `count` checkpoints.
+async fn wait_kept(processor: &Processor, count: u64) {
+    let result = wait_until_async(&format!("kept checkpoint {count}"), LIVE_TIMEOUT, || {
+        let kept = processor.metric("backbeat_processor_checkpoints_kept_total");
+        async move { kept.filter(|&k| k >= count as f64).map(drop) }
+    })
+    .await;
+    if let Err(e) = result {
+        panic!("{e}\n{}", processor.log_tail());
+    }
+}
+
 #[tokio::test]
 async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     let server = NatsServer::start().expect("nats-server");
     let js = jetstream::new(server.client().await.unwrap());
     ensure_streams(&js).await;
     let work = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
+    let processor = start_checkpointing(
         &server.url(),
         work.path(),
-        &[
-            "--bar-length",
-            "4",
-            "--history-every",
-            "2",
-            "--history-keep",
-            "3",
-            "--checkpoint-min-interval-ms",
-            "0",
-        ],
-    );
-    processor.wait_ready().await;
+        &["--bar-length", "4", "--history-every", "2", "--history-keep", "3"],
+    )
+    .await;
 
     // Five phases of two windows each; after each, its reports and a kept checkpoint.
     let phases = 5u64;
@@ -90,15 +100,7 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
         let to = (phase + 1) * 2 * L + 1;
         publish_entries(&js, &events(from, to)).await.unwrap();
         wait_for_reports(&js, (phase + 1) * 2, &processor).await;
-        let port_metric = "backbeat_processor_checkpoints_kept_total";
-        let result = wait_until_async(&format!("kept checkpoint {}", phase + 1), LIVE_TIMEOUT, || {
-            let kept = processor.metric(port_metric);
-            async move { kept.filter(|&k| k >= (phase + 1) as f64).map(drop) }
-        })
-        .await;
-        if let Err(e) = result {
-            panic!("{e}\n{}", processor.log_tail());
-        }
+        wait_kept(&processor, phase + 1).await;
     }
     let published: Vec<String> = stored_reports(&js).await.into_iter().map(|(_, r)| r).collect();
     assert_eq!(published.len() as u64, phases * 2);
@@ -167,19 +169,12 @@ async fn the_history_stays_one_message_with_many_clusters() {
     let js = jetstream::new(server.client().await.unwrap());
     ensure_streams(&js).await;
     let work = tempfile::tempdir().unwrap();
-    let mut processor = Processor::start(
+    let processor = start_checkpointing(
         &server.url(),
         work.path(),
-        &[
-            "--bar-length",
-            "1",
-            "--history-every",
-            "1",
-            "--checkpoint-min-interval-ms",
-            "0",
-        ],
-    );
-    processor.wait_ready().await;
+        &["--bar-length", "1", "--history-every", "1"],
+    )
+    .await;
     // 600 clusters of bar length 1: each beat closes its cluster's previous window.
     let clusters: Vec<String> = (0..600).map(|c| format!("c{c:03}")).collect();
     let phases = 24u64;
@@ -191,15 +186,7 @@ async fn the_history_stays_one_message_with_many_clusters() {
         publish_entries(&js, &beats).await.unwrap();
         if beat > 0 {
             wait_for_reports(&js, beat * clusters.len() as u64, &processor).await;
-            let kept = beat as f64;
-            let result = wait_until_async(&format!("kept checkpoint {beat}"), LIVE_TIMEOUT, || {
-                let now = processor.metric("backbeat_processor_checkpoints_kept_total");
-                async move { now.filter(|&k| k >= kept).map(drop) }
-            })
-            .await;
-            if let Err(e) = result {
-                panic!("{e}\n{}", processor.log_tail());
-            }
+            wait_kept(&processor, beat).await;
         }
     }
     let kv = js.get_key_value(CHECKPOINT_BUCKET).await.unwrap();
