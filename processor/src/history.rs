@@ -26,17 +26,9 @@ pub struct StoredEvent<'a> {
     pub payload: &'a [u8],
 }
 
-/// Calls `each` with every message on `subjects` in stream order, from the start
-/// to the end of the stream as it is when called (or until `each` breaks).
-pub async fn for_each_event(
-    js: &jetstream::Context,
-    subjects: Vec<String>,
-    each: impl FnMut(StoredEvent<'_>) -> anyhow::Result<ControlFlow<()>>,
-) -> anyhow::Result<()> {
-    for_each_message(js, EVENTS_STREAM, subjects, 1, each).await
-}
-
-/// [`for_each_event`] over any stream, from sequence `from_seq` (1: the start).
+/// Calls `each` with every message of `stream_name` on `subjects` in stream
+/// order, from sequence `from_seq` (1: the start) to the end of the stream as
+/// it is when called (or until `each` breaks).
 async fn for_each_message(
     js: &jetstream::Context,
     stream_name: &str,
