@@ -121,18 +121,19 @@ fn work(mut fold: Fold, mut requests: mpsc::Receiver<Request>, outputs: mpsc::Se
 }
 
 fn checkpoint_output(fold: &Fold) -> Output {
+    let views = views(fold);
     Output {
         last_seq: fold.last_seq(),
         checkpoint: Some(CheckpointState {
             seq: fold.last_seq(),
             config: *fold.config(),
             state: fold.to_checkpoint(),
-            next_to_close: views(fold)
-                .into_iter()
-                .map(|view| (view.cluster_id, view.next_to_close.unwrap_or(0)))
+            next_to_close: views
+                .iter()
+                .map(|view| (view.cluster_id.clone(), view.next_to_close.unwrap_or(0)))
                 .collect(),
         }),
-        views: Some(views(fold)),
+        views: Some(views),
         ..Output::default()
     }
 }
