@@ -26,8 +26,8 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     if payload.len() > MESSAGE_BYTES_MAX {
         return None;
     }
-    // One UTF-8 check for the whole document (fast for ASCII) lets the
-    // strings below be sliced without another.
+    // One UTF-8 check for the whole document (fast for ASCII, and cheaper
+    // than one per string) lets the strings below be sliced without another.
     let text = std::str::from_utf8(payload).ok()?;
     let mut cursor = Cursor {
         text,
@@ -35,7 +35,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
         pos: 0,
     };
     cursor.literal(br#"{"type":"backbeat.statusclaim.v1","agent_id":""#)?;
-    let agent_id = cursor.string()?;
+    let agent_id = cursor.text()?;
     if agent_id.is_empty() || agent_id.len() > 128 {
         return None;
     }
@@ -44,7 +44,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
             None
         } else {
             cursor.literal(b"\"")?;
-            let task_id = cursor.string()?;
+            let task_id = cursor.text()?;
             if task_id.len() > 128 {
                 return None;
             }
@@ -56,7 +56,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     cursor.literal(br#","beat_index":"#)?;
     let beat_index = cursor.integer(BEAT_INDEX_MAX)?;
     cursor.literal(br#","state":""#)?;
-    let state = ClaimState::parse(cursor.string()?)?;
+    let state = ClaimState::parse_bytes(cursor.string()?)?;
     cursor.literal(br#","beats_left":"#)?;
     let beats_left = cursor.integer(u64::from(u32::MAX))? as u32;
     cursor.literal(br#","progress":"#)?;
@@ -66,7 +66,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
             None
         } else {
             cursor.literal(b"\"")?;
-            let notes = cursor.string()?;
+            let notes = cursor.text()?;
             if notes.len() > 1024 {
                 return None;
             }
@@ -76,7 +76,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
         None
     };
     cursor.literal(br#","hlc":""#)?;
-    let hlc: Hlc = cursor.string()?.parse().ok()?;
+    let hlc = Hlc::parse_bytes(cursor.string()?)?;
     cursor.literal(b"}")?;
     if cursor.pos != payload.len() {
         return None;
@@ -94,6 +94,25 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     })
 }
 
+/// Whether `found` (of length `N`) is `expected`: eight bytes at a time, the
+/// last eight overlapping, so that a literal costs a few compares and no call.
+#[inline(always)]
+fn same_bytes<const N: usize>(found: &[u8], expected: &[u8; N]) -> bool {
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
+    }
+    if N < 8 {
+        return found.iter().zip(expected).all(|(a, b)| a == b);
+    }
+    let mut diff = word(found, N - 8) ^ word(expected, N - 8);
+    let mut at = 0;
+    while at + 8 < N {
+        diff |= word(found, at) ^ word(expected, at);
+        at += 8;
+    }
+    diff == 0
+}
+
 struct Cursor<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -101,52 +120,61 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    /// Consumes `expected` when the bytes at the cursor are exactly it. (The
-    /// length is known at compile time, so the comparison is a few loads.)
+    /// Consumes `expected` when the bytes at the cursor are exactly it.
+    #[inline(always)]
     fn eat<const N: usize>(&mut self, expected: &[u8; N]) -> bool {
         let found = self
             .bytes
             .get(self.pos..self.pos + N)
-            .is_some_and(|bytes| <[u8; N]>::try_from(bytes).is_ok_and(|bytes| bytes == *expected));
+            .is_some_and(|bytes| same_bytes(bytes, expected));
         if found {
             self.pos += N;
         }
         found
     }
 
+    #[inline(always)]
     fn literal<const N: usize>(&mut self, expected: &[u8; N]) -> Option<()> {
         self.eat(expected).then_some(())
     }
 
     /// A string's plain-ASCII content up to its closing quote (the opening one
     /// is already read); `None` at an escape, a control or non-ASCII character.
-    fn string(&mut self) -> Option<&'a str> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         let rest = &self.bytes[self.pos..];
         let len = plain_ascii_len(rest);
         if rest.get(len) != Some(&b'"') {
             return None;
         }
-        let start = self.pos;
         self.pos += len + 1;
+        Some(&rest[..len])
+    }
+
+    /// [`Cursor::string`] as text.
+    fn text(&mut self) -> Option<&'a str> {
+        let start = self.pos;
+        let len = self.string()?.len();
         // All ASCII, so on character boundaries.
         self.text.get(start..start + len)
     }
 
     /// Decimal digits: `0` or a non-zero digit then digits, at most 19 (no overflow).
     fn digits(&mut self) -> Option<(u64, usize)> {
-        let start = self.pos;
+        let rest = &self.bytes[self.pos..];
         let mut value = 0u64;
-        while let Some(&byte) = self.bytes.get(self.pos) {
-            if !byte.is_ascii_digit() || self.pos - start == 19 {
+        let mut count = 0;
+        while count < rest.len().min(19) {
+            let digit = rest[count].wrapping_sub(b'0');
+            if digit > 9 {
                 break;
             }
-            value = value * 10 + u64::from(byte - b'0');
-            self.pos += 1;
+            value = value * 10 + u64::from(digit);
+            count += 1;
         }
-        let count = self.pos - start;
-        if count == 0 || (count > 1 && self.bytes[start] == b'0') {
+        if count == 0 || (count > 1 && rest[0] == b'0') {
             return None;
         }
+        self.pos += count;
         Some((value, count))
     }
 
@@ -169,22 +197,24 @@ impl<'a> Cursor<'a> {
         };
         self.pos += 1;
         let value = if self.eat(b".") {
-            let start = self.pos;
+            let rest = &self.bytes[self.pos..];
             let mut fraction = 0u64;
-            while let Some(&byte) = self.bytes.get(self.pos) {
-                if !byte.is_ascii_digit() {
+            let mut digits = 0;
+            while digits < rest.len() {
+                let digit = rest[digits].wrapping_sub(b'0');
+                if digit > 9 {
                     break;
                 }
-                fraction = fraction * 10 + u64::from(byte - b'0');
-                self.pos += 1;
-                if self.pos - start > 15 {
+                fraction = fraction * 10 + u64::from(digit);
+                digits += 1;
+                if digits > 15 {
                     return None;
                 }
             }
-            let digits = self.pos - start;
             if digits == 0 {
                 return None;
             }
+            self.pos += digits;
             let scale = POWERS_OF_TEN[digits];
             (whole as f64 * scale + fraction as f64) / scale
         } else {

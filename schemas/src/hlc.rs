@@ -23,6 +23,24 @@ pub struct Hlc {
 pub struct HlcParseError;
 
 impl Hlc {
+    /// Reads `{physical}:{logical}:{node}` from bytes (what [`str::parse`] does).
+    pub fn parse_bytes(bytes: &[u8]) -> Option<Hlc> {
+        // 1 to 12 digits, then exactly 4 and 4. One pass over the bytes; a
+        // `:` anywhere else is not a hex digit.
+        if !(11..=22).contains(&bytes.len()) {
+            return None;
+        }
+        let (physical, rest) = bytes.split_at(bytes.len() - 10);
+        if rest[0] != b':' || rest[5] != b':' || (physical.len() > 1 && physical[0] == b'0') {
+            return None;
+        }
+        Some(Hlc {
+            physical_ms: lower_hex_value(physical)?,
+            logical: lower_hex_value(&rest[1..5])? as u16,
+            node: lower_hex_value(&rest[6..10])? as u16,
+        })
+    }
+
     pub fn new(physical_ms: u64, logical: u16, node: u16) -> Self {
         assert!(physical_ms <= HLC_PHYSICAL_MAX, "hlc physical beyond 12 hex digits");
         Hlc {
@@ -37,35 +55,32 @@ fn lower_hex_value(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 16 {
         return None;
     }
-    digits.iter().try_fold(0u64, |value, &b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        Some(value << 4 | u64::from(digit))
-    })
+    // Branch-free: a byte that is not a lowercase hex digit sets the high bit of `bad`.
+    let mut bad = 0u8;
+    let value = digits.iter().fold(0u64, |value, &b| {
+        let digit = HEX_DIGIT[usize::from(b)];
+        bad |= digit;
+        value << 4 | u64::from(digit & 0x0f)
+    });
+    (bad & 0x80 == 0).then_some(value)
 }
+
+/// The value of each lowercase hex digit; 0x80 for every other byte.
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [0x80u8; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    table
+};
 
 impl FromStr for Hlc {
     type Err = HlcParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        // `{physical}:{logical}:{node}`: 1 to 12 digits, then exactly 4 and 4.
-        // One pass over the bytes; a `:` anywhere else is not a hex digit.
-        let bytes = s.as_bytes();
-        if !(11..=22).contains(&bytes.len()) {
-            return Err(HlcParseError);
-        }
-        let (physical, rest) = bytes.split_at(bytes.len() - 10);
-        if rest[0] != b':' || rest[5] != b':' || (physical.len() > 1 && physical[0] == b'0') {
-            return Err(HlcParseError);
-        }
-        Ok(Hlc {
-            physical_ms: lower_hex_value(physical).ok_or(HlcParseError)?,
-            logical: lower_hex_value(&rest[1..5]).ok_or(HlcParseError)? as u16,
-            node: lower_hex_value(&rest[6..10]).ok_or(HlcParseError)? as u16,
-        })
+        Hlc::parse_bytes(s.as_bytes()).ok_or(HlcParseError)
     }
 }
 

@@ -110,7 +110,23 @@ impl ClaimState {
     }
 
     pub fn parse(s: &str) -> Option<ClaimState> {
-        ClaimState::ALL.into_iter().find(|state| state.as_str() == s)
+        ClaimState::parse_bytes(s.as_bytes())
+    }
+
+    /// [`ClaimState::parse`] of bytes.
+    pub fn parse_bytes(s: &[u8]) -> Option<ClaimState> {
+        Some(match s {
+            b"idle" => ClaimState::Idle,
+            b"planning" => ClaimState::Planning,
+            b"executing" => ClaimState::Executing,
+            b"reviewing" => ClaimState::Reviewing,
+            b"helping" => ClaimState::Helping,
+            b"waiting" => ClaimState::Waiting,
+            b"blocked" => ClaimState::Blocked,
+            b"done" => ClaimState::Done,
+            b"failed" => ClaimState::Failed,
+            _ => return None,
+        })
     }
 }
 
@@ -182,6 +198,16 @@ pub fn task_kind(task_id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_states_parse_their_own_names_only() {
+        for state in ClaimState::ALL {
+            assert_eq!(ClaimState::parse(state.as_str()), Some(state));
+            assert_eq!(ClaimState::parse(&state.as_str().to_uppercase()), None);
+            assert_eq!(ClaimState::parse(&format!("{} ", state.as_str())), None);
+        }
+        assert_eq!(ClaimState::parse(""), None);
+    }
 
     #[test]
     fn task_kinds() {

@@ -116,6 +116,10 @@ pub struct Fold {
     clusters: BTreeMap<String, ClusterFold>,
     /// The highest stream sequence applied (0 before any event).
     last_seq: u64,
+    /// The last beat or claim subject read, and its kind: a run of one
+    /// cluster's claims reads its subject once. Not part of the state.
+    #[serde(skip)]
+    last_subject: Option<(String, SubjectKind)>,
 }
 
 impl Fold {
@@ -126,6 +130,7 @@ impl Fold {
             config,
             clusters: BTreeMap::new(),
             last_seq: 0,
+            last_subject: None,
         }
     }
 
@@ -142,12 +147,20 @@ impl Fold {
     /// appended to `out`, ascending by window.
     pub fn apply(&mut self, seq: u64, subject: &str, payload: &[u8], out: &mut Vec<BarReport>) -> Outcome {
         self.last_seq = seq;
-        let Some((cluster_id, kind)) = parse_subject(subject) else {
-            return Outcome::Ignored;
+        let (cluster_id, kind) = match &self.last_subject {
+            // `backbeat.{cluster}.{kind}`, already checked.
+            Some((last, kind)) if last == subject => {
+                let end = subject.len() - kind.as_str().len() - 1;
+                (&subject["backbeat.".len()..end], *kind)
+            }
+            _ => match parse_subject(subject) {
+                Some((cluster_id, kind @ (SubjectKind::Beat | SubjectKind::Claim))) => {
+                    self.last_subject = Some((subject.to_string(), kind));
+                    (cluster_id, kind)
+                }
+                _ => return Outcome::Ignored,
+            },
         };
-        if !matches!(kind, SubjectKind::Beat | SubjectKind::Claim) {
-            return Outcome::Ignored;
-        }
         let cluster = match self.clusters.get_mut(cluster_id) {
             Some(cluster) => cluster,
             None => self

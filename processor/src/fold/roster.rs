@@ -66,13 +66,24 @@ struct Agent {
     last: u64,
     /// Its live tasks, in no particular order.
     tasks: Vec<Task>,
+    /// A 32-bit hash of each task's id, in the order of `tasks`: a claim scans
+    /// these (one cache line, inside the record) and compares the id of a
+    /// matching one only. Rebuilt, not stored, when a checkpoint is read.
+    #[serde(skip)]
+    task_tags: SmallVec<[u32; 6]>,
     /// At most the lowest `last_window` of its tasks: while it is not below
     /// the oldest window kept, a close need not look at the tasks.
     tasks_last_window_min: u64,
 }
 
-/// A record of a window index: the agent's slot, and the id of the task entry.
-type TaskRecord = (u32, u64);
+/// The tag of a task id in [`Agent::task_tags`] (any 32 bits of a good hash).
+fn task_tag(hasher: &DefaultHashBuilder, task_id: &str) -> u32 {
+    hasher.hash_one(task_id) as u32
+}
+
+/// A record of a window index: the agent's slot, the task id's tag, and the
+/// id of the task entry. (A checkpoint holds the slot and the entry id only.)
+type TaskRecord = (u32, u32, u64);
 
 /// What a claim did to its task, for the window's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,6 +156,7 @@ impl Roster {
             open: SmallVec::new(),
             last: 0,
             tasks: Vec::new(),
+            task_tags: SmallVec::new(),
             tasks_last_window_min: u64::MAX,
         };
         let slot = match self.free.pop() {
@@ -191,8 +203,16 @@ impl Roster {
     /// Applies a claim of the agent at `slot` to its task `claim.task_id`.
     pub fn apply_task_claim(&mut self, slot: u32, claim: TaskClaim<'_>, bar_length: u64) -> ClaimEffect {
         let due = claim.beat_index + u64::from(claim.beats_left);
+        let tag = task_tag(&self.hasher, claim.task_id);
         let agent = self.slots[slot as usize].as_mut().expect("a live agent's slot");
-        let position = match agent.tasks.iter().position(|task| task.task_id == claim.task_id) {
+        let found = agent
+            .task_tags
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t == tag)
+            .map(|(position, _)| position)
+            .find(|&position| agent.tasks[position].task_id == claim.task_id);
+        let position = match found {
             Some(position) => position,
             None => {
                 // The first claim of the task, or the first after it was dropped.
@@ -211,11 +231,12 @@ impl Roster {
                         last_window: claim.window,
                     },
                 });
+                agent.task_tags.push(tag);
                 self.task_count += 1;
                 self.by_deadline_window
                     .entry(deadline_window)
                     .or_default()
-                    .push((slot, id));
+                    .push((slot, tag, id));
                 agent.tasks.len() - 1
             }
         };
@@ -239,10 +260,10 @@ impl Roster {
     }
 
     /// The agent and live task a record was made for, if the task is still there.
-    fn live(&self, (slot, id): TaskRecord) -> Option<(&Agent, &Task)> {
+    fn live(&self, (slot, tag, id): TaskRecord) -> Option<(&Agent, &Task)> {
         let agent = self.slots[slot as usize].as_ref()?;
-        let task = agent.tasks.iter().find(|task| task.entry.id == id)?;
-        Some((agent, task))
+        let position = (0..agent.tasks.len()).find(|&p| agent.task_tags[p] == tag && agent.tasks[p].entry.id == id)?;
+        Some((agent, &agent.tasks[position]))
     }
 
     /// Tasks due in `window` and not delivered at or before their deadline:
@@ -285,14 +306,20 @@ impl Roster {
             agent.open.retain(|w| *w > closed);
             if let Some(oldest_kept) = oldest_kept.filter(|&oldest| agent.tasks_last_window_min < oldest) {
                 let before = agent.tasks.len();
-                agent.tasks.retain(|task| {
-                    let keep = task.entry.last_window >= oldest_kept;
-                    if !keep {
-                        touched_deadline_windows.push(task.entry.deadline_window);
+                let mut kept = 0;
+                for position in 0..before {
+                    let entry = &agent.tasks[position].entry;
+                    if entry.last_window >= oldest_kept {
+                        agent.tasks.swap(kept, position);
+                        agent.task_tags.swap(kept, position);
+                        kept += 1;
+                    } else {
+                        touched_deadline_windows.push(entry.deadline_window);
                     }
-                    keep
-                });
-                self.task_count -= before - agent.tasks.len();
+                }
+                agent.tasks.truncate(kept);
+                agent.task_tags.truncate(kept);
+                self.task_count -= before - kept;
                 agent.tasks_last_window_min = agent
                     .tasks
                     .iter()
@@ -330,20 +357,43 @@ impl Roster {
     }
 }
 
-/// The roster as a checkpoint holds it: everything but the hash index.
+/// The roster as a checkpoint holds it: everything but the hash index and
+/// the tags (records are `(slot, entry id)`).
 #[derive(Serialize)]
 struct RosterRef<'a> {
     slots: &'a Vec<Option<Agent>>,
     free: &'a Vec<u32>,
-    by_deadline_window: &'a BTreeMap<u64, Vec<TaskRecord>>,
+    by_deadline_window: RecordsRef<'a>,
     next_id: u64,
 }
 
-#[derive(Deserialize)]
+/// Serializes as `BTreeMap<u64, Vec<(u32, u64)>>` would, without the tags.
+struct RecordsRef<'a>(&'a BTreeMap<u64, Vec<TaskRecord>>);
+
+/// One window's records, serialized as `Vec<(u32, u64)>` would.
+struct WindowRecordsRef<'a>(&'a [TaskRecord]);
+
+impl Serialize for RecordsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.0
+                .iter()
+                .map(|(window, records)| (window, WindowRecordsRef(records))),
+        )
+    }
+}
+
+impl Serialize for WindowRecordsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|&(slot, _, id)| (slot, id)))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct RosterState {
     slots: Vec<Option<Agent>>,
     free: Vec<u32>,
-    by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
+    by_deadline_window: BTreeMap<u64, Vec<(u32, u64)>>,
     next_id: u64,
 }
 
@@ -352,7 +402,7 @@ impl Serialize for Roster {
         RosterRef {
             slots: &self.slots,
             free: &self.free,
-            by_deadline_window: &self.by_deadline_window,
+            by_deadline_window: RecordsRef(&self.by_deadline_window),
             next_id: self.next_id,
         }
         .serialize(serializer)
@@ -367,10 +417,35 @@ impl<'de> Deserialize<'de> for Roster {
             free: state.free,
             index: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
-            by_deadline_window: state.by_deadline_window,
+            by_deadline_window: BTreeMap::new(),
             next_id: state.next_id,
             task_count: 0,
         };
+        for agent in roster.slots.iter_mut().flatten() {
+            agent.task_tags = agent
+                .tasks
+                .iter()
+                .map(|task| task_tag(&roster.hasher, &task.task_id))
+                .collect();
+        }
+        // A record's tag is its task's, when the task is still there (a
+        // record of a dropped task finds nothing, whatever its tag).
+        let tag_of = |slot: u32, id: u64| {
+            let agent = roster.slots.get(slot as usize)?.as_ref()?;
+            let position = agent.tasks.iter().position(|task| task.entry.id == id)?;
+            Some(agent.task_tags[position])
+        };
+        roster.by_deadline_window = state
+            .by_deadline_window
+            .into_iter()
+            .map(|(window, records)| {
+                let records = records
+                    .into_iter()
+                    .map(|(slot, id)| (slot, tag_of(slot, id).unwrap_or(0), id))
+                    .collect();
+                (window, records)
+            })
+            .collect();
         for (slot, agent) in roster.slots.iter().enumerate() {
             if let Some(agent) = agent {
                 roster.task_count += agent.tasks.len();
@@ -508,6 +583,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_checkpoint_holds_records_without_their_tags() {
+        // The bytes are those of the plain derived form (checkpoint format
+        // unchanged by the in-memory tags), and read back to the same roster.
+        let mut roster = Roster::default();
+        for (agent, task, beats_left) in [("a", "t1", 3), ("a", "t2", 9), ("b", "t1", 5)] {
+            let slot = roster.agent(agent);
+            let claim = TaskClaim {
+                task_id: task,
+                beat_index: 1,
+                beats_left,
+                kind: TaskClaimKind::Other,
+                window: 0,
+            };
+            roster.apply_task_claim(slot, claim, 4);
+        }
+        let bytes = postcard::to_stdvec(&roster).unwrap();
+        let plain: RosterState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(plain.by_deadline_window.values().flatten().count(), 3);
+        assert_eq!(postcard::to_stdvec(&plain).unwrap(), bytes);
+        let read: Roster = postcard::from_bytes(&bytes).unwrap();
+        // The tags are rebuilt with the new roster's hasher: every record finds its task.
+        assert!(read
+            .by_deadline_window
+            .values()
+            .flatten()
+            .all(|&record| read.live(record).is_some()));
+        assert_eq!(postcard::to_stdvec(&read).unwrap(), bytes);
     }
 
     #[test]
