@@ -6,14 +6,20 @@
 //! This is the fold's hottest structure: every applied claim finds its agent,
 //! and most find a task. So one hash look-up finds both. Agents live in a slab
 //! (a `Vec` of slots, freed slots reused) found through a hash index of slot
-//! numbers; an agent's id is stored inline when short, and its tasks (usually
-//! a few) sit together in one vector beside it, searched by task id. A claim
-//! thus touches a handful of cache lines however large the fleet, where a map
-//! of agents plus a map of tasks, with their keys on the heap, touched about ten.
+//! numbers; an agent's id is stored inline when short. Each task is split in
+//! two, kept in two vectors in the same order: a hot part inside the agent's
+//! record (a 32-bit tag of the task id, its last window, its id, and flags
+//! for the once-only facts: help promised, delivered, delivered on time, done
+//! seen) and a cold part on the heap (the task id, deadline and help
+//! deadline). A claim scans the tags and compares the id of a matching task
+//! only, and reads the rest of the cold part only when it settles one of
+//! those facts, which each task does at most a few times. The time-to-live
+//! sweep and the overdue count read the hot parts alone. The hot parts of
+//! up to [`HOT_TASKS_INLINE`] tasks stay inside the record.
 //!
 //! Tasks due in a window are found through an ordered index of window →
 //! task records, so finding overdue tasks costs what is due, not the whole
-//! table. A record names the agent's slot and the task entry's id, which is
+//! table. A record names the agent's slot, the tag and the task's id, which is
 //! unique for the life of the fold, so a record of a dropped task (or of a
 //! slot reused by another agent) finds nothing. The time-to-live needs no
 //! index: each close already visits every agent (to uncount it from the
@@ -37,24 +43,45 @@ use smallvec::SmallVec;
 /// trade-off: forgetting sooner or later never changes a report).
 pub const AGENT_KEEP_WINDOWS: u64 = 2;
 
-/// One task's record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskEntry {
+/// Tasks whose hot parts fit inside an agent's record (more spill to the
+/// heap, a cache miss per claim): 8 × 24 bytes. Only a cost trade-off.
+const HOT_TASKS_INLINE: usize = 8;
+
+/// What a claim needs of a task, kept inline in its agent's record: a claim
+/// that settles nothing new (most do) reads and writes only this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct TaskHot {
+    /// A 32-bit hash of the task id: a claim compares the id of a task whose
+    /// tag matches only. Rebuilt, not stored, when a checkpoint is read.
+    #[serde(skip)]
+    tag: u32,
+    /// Which once-only facts are settled: [`HELP_SET`], [`DELIVERED`],
+    /// [`ON_TIME`], [`DONE_SEEN`].
+    flags: u8,
+    /// The window of the task's last claim.
+    last_window: u64,
     /// Unique for the life of the fold: tells a re-created task from the dropped one.
-    pub id: u64,
-    pub deadline: u64,
-    /// The window holding `deadline`, where the entry is indexed.
-    pub deadline_window: u64,
-    pub help_deadline: Option<u64>,
-    pub delivered_at: Option<u64>,
-    pub done_seen: bool,
-    pub last_window: u64,
+    id: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Task {
+/// A help promise was made (`help_deadline` is set).
+const HELP_SET: u8 = 1;
+/// The task was delivered (`reviewing` or `done`).
+const DELIVERED: u8 = 2;
+/// It was delivered at or before its deadline.
+const ON_TIME: u8 = 4;
+/// A `done` claim was seen.
+const DONE_SEEN: u8 = 8;
+
+/// The rest of a task, read only when a claim settles something.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TaskCold {
     task_id: CompactString,
-    entry: TaskEntry,
+    deadline: u64,
+    /// The window holding `deadline`, where the task is indexed.
+    deadline_window: u64,
+    /// Meaningful with [`HELP_SET`].
+    help_deadline: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,19 +91,15 @@ struct Agent {
     open: SmallVec<[u64; 2]>,
     /// The highest window it was counted in.
     last: u64,
-    /// Its live tasks, in no particular order.
-    tasks: Vec<Task>,
-    /// A 32-bit hash of each task's id, in the order of `tasks`: a claim scans
-    /// these (one cache line, inside the record) and compares the id of a
-    /// matching one only. Rebuilt, not stored, when a checkpoint is read.
-    #[serde(skip)]
-    task_tags: SmallVec<[u32; 6]>,
     /// At most the lowest `last_window` of its tasks: while it is not below
     /// the oldest window kept, a close need not look at the tasks.
     tasks_last_window_min: u64,
+    /// Its live tasks, in no particular order: `hot[i]` and `cold[i]` are one task.
+    hot: SmallVec<[TaskHot; HOT_TASKS_INLINE]>,
+    cold: Vec<TaskCold>,
 }
 
-/// The tag of a task id in [`Agent::task_tags`] (any 32 bits of a good hash).
+/// The tag of a task id in [`TaskHot::tag`] (any 32 bits of a good hash).
 fn task_tag(hasher: &DefaultHashBuilder, task_id: &str) -> u32 {
     hasher.hash_one(task_id) as u32
 }
@@ -155,9 +178,9 @@ impl Roster {
             agent_id: agent_id.into(),
             open: SmallVec::new(),
             last: 0,
-            tasks: Vec::new(),
-            task_tags: SmallVec::new(),
             tasks_last_window_min: u64::MAX,
+            hot: SmallVec::new(),
+            cold: Vec::new(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -205,13 +228,7 @@ impl Roster {
         let due = claim.beat_index + u64::from(claim.beats_left);
         let tag = task_tag(&self.hasher, claim.task_id);
         let agent = self.slots[slot as usize].as_mut().expect("a live agent's slot");
-        let found = agent
-            .task_tags
-            .iter()
-            .enumerate()
-            .filter(|&(_, &t)| t == tag)
-            .map(|(position, _)| position)
-            .find(|&position| agent.tasks[position].task_id == claim.task_id);
+        let found = (0..agent.hot.len()).find(|&p| agent.hot[p].tag == tag && agent.cold[p].task_id == claim.task_id);
         let position = match found {
             Some(position) => position,
             None => {
@@ -219,51 +236,61 @@ impl Roster {
                 let id = self.next_id;
                 self.next_id += 1;
                 let deadline_window = due / bar_length;
-                agent.tasks.push(Task {
-                    task_id: claim.task_id.into(),
-                    entry: TaskEntry {
-                        id,
-                        deadline: due,
-                        deadline_window,
-                        help_deadline: None,
-                        delivered_at: None,
-                        done_seen: false,
-                        last_window: claim.window,
-                    },
+                agent.hot.push(TaskHot {
+                    tag,
+                    flags: 0,
+                    last_window: claim.window,
+                    id,
                 });
-                agent.task_tags.push(tag);
+                agent.cold.push(TaskCold {
+                    task_id: claim.task_id.into(),
+                    deadline: due,
+                    deadline_window,
+                    help_deadline: 0,
+                });
                 self.task_count += 1;
                 self.by_deadline_window
                     .entry(deadline_window)
                     .or_default()
                     .push((slot, tag, id));
-                agent.tasks.len() - 1
+                agent.hot.len() - 1
             }
         };
-        let entry = &mut agent.tasks[position].entry;
+        let hot = &mut agent.hot[position];
         let mut effect = ClaimEffect::default();
         let beat_index = claim.beat_index;
-        if claim.kind == TaskClaimKind::Helping && entry.help_deadline.is_none() {
-            entry.help_deadline = Some(due);
+        match claim.kind {
+            TaskClaimKind::Helping if hot.flags & HELP_SET == 0 => {
+                hot.flags |= HELP_SET;
+                agent.cold[position].help_deadline = due;
+            }
+            TaskClaimKind::Delivering | TaskClaimKind::Done => {
+                if hot.flags & DELIVERED == 0 {
+                    hot.flags |= DELIVERED;
+                    effect.on_time_review = beat_index <= agent.cold[position].deadline;
+                    if effect.on_time_review {
+                        hot.flags |= ON_TIME;
+                    }
+                }
+                if claim.kind == TaskClaimKind::Done && hot.flags & DONE_SEEN == 0 {
+                    hot.flags |= DONE_SEEN;
+                    effect.help_fulfilled =
+                        hot.flags & HELP_SET != 0 && beat_index <= agent.cold[position].help_deadline;
+                }
+            }
+            _ => {}
         }
-        if matches!(claim.kind, TaskClaimKind::Delivering | TaskClaimKind::Done) && entry.delivered_at.is_none() {
-            entry.delivered_at = Some(beat_index);
-            effect.on_time_review = beat_index <= entry.deadline;
-        }
-        if claim.kind == TaskClaimKind::Done && !entry.done_seen {
-            entry.done_seen = true;
-            effect.help_fulfilled = entry.help_deadline.is_some_and(|help| beat_index <= help);
-        }
-        entry.last_window = claim.window;
+        hot.last_window = claim.window;
         agent.tasks_last_window_min = agent.tasks_last_window_min.min(claim.window);
         effect
     }
 
-    /// The agent and live task a record was made for, if the task is still there.
-    fn live(&self, (slot, tag, id): TaskRecord) -> Option<(&Agent, &Task)> {
+    /// The agent and the position of the live task a record was made for, if
+    /// the task is still there.
+    fn live(&self, (slot, tag, id): TaskRecord) -> Option<(&Agent, usize)> {
         let agent = self.slots[slot as usize].as_ref()?;
-        let position = (0..agent.tasks.len()).find(|&p| agent.task_tags[p] == tag && agent.tasks[p].entry.id == id)?;
-        Some((agent, &agent.tasks[position]))
+        let position = agent.hot.iter().position(|hot| hot.tag == tag && hot.id == id)?;
+        Some((agent, position))
     }
 
     /// Tasks due in `window` and not delivered at or before their deadline:
@@ -277,8 +304,8 @@ impl Roster {
         let mut overdue: Vec<(&str, &str)> = records
             .iter()
             .filter_map(|&record| self.live(record))
-            .filter(|(_, task)| task.entry.delivered_at.is_none_or(|at| at > task.entry.deadline))
-            .map(|(agent, task)| (agent.agent_id.as_str(), task.task_id.as_str()))
+            .filter(|&(agent, position)| agent.hot[position].flags & ON_TIME == 0)
+            .map(|(agent, position)| (agent.agent_id.as_str(), agent.cold[position].task_id.as_str()))
             .collect();
         let count = overdue.len() as u64;
         if overdue.len() > sample && sample > 0 {
@@ -305,29 +332,24 @@ impl Roster {
             };
             agent.open.retain(|w| *w > closed);
             if let Some(oldest_kept) = oldest_kept.filter(|&oldest| agent.tasks_last_window_min < oldest) {
-                let before = agent.tasks.len();
+                // Only the dropped tasks' cold parts are read.
+                let before = agent.hot.len();
                 let mut kept = 0;
                 for position in 0..before {
-                    let entry = &agent.tasks[position].entry;
-                    if entry.last_window >= oldest_kept {
-                        agent.tasks.swap(kept, position);
-                        agent.task_tags.swap(kept, position);
+                    if agent.hot[position].last_window >= oldest_kept {
+                        agent.hot.swap(kept, position);
+                        agent.cold.swap(kept, position);
                         kept += 1;
                     } else {
-                        touched_deadline_windows.push(entry.deadline_window);
+                        touched_deadline_windows.push(agent.cold[position].deadline_window);
                     }
                 }
-                agent.tasks.truncate(kept);
-                agent.task_tags.truncate(kept);
+                agent.hot.truncate(kept);
+                agent.cold.truncate(kept);
                 self.task_count -= before - kept;
-                agent.tasks_last_window_min = agent
-                    .tasks
-                    .iter()
-                    .map(|task| task.entry.last_window)
-                    .min()
-                    .unwrap_or(u64::MAX);
+                agent.tasks_last_window_min = agent.hot.iter().map(|hot| hot.last_window).min().unwrap_or(u64::MAX);
             }
-            if agent.open.is_empty() && agent.tasks.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
+            if agent.open.is_empty() && agent.hot.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
                 self.forget(slot as u32);
             }
         }
@@ -422,18 +444,20 @@ impl<'de> Deserialize<'de> for Roster {
             task_count: 0,
         };
         for agent in roster.slots.iter_mut().flatten() {
-            agent.task_tags = agent
-                .tasks
-                .iter()
-                .map(|task| task_tag(&roster.hasher, &task.task_id))
-                .collect();
+            if agent.hot.len() != agent.cold.len() {
+                return Err(serde::de::Error::custom(
+                    "an agent's hot and cold task parts differ in length",
+                ));
+            }
+            for (hot, cold) in agent.hot.iter_mut().zip(&agent.cold) {
+                hot.tag = task_tag(&roster.hasher, &cold.task_id);
+            }
         }
         // A record's tag is its task's, when the task is still there (a
         // record of a dropped task finds nothing, whatever its tag).
         let tag_of = |slot: u32, id: u64| {
             let agent = roster.slots.get(slot as usize)?.as_ref()?;
-            let position = agent.tasks.iter().position(|task| task.entry.id == id)?;
-            Some(agent.task_tags[position])
+            Some(agent.hot.iter().find(|hot| hot.id == id)?.tag)
         };
         roster.by_deadline_window = state
             .by_deadline_window
@@ -448,7 +472,7 @@ impl<'de> Deserialize<'de> for Roster {
             .collect();
         for (slot, agent) in roster.slots.iter().enumerate() {
             if let Some(agent) = agent {
-                roster.task_count += agent.tasks.len();
+                roster.task_count += agent.hot.len();
                 let hash = roster.hasher.hash_one(agent.agent_id.as_str());
                 Self::index_slot(&mut roster.index, &roster.slots, &roster.hasher, hash, slot as u32);
             }
@@ -466,6 +490,16 @@ mod tests {
 
     /// The rules of SPEC §5 written as plainly as possible: one ordered map
     /// of tasks scanned whole at every close, and one set of agents per window.
+    /// A task as SPEC §5 describes it.
+    struct TaskEntry {
+        deadline: u64,
+        deadline_window: u64,
+        help_deadline: Option<u64>,
+        delivered_at: Option<u64>,
+        done_seen: bool,
+        last_window: u64,
+    }
+
     #[derive(Default)]
     struct Model {
         tasks: BTreeMap<(String, String), TaskEntry>,
@@ -481,7 +515,6 @@ mod tests {
             let due = claim.beat_index + u64::from(claim.beats_left);
             let key = (agent.to_string(), claim.task_id.to_string());
             let entry = self.tasks.entry(key).or_insert(TaskEntry {
-                id: 0,
                 deadline: due,
                 deadline_window: due / bar,
                 help_deadline: None,
