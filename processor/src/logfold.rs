@@ -10,17 +10,40 @@ use crate::fold::{Fold, FoldConfig};
 /// Folds the log read from `input` and writes each BarReport to `output` as one
 /// JSON line (SPEC §2 serialization), nothing else. A line that is not a log
 /// line stops the fold with an error naming it.
-pub fn fold_log(config: FoldConfig, input: impl BufRead, mut output: impl Write) -> anyhow::Result<u64> {
+///
+/// Lines are read into buffers reused from line to line; a line written the
+/// way `export` writes it is read straight off its bytes
+/// ([`LogEntry::parse_line_into`]).
+pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<u64> {
     let mut fold = Fold::new(config);
     let mut reports = Vec::new();
     let mut written = 0u64;
-    for (index, line) in input.lines().enumerate() {
-        let line_number = index as u64 + 1;
-        let line = line.with_context(|| format!("reading line {line_number}"))?;
-        let Some(entry) = LogEntry::parse_line(&line, line_number)? else {
+    let (mut line, mut subject, mut payload) = (Vec::new(), String::new(), Vec::new());
+    let mut line_number = 0u64;
+    loop {
+        line.clear();
+        line_number += 1;
+        if input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading line {line_number}"))?
+            == 0
+        {
+            break;
+        }
+        // What `BufRead::lines` gives: without its "\n" or "\r\n".
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
+            .with_context(|| format!("reading line {line_number}"))?;
+        let Some(seq) = LogEntry::parse_line_into(text, line_number, &mut subject, &mut payload)? else {
             continue;
         };
-        fold.apply(entry.seq, &entry.subject, &entry.payload, &mut reports);
+        fold.apply(seq, &subject, &payload, &mut reports);
         for report in reports.drain(..) {
             serde_json::to_writer(&mut output, &report)?;
             output.write_all(b"\n")?;

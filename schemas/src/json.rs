@@ -271,7 +271,7 @@ fn document<'a, T>(
 /// The offset in `bytes` of the first byte that ends a run of plain string
 /// characters (`"`, `\\` or a control character below 0x20), or its length.
 /// UTF-8 boundaries are safe: only ASCII bytes stop the run.
-fn special_byte_offset(bytes: &[u8]) -> usize {
+pub(crate) fn special_byte_offset(bytes: &[u8]) -> usize {
     stop_byte_offset::<false>(bytes)
 }
 

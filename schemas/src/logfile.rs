@@ -6,6 +6,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::json::special_byte_offset;
+
 /// One message of the stream, as a log file keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
@@ -69,6 +71,29 @@ impl LogEntry {
         }))
     }
 
+    /// As [`LogEntry::parse_line`], but into `subject` and `payload`, which a
+    /// reader reuses from line to line (both are overwritten); returns the
+    /// sequence, or `Ok(None)` for a blank line. A line in the form
+    /// [`format_line`] writes for a text payload is read straight off its
+    /// bytes; every other line (and every bad one) goes to
+    /// [`LogEntry::parse_line`], so what is accepted and what it reads as
+    /// cannot differ.
+    pub fn parse_line_into(
+        text: &str,
+        line: u64,
+        subject: &mut String,
+        payload: &mut Vec<u8>,
+    ) -> Result<Option<u64>, LogLineError> {
+        if let Some(seq) = read_written_line(text, subject, payload) {
+            return Ok(Some(seq));
+        }
+        Ok(LogEntry::parse_line(text, line)?.map(|entry| {
+            *subject = entry.subject;
+            *payload = entry.payload;
+            entry.seq
+        }))
+    }
+
     /// The entry as one line, without a newline.
     pub fn to_line(&self) -> String {
         format_line(self.seq, &self.subject, &self.payload)
@@ -86,6 +111,67 @@ pub fn format_line(seq: u64, subject: &str, payload: &[u8]) -> String {
         }),
     }
     .expect("log lines always serialize")
+}
+
+/// `{"seq":N,"subject":"S","payload":"P"}` exactly, with no escape in `S`
+/// and only the two-character escapes in `P`: the sequence, with the subject
+/// and the payload's bytes in the buffers. `None` for anything else, which the
+/// full reader then decides (this never rejects a line).
+fn read_written_line(text: &str, subject: &mut String, payload: &mut Vec<u8>) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let rest = bytes.strip_prefix(br#"{"seq":"#)?;
+    // A JSON integer: `0`, or a non-zero digit then digits, within u64.
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let seq = rest[..digits]
+        .iter()
+        .try_fold(0u64, |seq, &b| seq.checked_mul(10)?.checked_add(u64::from(b - b'0')))?;
+    let rest = rest[digits..].strip_prefix(br#","subject":""#)?;
+    let len = special_byte_offset(rest);
+    if rest.get(len) != Some(&b'"') {
+        return None;
+    }
+    // Only ASCII bytes end the run, so it ends on a character boundary.
+    let start = bytes.len() - rest.len();
+    let subject_text = text.get(start..start + len)?;
+    let mut rest = rest[len..].strip_prefix(br#"","payload":""#)?;
+    payload.clear();
+    loop {
+        let run = special_byte_offset(rest);
+        payload.extend_from_slice(&rest[..run]);
+        match rest.get(run) {
+            Some(b'"') => {
+                rest = &rest[run + 1..];
+                break;
+            }
+            Some(b'\\') => {
+                let unescaped = match rest.get(run + 1) {
+                    Some(b'"') => b'"',
+                    Some(b'\\') => b'\\',
+                    Some(b'/') => b'/',
+                    Some(b'b') => 0x08,
+                    Some(b'f') => 0x0c,
+                    Some(b'n') => b'\n',
+                    Some(b'r') => b'\r',
+                    Some(b't') => b'\t',
+                    // `\u` escapes, and invalid ones, go to the full reader.
+                    _ => return None,
+                };
+                payload.push(unescaped);
+                rest = &rest[run + 2..];
+            }
+            // A control character, or the end of the line.
+            _ => return None,
+        }
+    }
+    if rest != b"}" {
+        return None;
+    }
+    subject.clear();
+    subject.push_str(subject_text);
+    Some(seq)
 }
 
 /// Reads a whole log file, naming the first bad line.
@@ -132,7 +218,73 @@ mod tests {
         assert!(LogEntry::parse_line(r#"[1]"#, 1).is_err());
     }
 
+    /// What `parse_line_into` reads, as `parse_line` does, in fresh buffers
+    /// and in buffers left full by another line.
+    fn both_readings(
+        text: &str,
+    ) -> (
+        Result<Option<LogEntry>, LogLineError>,
+        Result<Option<LogEntry>, LogLineError>,
+    ) {
+        let plain = LogEntry::parse_line(text, 7);
+        let mut subject = "left over".to_string();
+        let mut payload = b"left over too".to_vec();
+        let into = LogEntry::parse_line_into(text, 7, &mut subject, &mut payload)
+            .map(|seq| seq.map(|seq| LogEntry { seq, subject, payload }));
+        (plain, into)
+    }
+
+    #[test]
+    fn the_written_form_is_read_directly_and_the_rest_as_before() {
+        assert!(read_written_line(
+            r#"{"seq":12,"subject":"backbeat.a.claim","payload":"{\"a\":\"\\\/\b\f\n\r\t\"}"}"#,
+            &mut String::new(),
+            &mut Vec::new()
+        )
+        .is_some());
+        for text in [
+            r#"{"seq":12,"subject":"backbeat.a.claim","payload":"{\"a\":\"\\\/\b\f\n\r\t\"}"}"#,
+            r#"{"seq":0,"subject":"s","payload":""}"#,
+            r#"{"seq":18446744073709551615,"subject":"ü","payload":"é\u00e9"}"#,
+            r#"{"seq":18446744073709551616,"subject":"s","payload":""}"#,
+            r#"{"seq":01,"subject":"s","payload":""}"#,
+            r#"{"seq":1,"subject":"s","payload":"\x"}"#,
+            r#"{"seq":1,"subject":"s\"","payload":"a"}"#,
+            r#"{"seq":1,"subject":"s","payload":"a"} "#,
+            r#"{"seq":1,"subject":"s","payload":"a"}x"#,
+            r#"{"seq":1,"subject":"s","payload":"a","extra":1}"#,
+            r#"{"seq":1,"subject":"s","payload":"a"#,
+            "{\"seq\":1,\"subject\":\"s\",\"payload\":\"\u{1}\"}",
+            r#"{"seq":1,"subject":"s","payload_b64":"/w=="}"#,
+            r#"{"subject":"s","seq":1,"payload":"a"}"#,
+            "",
+            "  ",
+        ] {
+            let (plain, into) = both_readings(text);
+            assert_eq!(into, plain, "{text}");
+        }
+    }
+
     proptest! {
+        /// Any line a log file can hold (and any edit of one) reads the same
+        /// both ways.
+        #[test]
+        fn parse_line_into_reads_as_parse_line(seq: u64, subject in "[a-z.é\"\\\\]{0,12}", payload: Vec<u8>, text_payload in "(\\PC|[\"\\\\\u{0}-\u{1f}/])*", edit in proptest::option::of((0usize..200, any::<char>()))) {
+            for line in [format_line(seq, &subject, &payload), format_line(seq, &subject, text_payload.as_bytes())] {
+                let line = match edit {
+                    Some((at, c)) => {
+                        let mut chars: Vec<char> = line.chars().collect();
+                        let at = at % (chars.len() + 1);
+                        chars.insert(at, c);
+                        chars.into_iter().collect()
+                    }
+                    None => line,
+                };
+                let (plain, into) = both_readings(&line);
+                prop_assert_eq!(into, plain, "{}", line);
+            }
+        }
+
         #[test]
         fn format_then_parse(seq: u64, subject in "[a-z.*]{1,20}", payload: Vec<u8>) {
             let line = format_line(seq, &subject, &payload);
