@@ -251,7 +251,7 @@ impl ClusterFold {
             seq_last: acc.seq_last,
         };
 
-        self.roster.close(w, config.task_ttl);
+        self.roster.close(w, config.task_ttl, bar_length);
         self.next_to_close = w + 1;
         let next_first = last.saturating_add(1);
         while self.recent_beats.front().is_some_and(|b| b.index < next_first) {

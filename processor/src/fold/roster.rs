@@ -8,14 +8,15 @@
 //! (a `Vec` of slots, freed slots reused) found through a hash index of slot
 //! numbers; an agent's id is stored inline when short. Each task is split in
 //! two, kept in two vectors in the same order: a hot part inside the agent's
-//! record (a 32-bit tag of the task id, its last window, its id, and flags
-//! for the once-only facts: help promised, delivered, delivered on time, done
-//! seen) and a cold part on the heap (the task id, deadline and help
-//! deadline). A claim scans the tags and compares the id of a matching task
-//! only, and reads the rest of the cold part only when it settles one of
-//! those facts, which each task does at most a few times. The time-to-live
-//! sweep and the overdue count read the hot parts alone. The hot parts of
-//! up to [`HOT_TASKS_INLINE`] tasks stay inside the record.
+//! record (a 32-bit tag of the task id, its last window, its id, its
+//! deadline, and flags for the once-only facts: help promised, delivered,
+//! delivered on time, done seen) and a cold part on the heap (the task id
+//! and the help deadline). A claim scans the tags and compares the id of a
+//! matching task only, and reads the help deadline only when a `done` claim
+//! settles a promise. The time-to-live sweep and the overdue count read the
+//! hot parts alone, and the overdue sample reads the ids of its candidates
+//! only. The hot parts of up to [`HOT_TASKS_INLINE`] tasks stay inside the
+//! record.
 //!
 //! Tasks due in a window are found through an ordered index of window →
 //! task records, so finding overdue tasks costs what is due, not the whole
@@ -44,7 +45,7 @@ use smallvec::SmallVec;
 pub const AGENT_KEEP_WINDOWS: u64 = 2;
 
 /// Tasks whose hot parts fit inside an agent's record (more spill to the
-/// heap, a cache miss per claim): 8 × 24 bytes. Only a cost trade-off.
+/// heap, a cache miss per claim): 8 × 32 bytes. Only a cost trade-off.
 const HOT_TASKS_INLINE: usize = 8;
 
 /// What a claim needs of a task, kept inline in its agent's record: a claim
@@ -62,6 +63,9 @@ struct TaskHot {
     last_window: u64,
     /// Unique for the life of the fold: tells a re-created task from the dropped one.
     id: u64,
+    /// The beat the task is due at (set by its first claim); the window
+    /// holding it is where the task is indexed.
+    deadline: u64,
 }
 
 /// A help promise was made (`help_deadline` is set).
@@ -73,13 +77,11 @@ const ON_TIME: u8 = 4;
 /// A `done` claim was seen.
 const DONE_SEEN: u8 = 8;
 
-/// The rest of a task, read only when a claim settles something.
+/// The rest of a task: its id, read to confirm a tag match, and the help
+/// deadline, read when a `done` claim settles a promise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TaskCold {
     task_id: CompactString,
-    deadline: u64,
-    /// The window holding `deadline`, where the task is indexed.
-    deadline_window: u64,
     /// Meaningful with [`HELP_SET`].
     help_deadline: u64,
 }
@@ -241,11 +243,10 @@ impl Roster {
                     flags: 0,
                     last_window: claim.window,
                     id,
+                    deadline: due,
                 });
                 agent.cold.push(TaskCold {
                     task_id: claim.task_id.into(),
-                    deadline: due,
-                    deadline_window,
                     help_deadline: 0,
                 });
                 self.task_count += 1;
@@ -267,7 +268,7 @@ impl Roster {
             TaskClaimKind::Delivering | TaskClaimKind::Done => {
                 if hot.flags & DELIVERED == 0 {
                     hot.flags |= DELIVERED;
-                    effect.on_time_review = beat_index <= agent.cold[position].deadline;
+                    effect.on_time_review = beat_index <= hot.deadline;
                     if effect.on_time_review {
                         hot.flags |= ON_TIME;
                     }
@@ -301,19 +302,31 @@ impl Roster {
         let Some(records) = self.by_deadline_window.remove(&window) else {
             return (0, Vec::new());
         };
-        let mut overdue: Vec<(&str, &str)> = records
+        let mut overdue: Vec<(&str, &Agent, usize)> = records
             .iter()
             .filter_map(|&record| self.live(record))
             .filter(|&(agent, position)| agent.hot[position].flags & ON_TIME == 0)
-            .map(|(agent, position)| (agent.agent_id.as_str(), agent.cold[position].task_id.as_str()))
+            .map(|(agent, position)| (agent.agent_id.as_str(), agent, position))
             .collect();
         let count = overdue.len() as u64;
-        if overdue.len() > sample && sample > 0 {
-            overdue.select_nth_unstable(sample - 1);
+        if sample == 0 {
+            return (count, Vec::new());
         }
-        overdue.truncate(sample);
-        overdue.sort_unstable();
-        let first = overdue
+        if overdue.len() > sample {
+            // The first `sample` pairs by (agent_id, task_id) all have an
+            // agent id at most the `sample`-th smallest one: only those
+            // tasks' ids (in their cold parts) are read.
+            overdue.select_nth_unstable_by(sample - 1, |a, b| a.0.cmp(b.0));
+            let bound = overdue[sample - 1].0;
+            overdue.retain(|candidate| candidate.0 <= bound);
+        }
+        let mut first: Vec<(&str, &str)> = overdue
+            .iter()
+            .map(|&(agent_id, agent, position)| (agent_id, agent.cold[position].task_id.as_str()))
+            .collect();
+        first.sort_unstable();
+        first.truncate(sample);
+        let first = first
             .iter()
             .map(|(agent_id, task_id)| format!("{agent_id}/{task_id}"))
             .collect();
@@ -322,8 +335,9 @@ impl Roster {
 
     /// Window `closed` is reported: drops tasks whose last window is more than
     /// `ttl` windows before it, uncounts every agent from it, and forgets
-    /// agents with nothing left to keep. One pass over the agents does it all.
-    pub fn close(&mut self, closed: u64, ttl: u64) {
+    /// agents with nothing left to keep. One pass over the agents does it all
+    /// (`bar_length` places each dropped task's deadline in its window).
+    pub fn close(&mut self, closed: u64, ttl: u64, bar_length: u64) {
         let oldest_kept = closed.checked_sub(ttl);
         let mut touched_deadline_windows = Vec::new();
         for slot in 0..self.slots.len() {
@@ -341,7 +355,7 @@ impl Roster {
                         agent.cold.swap(kept, position);
                         kept += 1;
                     } else {
-                        touched_deadline_windows.push(agent.cold[position].deadline_window);
+                        touched_deadline_windows.push(agent.hot[position].deadline / bar_length);
                     }
                 }
                 agent.hot.truncate(kept);
@@ -602,7 +616,7 @@ mod tests {
                     }
                     Step::Close => {
                         let (count, first) = roster.take_overdue(next_to_close, 2);
-                        roster.close(next_to_close, ttl);
+                        roster.close(next_to_close, ttl, BAR);
                         let want = model.close(next_to_close, ttl);
                         prop_assert_eq!(count, want.len() as u64);
                         prop_assert_eq!(&first[..], &want[..want.len().min(2)]);
@@ -663,7 +677,7 @@ mod tests {
         };
         roster.apply_task_claim(a, claim, 4);
         for w in 0..=AGENT_KEEP_WINDOWS + 1 {
-            roster.close(w, 1);
+            roster.close(w, 1, 4);
         }
         assert_eq!(roster.task_count(), 0);
         assert_eq!(roster.index.len(), 0, "forgotten once its task expired");
