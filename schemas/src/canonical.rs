@@ -39,20 +39,10 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     if agent_id.is_empty() || agent_id.len() > 128 {
         return None;
     }
-    let task_id = if cursor.eat(br#","task_id":"#) {
-        if cursor.eat(b"null") {
-            None
-        } else {
-            cursor.literal(b"\"")?;
-            let task_id = cursor.text()?;
-            if task_id.len() > 128 {
-                return None;
-            }
-            (!task_id.is_empty()).then_some(task_id)
-        }
-    } else {
-        None
-    };
+    // `""` is no task, as absent or `null` is.
+    let task_id = cursor
+        .optional_text(br#","task_id":"#, 128)?
+        .filter(|task_id| !task_id.is_empty());
     cursor.literal(br#","beat_index":"#)?;
     let beat_index = cursor.integer(BEAT_INDEX_MAX)?;
     cursor.literal(br#","state":""#)?;
@@ -61,20 +51,7 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     let beats_left = cursor.integer(u64::from(u32::MAX))? as u32;
     cursor.literal(br#","progress":"#)?;
     let progress = cursor.progress()?;
-    let notes = if cursor.eat(br#","notes":"#) {
-        if cursor.eat(b"null") {
-            None
-        } else {
-            cursor.literal(b"\"")?;
-            let notes = cursor.text()?;
-            if notes.len() > 1024 {
-                return None;
-            }
-            Some(notes)
-        }
-    } else {
-        None
-    };
+    let notes = cursor.optional_text(br#","notes":"#, 1024)?;
     cursor.literal(br#","hlc":""#)?;
     let hlc = Hlc::parse_bytes(cursor.string()?)?;
     cursor.literal(b"}")?;
@@ -156,6 +133,18 @@ impl<'a> Cursor<'a> {
         let len = self.string()?.len();
         // All ASCII, so on character boundaries.
         self.text.get(start..start + len)
+    }
+
+    /// An optional string member `key` (its comma, name and colon): `Some(None)`
+    /// when it is absent or `null`, `Some(Some(text))` for a string of at most
+    /// `max_len` bytes, `None` for anything else.
+    fn optional_text<const N: usize>(&mut self, key: &[u8; N], max_len: usize) -> Option<Option<&'a str>> {
+        if !self.eat(key) || self.eat(b"null") {
+            return Some(None);
+        }
+        self.literal(b"\"")?;
+        let text = self.text()?;
+        (text.len() <= max_len).then_some(Some(text))
     }
 
     /// Decimal digits: `0` or a non-zero digit then digits, at most 19 (no overflow).
