@@ -1,4 +1,4 @@
-//! Pure fold throughput and memory: `cargo run --release -p backbeat-processor --example fold_bench -- [CLAIMS] [AGENTS] [--write-log FILE]`.
+//! Pure fold throughput and memory: `cargo run --release -p backbeat-processor --example fold_bench -- [CLAIMS] [AGENTS] [--rounds N] [--write-log FILE]`.
 //!
 //! Generates a log of CLAIMS claims (default 10M) from AGENTS agents (default
 //! 100k) with beats interleaved (L = 120, each agent claims about once a
@@ -8,6 +8,8 @@
 //! floor under the fold), and the peak resident set size (VmHWM) of the process.
 //! The reference is this machine's memory latency, measured in the same run: a
 //! large fleet's state is not in cache, so a claim costs a few loads from memory.
+//! `--rounds N` folds the same log N times, each from an empty state, and
+//! reports the median round (this machine's speed varies from run to run).
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -57,23 +59,19 @@ fn dependent_load_ns(mb: usize) -> f64 {
     start.elapsed().as_nanos() as f64 / steps as f64
 }
 
-fn main() {
-    // `--write-log FILE`: also write the generated log there (SPEC §7), e.g. to
-    // time `backbeat-processor fold --bar-length 120 --log FILE` on it.
-    let all: Vec<String> = std::env::args().skip(1).collect();
-    let log_path = all
-        .iter()
-        .position(|a| a == "--write-log")
-        .map(|i| all.get(i + 1).expect("--write-log FILE").clone());
-    let mut log = log_path
-        .map(|path| std::io::BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| panic!("{path}: {e}"))));
-    let args: Vec<u64> = all
-        .iter()
-        .filter(|a| a.parse::<u64>().is_ok())
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let total_claims = args.first().copied().unwrap_or(10_000_000);
-    let agents = args.get(1).copied().unwrap_or(100_000);
+/// One fold of the generated log, from an empty state.
+struct Round {
+    fold: Fold,
+    events: u64,
+    bytes: u64,
+    reports: u64,
+    folded: Duration,
+    validated: Duration,
+}
+
+/// Generates the log chunk by chunk (untimed), folds each chunk (timed), and
+/// times SPEC §5 validation alone on it; writes it to `log` when given.
+fn fold_once(total_claims: u64, agents: u64, mut log: Option<&mut std::io::BufWriter<std::fs::File>>) -> Round {
     let mut generator = Generator::new(agents);
     let mut fold = Fold::new(FoldConfig::with_bar_length(BAR));
     let mut reports = Vec::new();
@@ -92,7 +90,7 @@ fn main() {
             fold.apply(*seq, subject, payload, &mut reports);
         }
         folded += start.elapsed();
-        if let Some(log) = &mut log {
+        if let Some(log) = log.as_mut() {
             for (seq, subject, payload) in &chunk {
                 writeln!(log, "{}", backbeat_schemas::format_line(*seq, subject, payload)).expect("writing the log");
             }
@@ -110,7 +108,59 @@ fn main() {
         }
         validated += start.elapsed();
     }
-    let rate = total_claims as f64 / folded.as_secs_f64();
+    Round {
+        fold,
+        events: generator.seq,
+        bytes,
+        reports: report_count,
+        folded,
+        validated,
+    }
+}
+
+fn main() {
+    // `--write-log FILE`: also write the generated log there (SPEC §7), e.g. to
+    // time `backbeat-processor fold --bar-length 120 --log FILE` on it.
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let log_path = all
+        .iter()
+        .position(|a| a == "--write-log")
+        .map(|i| all.get(i + 1).expect("--write-log FILE").clone());
+    let mut log = log_path
+        .map(|path| std::io::BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| panic!("{path}: {e}"))));
+    let rounds = all
+        .iter()
+        .position(|a| a == "--rounds")
+        .map_or(1, |i| {
+            all.get(i + 1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .expect("--rounds N")
+        })
+        .max(1);
+    // The numbers that are not an option's value.
+    let args: Vec<u64> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| a.parse::<u64>().is_ok() && (*i == 0 || all[i - 1] != "--rounds"))
+        .map(|(_, a)| a.parse().expect("numbers"))
+        .collect();
+    let total_claims = args.first().copied().unwrap_or(10_000_000);
+    let agents = args.get(1).copied().unwrap_or(100_000);
+    let mut round_rates = Vec::new();
+    let mut last = None;
+    for _ in 0..rounds {
+        // The last round's state goes before the next is made (peak RSS is one fold's).
+        drop(last.take());
+        let round = fold_once(total_claims, agents, log.as_mut());
+        // The log is written once.
+        log = None;
+        round_rates.push(total_claims as f64 / round.folded.as_secs_f64());
+        last = Some(round);
+    }
+    let round = last.expect("at least one round");
+    let mut sorted = round_rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let rate = sorted[sorted.len() / 2];
     // Peak RSS before the state is serialized below (that buffer is the bench's, not the fold's).
     let peak_rss_mb = peak_rss_mb();
     let (near, far) = (dependent_load_ns(1), dependent_load_ns(64));
@@ -126,16 +176,24 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {total_claims} | {agents} | {} | {:.0} | {report_count} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.0} |",
-        generator.seq,
-        bytes as f64 / 1e6,
-        folded.as_secs_f64(),
+        "| {total_claims} | {agents} | {} | {:.0} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.0} |",
+        round.events,
+        round.bytes as f64 / 1e6,
+        round.reports,
+        total_claims as f64 / rate,
         rate,
-        bytes as f64 / 1e6 / folded.as_secs_f64(),
-        validated.as_secs_f64(),
-        100.0 * validated.as_secs_f64() / folded.as_secs_f64(),
+        round.bytes as f64 / 1e6 * rate / total_claims as f64,
+        round.validated.as_secs_f64(),
+        100.0 * round.validated.as_secs_f64() * rate / total_claims as f64,
         // The fold's own state, as a checkpoint holds it: what must stay flat.
-        fold.to_checkpoint().len() as f64 / 1e6,
+        round.fold.to_checkpoint().len() as f64 / 1e6,
         peak_rss_mb
     );
+    if rounds > 1 {
+        let rates: Vec<String> = round_rates.iter().map(|r| format!("{:.2}M", r / 1e6)).collect();
+        println!(
+            "claims/s of each round: {} (the table gives the median; of an even count, the higher middle one)",
+            rates.join(", ")
+        );
+    }
 }
