@@ -60,11 +60,32 @@ fn tool(command: &str, url: &str, from: u64, extra: &[&str]) -> (String, String)
     (String::from_utf8(output.stdout).expect("UTF-8"), stderr)
 }
 
-/// `run` with `args` that checkpoints after every batch with reports, once ready.
-async fn start_checkpointing(url: &str, dir: &std::path::Path, args: &[&str]) -> Processor {
-    let mut processor = Processor::start(url, dir, &[args, &["--checkpoint-min-interval-ms", "0"]].concat());
+/// A nats-server with the streams, and `run` with `args` checkpointing after
+/// every batch with reports, once ready.
+struct Setup {
+    server: NatsServer,
+    js: jetstream::Context,
+    processor: Processor,
+    _work: tempfile::TempDir,
+}
+
+async fn start_checkpointing(options: NatsServerOptions, args: &[&str]) -> Setup {
+    let server = NatsServer::start_with(options).expect("nats-server");
+    let js = jetstream::new(server.client().await.unwrap());
+    ensure_streams(&js).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut processor = Processor::start(
+        &server.url(),
+        work.path(),
+        &[args, &["--checkpoint-min-interval-ms", "0"]].concat(),
+    );
     processor.wait_ready().await;
-    processor
+    Setup {
+        server,
+        js,
+        processor,
+        _work: work,
+    }
 }
 
 /// Waits until `processor` has kept `count` checkpoints.
@@ -81,13 +102,14 @@ async fn wait_kept(processor: &Processor, count: u64) {
 
 #[tokio::test]
 async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
-    let server = NatsServer::start().expect("nats-server");
-    let js = jetstream::new(server.client().await.unwrap());
-    ensure_streams(&js).await;
-    let work = tempfile::tempdir().unwrap();
-    let processor = start_checkpointing(
-        &server.url(),
-        work.path(),
+    // `_work` (not `..`) keeps the work directory until the test ends.
+    let Setup {
+        server,
+        js,
+        processor,
+        _work,
+    } = start_checkpointing(
+        NatsServerOptions::default(),
         &["--bar-length", "4", "--history-every", "2", "--history-keep", "3"],
     )
     .await;
@@ -161,20 +183,17 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
 /// early, with a warning, and the processor goes on checkpointing.
 #[tokio::test]
 async fn the_history_stays_one_message_with_many_clusters() {
-    let server = NatsServer::start_with(NatsServerOptions {
+    let options = NatsServerOptions {
         max_payload: "128KB",
         ..Default::default()
-    })
-    .expect("nats-server");
-    let js = jetstream::new(server.client().await.unwrap());
-    ensure_streams(&js).await;
-    let work = tempfile::tempdir().unwrap();
-    let processor = start_checkpointing(
-        &server.url(),
-        work.path(),
-        &["--bar-length", "1", "--history-every", "1"],
-    )
-    .await;
+    };
+    // `_server` and `_work` (not `_` or `..`) keep them until the test ends.
+    let Setup {
+        server: _server,
+        js,
+        processor,
+        _work,
+    } = start_checkpointing(options, &["--bar-length", "1", "--history-every", "1"]).await;
     // 600 clusters of bar length 1: each beat closes its cluster's previous window.
     let clusters: Vec<String> = (0..600).map(|c| format!("c{c:03}")).collect();
     let phases = 24u64;
