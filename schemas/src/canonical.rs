@@ -53,11 +53,12 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     let progress = cursor.progress()?;
     let notes = cursor.optional_text(br#","notes":"#, 1024)?;
     cursor.literal(br#","hlc":""#)?;
-    let hlc = Hlc::parse_bytes(cursor.string()?)?;
-    cursor.literal(b"}")?;
-    if cursor.pos != payload.len() {
-        return None;
-    }
+    // The last member: the document ends with its closing quote and `}`, and
+    // an HLC holds hex digits and colons only, so no quote comes before.
+    let hlc = payload
+        .strip_suffix(b"\"}")
+        .and_then(|rest| rest.get(cursor.pos..))
+        .and_then(Hlc::parse_bytes)?;
     Some(StatusClaim {
         kind: StatusClaimType,
         agent_id: agent_id.into(),
@@ -235,6 +236,12 @@ mod tests {
         let c = read(r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","task_id":"","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#)
             .expect("the client form without notes");
         assert_eq!((c.task_id, c.progress), (None, 1.0));
+        for state in ClaimState::ALL {
+            let doc = format!(
+                r#"{{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"{state}","beats_left":0,"progress":1,"hlc":"0:0000:0000"}}"#
+            );
+            assert_eq!(read(&doc).map(|c| c.state), Some(state), "{doc}");
+        }
         for other in [
             // Whitespace, another order, an escape, non-ASCII, an odd number, a bad value.
             r#"{"type":"backbeat.statusclaim.v1", "agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"}"#,
@@ -245,6 +252,11 @@ mod tests {
             r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1e0,"hlc":"0:0000:0000"}"#,
             r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1.5,"hlc":"0:0000:0000"}"#,
             r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000"} "#,
+            // The end: a quote inside the HLC, a member after it, a missing brace.
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000","x":"0:0000:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000"}:0000"}"#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"0:0000:0000""#,
+            r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"}"#,
         ] {
             assert_eq!(read(other), None, "{other}");
         }

@@ -216,7 +216,7 @@ mod tests {
         /// The one-pass reader refuses and reads exactly what the rule's plain
         /// reading (split at colons, then check each part) does.
         #[test]
-        fn parsing_agrees_with_the_plain_reading(s in "[0-9a-fA-F:g ]{0,24}|[1-9a-f][0-9a-f]{0,13}:[0-9a-f:]{4}:[0-9a-f]{3,5}") {
+        fn parsing_agrees_with_the_plain_reading(s in "[0-9a-gA-G:/@` \u{7f}é]{0,24}|[1-9a-f][0-9a-f]{0,11}:[0-9a-f]{4}:[0-9a-f]{4}|[1-9a-f][0-9a-f]{0,13}:[0-9a-f:]{4}:[0-9a-f]{3,5}") {
             fn plain(s: &str) -> Option<Hlc> {
                 let (physical, rest) = s.split_once(':')?;
                 let (logical, node) = rest.split_once(':')?;
