@@ -360,6 +360,11 @@ impl Roster {
                 }
                 agent.hot.truncate(kept);
                 agent.cold.truncate(kept);
+                if agent.hot.spilled() && kept <= HOT_TASKS_INLINE {
+                    // Back inside the record: a spilled agent would pay a
+                    // miss per claim for the rest of the fold.
+                    agent.hot.shrink_to_fit();
+                }
                 self.task_count -= before - kept;
                 agent.tasks_last_window_min = agent.hot.iter().map(|hot| hot.last_window).min().unwrap_or(u64::MAX);
             }
@@ -660,6 +665,30 @@ mod tests {
             .flatten()
             .all(|&record| read.live(record).is_some()));
         assert_eq!(postcard::to_stdvec(&read).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_agent_back_to_few_tasks_keeps_them_inside_its_record() {
+        let mut roster = Roster::default();
+        let a = roster.agent("a");
+        // Nine tasks spill the hot parts to the heap; one is claimed again later.
+        for (task, window) in (0..=HOT_TASKS_INLINE).map(|t| (t, 0)).chain([(0, 1)]) {
+            let claim = TaskClaim {
+                task_id: &format!("t{task}"),
+                beat_index: window * 4,
+                beats_left: 1,
+                kind: TaskClaimKind::Other,
+                window,
+            };
+            roster.apply_task_claim(a, claim, 4);
+        }
+        assert!(roster.slots[a as usize].as_ref().unwrap().hot.spilled());
+        // With a time-to-live of 0, closing window 1 drops the tasks last claimed in window 0.
+        roster.close(0, 0, 4);
+        roster.close(1, 0, 4);
+        let agent = roster.slots[a as usize].as_ref().unwrap();
+        assert_eq!(agent.hot.len(), 1);
+        assert!(!agent.hot.spilled(), "back inside the record");
     }
 
     #[test]
