@@ -345,6 +345,9 @@ impl Roster {
                 continue;
             };
             agent.open.retain(|w| *w > closed);
+            if agent.open.spilled() && agent.open.len() <= agent.open.inline_size() {
+                agent.open.shrink_to_fit();
+            }
             if let Some(oldest_kept) = oldest_kept.filter(|&oldest| agent.tasks_last_window_min < oldest) {
                 // Only the dropped tasks' cold parts are read.
                 let before = agent.hot.len();
