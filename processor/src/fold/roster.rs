@@ -110,6 +110,22 @@ fn task_tag(hasher: &DefaultHashBuilder, task_id: &str) -> u32 {
 /// id of the task entry. (A checkpoint holds the slot and the entry id only.)
 type TaskRecord = (u32, u32, u64);
 
+/// One deadline window's task records, with how many of them are of tasks
+/// dropped since the list was last compacted (dead records find nothing).
+#[derive(Debug, Clone, Default)]
+struct DeadlineRecords {
+    records: Vec<TaskRecord>,
+    dropped: usize,
+}
+
+/// The agent and the position of the live task a record was made for, if
+/// the task is still there.
+fn live_in(slots: &[Option<Agent>], (slot, tag, id): TaskRecord) -> Option<(&Agent, usize)> {
+    let agent = slots.get(slot as usize)?.as_ref()?;
+    let position = agent.hot.iter().position(|hot| hot.tag == tag && hot.id == id)?;
+    Some((agent, position))
+}
+
 /// What a claim did to its task, for the window's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClaimEffect {
@@ -148,7 +164,7 @@ pub struct Roster {
     index: HashTable<u32>,
     hasher: DefaultHashBuilder,
     /// Window of the deadline → the tasks created with a deadline there.
-    by_deadline_window: BTreeMap<u64, Vec<TaskRecord>>,
+    by_deadline_window: BTreeMap<u64, DeadlineRecords>,
     next_id: u64,
     /// Live tasks.
     task_count: usize,
@@ -253,6 +269,7 @@ impl Roster {
                 self.by_deadline_window
                     .entry(deadline_window)
                     .or_default()
+                    .records
                     .push((slot, tag, id));
                 agent.hot.len() - 1
             }
@@ -286,12 +303,9 @@ impl Roster {
         effect
     }
 
-    /// The agent and the position of the live task a record was made for, if
-    /// the task is still there.
-    fn live(&self, (slot, tag, id): TaskRecord) -> Option<(&Agent, usize)> {
-        let agent = self.slots[slot as usize].as_ref()?;
-        let position = agent.hot.iter().position(|hot| hot.tag == tag && hot.id == id)?;
-        Some((agent, position))
+    /// [`live_in`] this roster's slots.
+    fn live(&self, record: TaskRecord) -> Option<(&Agent, usize)> {
+        live_in(&self.slots, record)
     }
 
     /// Tasks due in `window` and not delivered at or before their deadline:
@@ -302,30 +316,31 @@ impl Roster {
         let Some(records) = self.by_deadline_window.remove(&window) else {
             return (0, Vec::new());
         };
-        let mut overdue: Vec<(&str, &Agent, usize)> = records
-            .iter()
-            .filter_map(|&record| self.live(record))
-            .filter(|&(agent, position)| agent.hot[position].flags & ON_TIME == 0)
-            .map(|(agent, position)| (agent.agent_id.as_str(), agent, position))
-            .collect();
-        let count = overdue.len() as u64;
-        if sample == 0 {
-            return (count, Vec::new());
+        let mut count = 0u64;
+        // The first `sample` pairs so far, ascending. A candidate whose agent
+        // id is above the last kept one's (most are, once `sample` are kept)
+        // is counted without reading its task id (in its cold part).
+        let mut first: Vec<(&str, &str)> = Vec::with_capacity(sample + 1);
+        for record in records.records {
+            let Some((agent, position)) = self.live(record) else {
+                continue;
+            };
+            if agent.hot[position].flags & ON_TIME != 0 {
+                continue;
+            }
+            count += 1;
+            let agent_id = agent.agent_id.as_str();
+            if first.len() == sample && first.last().is_none_or(|&(last, _)| agent_id > last) {
+                continue;
+            }
+            // Each task has one record, so no pair comes twice.
+            let pair = (agent_id, agent.cold[position].task_id.as_str());
+            let at = first.partition_point(|&kept| kept < pair);
+            if at < sample {
+                first.insert(at, pair);
+                first.truncate(sample);
+            }
         }
-        if overdue.len() > sample {
-            // The first `sample` pairs by (agent_id, task_id) all have an
-            // agent id at most the `sample`-th smallest one: only those
-            // tasks' ids (in their cold parts) are read.
-            overdue.select_nth_unstable_by(sample - 1, |a, b| a.0.cmp(b.0));
-            let bound = overdue[sample - 1].0;
-            overdue.retain(|candidate| candidate.0 <= bound);
-        }
-        let mut first: Vec<(&str, &str)> = overdue
-            .iter()
-            .map(|&(agent_id, agent, position)| (agent_id, agent.cold[position].task_id.as_str()))
-            .collect();
-        first.sort_unstable();
-        first.truncate(sample);
         let first = first
             .iter()
             .map(|(agent_id, task_id)| format!("{agent_id}/{task_id}"))
@@ -375,15 +390,22 @@ impl Roster {
                 self.forget(slot as u32);
             }
         }
-        // The dropped tasks' deadline records go too, so that a deadline far
-        // ahead does not keep records of long-gone tasks.
+        // The dropped tasks' deadline records are dead now. A window's list
+        // is compacted once more than half of it is dead: it stays within
+        // twice its live tasks (a deadline far ahead keeps no pile of records
+        // of long-gone tasks), and compacting costs what the drops cost.
         touched_deadline_windows.sort_unstable();
-        touched_deadline_windows.dedup();
-        for window in touched_deadline_windows {
-            if let Some(mut records) = self.by_deadline_window.remove(&window) {
-                records.retain(|&record| self.live(record).is_some());
-                if !records.is_empty() {
-                    self.by_deadline_window.insert(window, records);
+        for drops in touched_deadline_windows.chunk_by(|a, b| a == b) {
+            let Some(entry) = self.by_deadline_window.get_mut(&drops[0]) else {
+                continue;
+            };
+            entry.dropped += drops.len();
+            if entry.dropped * 2 > entry.records.len() {
+                let slots = &self.slots;
+                entry.records.retain(|&record| live_in(slots, record).is_some());
+                entry.dropped = 0;
+                if entry.records.is_empty() {
+                    self.by_deadline_window.remove(&drops[0]);
                 }
             }
         }
@@ -411,8 +433,9 @@ struct RosterRef<'a> {
     next_id: u64,
 }
 
-/// Serializes as `BTreeMap<u64, Vec<(u32, u64)>>` would, without the tags.
-struct RecordsRef<'a>(&'a BTreeMap<u64, Vec<TaskRecord>>);
+/// Serializes as `BTreeMap<u64, Vec<(u32, u64)>>` would, without the tags
+/// and the counts of dead records.
+struct RecordsRef<'a>(&'a BTreeMap<u64, DeadlineRecords>);
 
 /// One window's records, serialized as `Vec<(u32, u64)>` would.
 struct WindowRecordsRef<'a>(&'a [TaskRecord]);
@@ -422,7 +445,7 @@ impl Serialize for RecordsRef<'_> {
         serializer.collect_map(
             self.0
                 .iter()
-                .map(|(window, records)| (window, WindowRecordsRef(records))),
+                .map(|(window, entry)| (window, WindowRecordsRef(&entry.records))),
         )
     }
 }
@@ -485,11 +508,15 @@ impl<'de> Deserialize<'de> for Roster {
             .by_deadline_window
             .into_iter()
             .map(|(window, records)| {
-                let records = records
+                let records: Vec<TaskRecord> = records
                     .into_iter()
                     .map(|(slot, id)| (slot, tag_of(slot, id).unwrap_or(0), id))
                     .collect();
-                (window, records)
+                let dropped = records
+                    .iter()
+                    .filter(|&&record| live_in(&roster.slots, record).is_none())
+                    .count();
+                (window, DeadlineRecords { records, dropped })
             })
             .collect();
         for (slot, agent) in roster.slots.iter().enumerate() {
@@ -665,7 +692,7 @@ mod tests {
         assert!(read
             .by_deadline_window
             .values()
-            .flatten()
+            .flat_map(|entry| &entry.records)
             .all(|&record| read.live(record).is_some()));
         assert_eq!(postcard::to_stdvec(&read).unwrap(), bytes);
     }
@@ -692,6 +719,46 @@ mod tests {
         let agent = roster.slots[a as usize].as_ref().unwrap();
         assert_eq!(agent.hot.len(), 1);
         assert!(!agent.hot.spilled(), "back inside the record");
+    }
+
+    #[test]
+    fn records_of_dropped_tasks_stay_within_twice_the_live_ones() {
+        // A new task each window, all due in one far window; a time-to-live
+        // of 0 drops each at the next close.
+        const BAR: u64 = 4;
+        let mut roster = Roster::default();
+        let a = roster.agent("a");
+        for window in 0..200u64 {
+            let claim = TaskClaim {
+                task_id: &format!("t{window}"),
+                beat_index: window * BAR,
+                beats_left: (40_000 - window * BAR) as u32,
+                kind: TaskClaimKind::Other,
+                window,
+            };
+            roster.apply_task_claim(a, claim, BAR);
+            roster.close(window, 0, BAR);
+            let records: usize = roster
+                .by_deadline_window
+                .values()
+                .map(|entry| entry.records.len())
+                .sum();
+            assert!(
+                records <= 2 * roster.task_count(),
+                "{records} records at window {window}"
+            );
+        }
+        // A checkpoint counts the dead records again.
+        let bytes = postcard::to_stdvec(&roster).unwrap();
+        let read: Roster = postcard::from_bytes(&bytes).unwrap();
+        let dropped = |roster: &Roster| {
+            roster
+                .by_deadline_window
+                .values()
+                .map(|entry| entry.dropped)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(dropped(&read), dropped(&roster));
     }
 
     #[test]
