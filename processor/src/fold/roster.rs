@@ -553,10 +553,14 @@ mod tests {
     struct Model {
         tasks: BTreeMap<(String, String), TaskEntry>,
         counted: BTreeMap<u64, BTreeSet<String>>,
+        /// Each agent's highest window counted.
+        last: BTreeMap<String, u64>,
     }
 
     impl Model {
         fn count_in(&mut self, agent: &str, window: u64) -> bool {
+            let last = self.last.entry(agent.to_string()).or_default();
+            *last = (*last).max(window);
             self.counted.entry(window).or_default().insert(agent.to_string())
         }
 
@@ -599,6 +603,17 @@ mod tests {
             }
             self.counted.remove(&window);
             overdue
+        }
+
+        /// Agents kept after the close of `window`: with a task, or counted
+        /// in one of the last windows.
+        fn kept_agents(&self, window: u64) -> usize {
+            self.last
+                .iter()
+                .filter(|&(agent, &last)| {
+                    last + AGENT_KEEP_WINDOWS > window || self.tasks.keys().any(|(a, _)| a == agent)
+                })
+                .count()
         }
     }
 
@@ -656,6 +671,7 @@ mod tests {
                         prop_assert_eq!(count, want.len() as u64);
                         prop_assert_eq!(&first[..], &want[..want.len().min(2)]);
                         prop_assert_eq!(roster.task_count(), model.tasks.len());
+                        prop_assert_eq!(roster.index.len(), model.kept_agents(next_to_close));
                         next_to_close += 1;
                     }
                     Step::Checkpoint => {
