@@ -88,6 +88,30 @@ pub fn window_id(cluster_id: &str, bar_length: u64, window: u64) -> String {
     lower_hex(&digest[..16])
 }
 
+/// The id of the window asked for last, kept: a cluster's consecutive beats
+/// share their window, and its id (a SHA-256) costs more than the rest of a
+/// beat's validation.
+#[derive(Debug, Clone, Default)]
+pub struct WindowIdCache {
+    /// Cluster, bar length, window, and its id.
+    last: Option<(String, u64, u64, String)>,
+}
+
+impl WindowIdCache {
+    /// [`window_id`], computed only when it is not the last one asked for.
+    pub fn window_id(&mut self, cluster_id: &str, bar_length: u64, window: u64) -> &str {
+        let kept = self
+            .last
+            .as_ref()
+            .is_some_and(|(c, l, w, _)| c == cluster_id && *l == bar_length && *w == window);
+        if !kept {
+            let id = window_id(cluster_id, bar_length, window);
+            self.last = Some((cluster_id.to_string(), bar_length, window, id));
+        }
+        &self.last.as_ref().expect("set above").3
+    }
+}
+
 /// Lowercase hexadecimal of `bytes`.
 pub fn lower_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -103,6 +127,25 @@ pub fn lower_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_cache_gives_the_window_id_whatever_was_asked_before() {
+        let mut cache = WindowIdCache::default();
+        for (cluster, bar_length, window) in [
+            ("a", 4, 0),
+            ("a", 4, 0),
+            ("a", 4, 1),
+            ("b", 4, 1),
+            ("b", 8, 1),
+            ("b", 8, 1),
+            ("a", 4, 0),
+        ] {
+            assert_eq!(
+                cache.window_id(cluster, bar_length, window),
+                window_id(cluster, bar_length, window)
+            );
+        }
+    }
 
     #[test]
     fn window_ids_match_the_conformance_logs() {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use backbeat_schemas::message::{task_kind, BarReportType};
 use backbeat_schemas::report::ISSUE_SAMPLE_LEN_MAX;
-use backbeat_schemas::window::{from_beat, to_beat, window_id, window_of};
-use backbeat_schemas::{validate_beat, validate_claim, BarReport, ClaimState};
+use backbeat_schemas::window::{from_beat, to_beat, window_id, window_of, WindowIdCache};
+use backbeat_schemas::{validate_beat_with, validate_claim, BarReport, ClaimState};
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{IssueCode, WindowAccumulator};
@@ -40,6 +40,9 @@ pub(super) struct ClusterFold {
     last_tempo: Option<u32>,
     /// The agents (the open windows each is counted in) and their tasks.
     roster: Roster,
+    /// The window id of the last beat's window. Not part of the state.
+    #[serde(skip)]
+    window_ids: WindowIdCache,
 }
 
 impl ClusterFold {
@@ -54,6 +57,7 @@ impl ClusterFold {
             tempo_before_recent: None,
             last_tempo: None,
             roster: Roster::default(),
+            window_ids: WindowIdCache::default(),
         }
     }
 
@@ -85,7 +89,7 @@ impl ClusterFold {
         out: &mut Vec<BarReport>,
     ) -> Outcome {
         let bar_length = config.bar_length;
-        let beat = match validate_beat(payload, &self.cluster_id, bar_length) {
+        let beat = match validate_beat_with(payload, &self.cluster_id, bar_length, &mut self.window_ids) {
             Ok(beat) => beat,
             Err(rejection) => {
                 self.counting_window()

@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 
 use backbeat_schemas::json;
-use backbeat_schemas::{validate_beat, validate_claim, StatusClaim};
+use backbeat_schemas::window::WindowIdCache;
+use backbeat_schemas::{validate_beat, validate_beat_with, validate_claim, StatusClaim};
 use proptest::prelude::*;
 
 use crate::reference;
@@ -302,13 +303,29 @@ fn check_claim(doc: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+thread_local! {
+    /// One window id cache for every beat a test thread checks: whatever it
+    /// holds, a beat must read the same through it.
+    static WINDOW_IDS: std::cell::RefCell<WindowIdCache> = std::cell::RefCell::default();
+}
+
 fn check_beat(doc: &[u8]) -> Result<(), TestCaseError> {
     let text = String::from_utf8_lossy(doc);
     for (cluster, bar_length) in [(CLUSTER, 8), (CLUSTER, 3), ("c2", 8)] {
+        let read = validate_beat(doc, cluster, bar_length);
         prop_assert_eq!(
-            validate_beat(doc, cluster, bar_length),
-            reference::validate_beat(doc, cluster, bar_length),
+            &read,
+            &reference::validate_beat(doc, cluster, bar_length),
             "{} (cluster {}, L {})",
+            text,
+            cluster,
+            bar_length
+        );
+        let cached = WINDOW_IDS.with(|ids| validate_beat_with(doc, cluster, bar_length, &mut ids.borrow_mut()));
+        prop_assert_eq!(
+            &cached,
+            &read,
+            "{} through the cache (cluster {}, L {})",
             text,
             cluster,
             bar_length
