@@ -18,7 +18,8 @@ use backbeat_processor::{Fold, FoldConfig};
 
 #[path = "common/generator.rs"]
 mod generator;
-use backbeat_schemas::{validate_beat, validate_claim};
+use backbeat_schemas::window::WindowIdCache;
+use backbeat_schemas::{validate_beat_with, validate_claim};
 use generator::{Generator, BAR, BEAT_SUBJECT, CLUSTER};
 
 fn peak_rss_mb() -> f64 {
@@ -81,6 +82,7 @@ fn fold_once(total_claims: u64, agents: u64, mut log: Option<&mut std::io::BufWr
     let mut done = 0u64;
     let mut chunk = Vec::with_capacity(200_000);
     let mut bytes = 0u64;
+    let mut window_ids = WindowIdCache::default();
     while done < total_claims {
         chunk.clear();
         done += generator.fill(&mut chunk, (total_claims - done).min(100_000));
@@ -97,11 +99,12 @@ fn fold_once(total_claims: u64, agents: u64, mut log: Option<&mut std::io::BufWr
         }
         report_count += reports.len() as u64;
         reports.clear();
-        // The floor under the fold: SPEC §5 validation alone (backbeat-schemas), on the same events.
+        // The floor under the fold: SPEC §5 validation alone (backbeat-schemas), on
+        // the same events, keeping the last window id as the fold does.
         let start = Instant::now();
         for (_, subject, payload) in &chunk {
             if *subject == BEAT_SUBJECT {
-                std::hint::black_box(validate_beat(payload, CLUSTER, BAR).is_ok());
+                std::hint::black_box(validate_beat_with(payload, CLUSTER, BAR, &mut window_ids).is_ok());
             } else {
                 std::hint::black_box(validate_claim(payload).is_ok());
             }

@@ -22,7 +22,8 @@
 //! task records, so finding overdue tasks costs what is due, not the whole
 //! table. A record names the agent's slot, the tag and the task's id, which is
 //! unique for the life of the fold, so a record of a dropped task (or of a
-//! slot reused by another agent) finds nothing. The time-to-live needs no
+//! slot reused by another agent) finds nothing. Such dead records stay until
+//! they are most of their window's list, which is then compacted. The time-to-live needs no
 //! index: each close already visits every agent (to uncount it from the
 //! window), and drops its stale tasks on the way. Nothing is ever iterated in
 //! hash order, and the hash index is rebuilt, not stored, when a checkpoint is
