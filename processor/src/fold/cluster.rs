@@ -226,7 +226,7 @@ impl ClusterFold {
         let (first, last) = (from_beat(w, bar_length), to_beat(w, bar_length));
         let mut acc = self.windows.remove(&w).unwrap_or_default();
 
-        let (overdue, sample) = self.roster.take_overdue(w, ISSUE_SAMPLE_LEN_MAX);
+        let (overdue, sample) = self.roster.close(w, config.task_ttl, bar_length, ISSUE_SAMPLE_LEN_MAX);
         if overdue > 0 {
             // Each task once (keys are unique), so the sample is the first ids.
             acc.issue(IssueCode::OverdueTasks).add_many(overdue, sample.into_iter());
@@ -255,7 +255,6 @@ impl ClusterFold {
             seq_last: acc.seq_last,
         };
 
-        self.roster.close(w, config.task_ttl, bar_length);
         self.next_to_close = w + 1;
         let next_first = last.saturating_add(1);
         while self.recent_beats.front().is_some_and(|b| b.index < next_first) {
