@@ -6,16 +6,15 @@
 //! This is the fold's hottest structure: every applied claim finds its agent,
 //! and most find a task. So one hash look-up finds both. Agents live in a slab
 //! (a `Vec` of slots, freed slots reused) found through a hash index of slot
-//! numbers; an agent's id is stored inline when short. Each task is split in
-//! two, kept in two vectors in the same order: a hot part inside the agent's
-//! record (a 32-bit tag of the task id, its last window, its deadline, and
-//! flags for the once-only facts: help promised, delivered, delivered on
-//! time, done seen) and a cold part on the heap (the task id and the help
-//! deadline). A claim scans the tags and compares the id of a matching task
-//! only, and reads the help deadline only when a `done` claim settles a
-//! promise. The time-to-live sweep and the overdue count read the hot parts
-//! alone, and the overdue sample reads the ids of its candidates only. The
-//! hot parts of up to [`HOT_TASKS_INLINE`] tasks stay inside the record.
+//! numbers; an agent's id is stored inline when short. Its tasks are inside
+//! its record too, each whole (the id, stored inline when short, its last
+//! window, deadline, help deadline, and flags for the once-only facts: help
+//! promised, delivered, delivered on time, done seen), beside a vector of
+//! 32-bit tags of their ids in the same order. A claim scans the tags and
+//! compares the id of a matching task only. Up to [`TASKS_INLINE`] tasks stay
+//! inside the record, so a claim, a close and the time-to-live read no
+//! memory outside it (an earlier layout kept the ids and help deadlines on
+//! the heap: a miss per claim, and more in each close).
 //!
 //! A close already visits every agent, in slot order (to uncount it from
 //! the window), so it does the rest of the window's task work on the way,
@@ -41,18 +40,13 @@ use smallvec::SmallVec;
 /// trade-off: forgetting sooner or later never changes a report).
 pub const AGENT_KEEP_WINDOWS: u64 = 2;
 
-/// Tasks whose hot parts fit inside an agent's record (more spill to the
-/// heap, a cache miss per claim): 8 × 24 bytes. Only a cost trade-off.
-const HOT_TASKS_INLINE: usize = 8;
+/// Tasks that fit inside an agent's record (more spill to the heap, a
+/// cache miss per claim): 8 × 56 bytes, and their tags. Only a cost trade-off.
+const TASKS_INLINE: usize = 8;
 
-/// What a claim needs of a task, kept inline in its agent's record: a claim
-/// that settles nothing new (most do) reads and writes only this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct TaskHot {
-    /// A 32-bit hash of the task id: a claim compares the id of a task whose
-    /// tag matches only. Rebuilt, not stored, when a checkpoint is read.
-    #[serde(skip)]
-    tag: u32,
+/// A task of the table, inside its agent's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Task {
     /// Which once-only facts are settled: [`HELP_SET`], [`DELIVERED`],
     /// [`ON_TIME`], [`DONE_SEEN`].
     flags: u8,
@@ -61,6 +55,9 @@ struct TaskHot {
     /// The beat the task is due at (set by its first claim): it is overdue
     /// in the window holding that beat unless delivered by then.
     deadline: u64,
+    /// Meaningful with [`HELP_SET`].
+    help_deadline: u64,
+    task_id: CompactString,
 }
 
 /// A help promise was made (`help_deadline` is set).
@@ -71,15 +68,6 @@ const DELIVERED: u8 = 2;
 const ON_TIME: u8 = 4;
 /// A `done` claim was seen.
 const DONE_SEEN: u8 = 8;
-
-/// The rest of a task: its id, read to confirm a tag match, and the help
-/// deadline, read when a `done` claim settles a promise.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct TaskCold {
-    task_id: CompactString,
-    /// Meaningful with [`HELP_SET`].
-    help_deadline: u64,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Agent {
@@ -95,12 +83,16 @@ struct Agent {
     /// and not yet closed (`u64::MAX` for none): until that window closes,
     /// a close need not look for overdue tasks.
     due_min: u64,
-    /// Its live tasks, in no particular order: `hot[i]` and `cold[i]` are one task.
-    hot: SmallVec<[TaskHot; HOT_TASKS_INLINE]>,
-    cold: Vec<TaskCold>,
+    /// A 32-bit hash of each task's id, `tags[i]` of `tasks[i]`: a claim
+    /// compares the id of a task whose tag matches only. Rebuilt, not
+    /// stored, when a checkpoint is read.
+    #[serde(skip)]
+    tags: SmallVec<[u32; TASKS_INLINE]>,
+    /// Its live tasks, in no particular order.
+    tasks: SmallVec<[Task; TASKS_INLINE]>,
 }
 
-/// The tag of a task id in [`TaskHot::tag`] (any 32 bits of a good hash).
+/// The tag of a task id in [`Agent::tags`] (any 32 bits of a good hash).
 fn task_tag(hasher: &DefaultHashBuilder, task_id: &str) -> u32 {
     hasher.hash_one(task_id) as u32
 }
@@ -155,16 +147,16 @@ impl Overdue {
     /// time; returns its new [`Agent::due_min`] (over the tasks due later).
     fn count_in(&mut self, agent: &Agent, closed: u64, bar_length: u64) -> u64 {
         let mut due_min = u64::MAX;
-        for (position, hot) in agent.hot.iter().enumerate() {
-            if hot.flags & ON_TIME != 0 {
+        for task in &agent.tasks {
+            if task.flags & ON_TIME != 0 {
                 continue;
             }
-            let due_window = hot.deadline / bar_length;
+            let due_window = task.deadline / bar_length;
             if due_window > closed {
                 due_min = due_min.min(due_window);
             } else if due_window == closed {
                 self.count += 1;
-                self.offer(&agent.agent_id, &agent.cold[position].task_id);
+                self.offer(&agent.agent_id, &task.task_id);
             }
         }
         due_min
@@ -172,7 +164,7 @@ impl Overdue {
 
     /// Keeps the pair if it is among the first `sample`. A candidate whose
     /// agent id is above the last kept one's (most are, once `sample` are
-    /// kept) is passed over without reading its task id (in its cold part).
+    /// kept) is passed over without reading its task id.
     fn offer(&mut self, agent_id: &CompactString, task_id: &CompactString) {
         if self.first.len() == self.sample
             && self
@@ -241,8 +233,8 @@ impl Roster {
             last: 0,
             tasks_last_window_min: u64::MAX,
             due_min: u64::MAX,
-            hot: SmallVec::new(),
-            cold: Vec::new(),
+            tags: SmallVec::new(),
+            tasks: SmallVec::new(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -290,53 +282,50 @@ impl Roster {
         let due = claim.beat_index + u64::from(claim.beats_left);
         let tag = task_tag(&self.hasher, claim.task_id);
         let agent = self.slots[slot as usize].as_mut().expect("a live agent's slot");
-        let found = (0..agent.hot.len()).find(|&p| agent.hot[p].tag == tag && agent.cold[p].task_id == claim.task_id);
+        let found = (0..agent.tags.len()).find(|&p| agent.tags[p] == tag && agent.tasks[p].task_id == claim.task_id);
         let position = match found {
             Some(position) => position,
             None => {
                 // The first claim of the task, or the first after it was
                 // dropped. Its deadline is at or after the claim's beat, so
                 // its window is not closed yet.
-                agent.hot.push(TaskHot {
-                    tag,
+                agent.tags.push(tag);
+                agent.tasks.push(Task {
                     flags: 0,
                     last_window: claim.window,
                     deadline: due,
-                });
-                agent.cold.push(TaskCold {
-                    task_id: claim.task_id.into(),
                     help_deadline: 0,
+                    task_id: claim.task_id.into(),
                 });
                 agent.due_min = agent.due_min.min(due / bar_length);
                 self.task_count += 1;
-                agent.hot.len() - 1
+                agent.tasks.len() - 1
             }
         };
-        let hot = &mut agent.hot[position];
+        let task = &mut agent.tasks[position];
         let mut effect = ClaimEffect::default();
         let beat_index = claim.beat_index;
         match claim.kind {
-            TaskClaimKind::Helping if hot.flags & HELP_SET == 0 => {
-                hot.flags |= HELP_SET;
-                agent.cold[position].help_deadline = due;
+            TaskClaimKind::Helping if task.flags & HELP_SET == 0 => {
+                task.flags |= HELP_SET;
+                task.help_deadline = due;
             }
             TaskClaimKind::Delivering | TaskClaimKind::Done => {
-                if hot.flags & DELIVERED == 0 {
-                    hot.flags |= DELIVERED;
-                    effect.on_time_review = beat_index <= hot.deadline;
+                if task.flags & DELIVERED == 0 {
+                    task.flags |= DELIVERED;
+                    effect.on_time_review = beat_index <= task.deadline;
                     if effect.on_time_review {
-                        hot.flags |= ON_TIME;
+                        task.flags |= ON_TIME;
                     }
                 }
-                if claim.kind == TaskClaimKind::Done && hot.flags & DONE_SEEN == 0 {
-                    hot.flags |= DONE_SEEN;
-                    effect.help_fulfilled =
-                        hot.flags & HELP_SET != 0 && beat_index <= agent.cold[position].help_deadline;
+                if claim.kind == TaskClaimKind::Done && task.flags & DONE_SEEN == 0 {
+                    task.flags |= DONE_SEEN;
+                    effect.help_fulfilled = task.flags & HELP_SET != 0 && beat_index <= task.help_deadline;
                 }
             }
             _ => {}
         }
-        hot.last_window = claim.window;
+        task.last_window = claim.window;
         agent.tasks_last_window_min = agent.tasks_last_window_min.min(claim.window);
         effect
     }
@@ -365,27 +354,32 @@ impl Roster {
                 agent.due_min = overdue.count_in(agent, closed, bar_length);
             }
             if let Some(oldest_kept) = oldest_kept.filter(|&oldest| agent.tasks_last_window_min < oldest) {
-                // Only the dropped tasks' cold parts are read.
-                let before = agent.hot.len();
+                let before = agent.tasks.len();
                 let mut kept = 0;
                 for position in 0..before {
-                    if agent.hot[position].last_window >= oldest_kept {
-                        agent.hot.swap(kept, position);
-                        agent.cold.swap(kept, position);
+                    if agent.tasks[position].last_window >= oldest_kept {
+                        agent.tags.swap(kept, position);
+                        agent.tasks.swap(kept, position);
                         kept += 1;
                     }
                 }
-                agent.hot.truncate(kept);
-                agent.cold.truncate(kept);
-                if agent.hot.spilled() && kept <= HOT_TASKS_INLINE {
+                agent.tags.truncate(kept);
+                agent.tasks.truncate(kept);
+                if agent.tasks.spilled() && kept <= TASKS_INLINE {
                     // Back inside the record: a spilled agent would pay a
                     // miss per claim for the rest of the fold.
-                    agent.hot.shrink_to_fit();
+                    agent.tags.shrink_to_fit();
+                    agent.tasks.shrink_to_fit();
                 }
                 self.task_count -= before - kept;
-                agent.tasks_last_window_min = agent.hot.iter().map(|hot| hot.last_window).min().unwrap_or(u64::MAX);
+                agent.tasks_last_window_min = agent
+                    .tasks
+                    .iter()
+                    .map(|task| task.last_window)
+                    .min()
+                    .unwrap_or(u64::MAX);
             }
-            if agent.open.is_empty() && agent.hot.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
+            if agent.open.is_empty() && agent.tasks.is_empty() && agent.last + AGENT_KEEP_WINDOWS <= closed {
                 self.forget(slot as u32);
             }
         }
@@ -439,18 +433,15 @@ impl<'de> Deserialize<'de> for Roster {
             task_count: 0,
         };
         for agent in roster.slots.iter_mut().flatten() {
-            if agent.hot.len() != agent.cold.len() {
-                return Err(serde::de::Error::custom(
-                    "an agent's hot and cold task parts differ in length",
-                ));
-            }
-            for (hot, cold) in agent.hot.iter_mut().zip(&agent.cold) {
-                hot.tag = task_tag(&roster.hasher, &cold.task_id);
-            }
+            agent.tags = agent
+                .tasks
+                .iter()
+                .map(|task| task_tag(&roster.hasher, &task.task_id))
+                .collect();
         }
         for (slot, agent) in roster.slots.iter().enumerate() {
             if let Some(agent) = agent {
-                roster.task_count += agent.hot.len();
+                roster.task_count += agent.tasks.len();
                 let hash = roster.hasher.hash_one(agent.agent_id.as_str());
                 Self::index_slot(&mut roster.index, &roster.slots, &roster.hasher, hash, slot as u32);
             }
@@ -661,18 +652,21 @@ mod tests {
     fn an_agent_back_to_few_tasks_keeps_them_inside_its_record() {
         let mut roster = Roster::default();
         let a = roster.agent("a");
-        // Nine tasks spill the hot parts to the heap; one is claimed again later.
-        for (task, window) in (0..=HOT_TASKS_INLINE).map(|t| (t, 0)).chain([(0, 1)]) {
+        // Nine tasks spill to the heap; one is claimed again later.
+        for (task, window) in (0..=TASKS_INLINE).map(|t| (t, 0)).chain([(0, 1)]) {
             let task_id = format!("t{task}");
             roster.apply_task_claim(a, task_claim(&task_id, window * 4, 1, TaskClaimKind::Other, window), 4);
         }
-        assert!(roster.slots[a as usize].as_ref().unwrap().hot.spilled());
+        assert!(roster.slots[a as usize].as_ref().unwrap().tasks.spilled());
         // With a time-to-live of 0, closing window 1 drops the tasks last claimed in window 0.
         roster.close(0, 0, 4, 5);
         roster.close(1, 0, 4, 5);
         let agent = roster.slots[a as usize].as_ref().unwrap();
-        assert_eq!(agent.hot.len(), 1);
-        assert!(!agent.hot.spilled(), "back inside the record");
+        assert_eq!(agent.tasks.len(), 1);
+        assert!(
+            !agent.tasks.spilled() && !agent.tags.spilled(),
+            "back inside the record"
+        );
     }
 
     #[test]
