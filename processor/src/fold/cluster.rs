@@ -61,6 +61,10 @@ impl ClusterFold {
         }
     }
 
+    pub(super) fn id(&self) -> &str {
+        &self.cluster_id
+    }
+
     pub(super) fn status(&self) -> ClusterStatus {
         ClusterStatus {
             cluster_id: self.cluster_id.clone(),

@@ -10,8 +10,6 @@ mod accumulator;
 mod cluster;
 mod roster;
 
-use std::collections::BTreeMap;
-
 use backbeat_schemas::names::{parse_subject, SubjectKind};
 use backbeat_schemas::BarReport;
 use serde::{Deserialize, Serialize};
@@ -113,13 +111,26 @@ impl Outcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fold {
     config: FoldConfig,
-    clusters: BTreeMap<String, ClusterFold>,
+    /// Sorted by cluster id, each id once.
+    #[serde(deserialize_with = "sorted_clusters")]
+    clusters: Vec<ClusterFold>,
     /// The highest stream sequence applied (0 before any event).
     last_seq: u64,
-    /// The last beat or claim subject read, and its kind: a run of one
-    /// cluster's claims reads its subject once. Not part of the state.
+    /// The last beat or claim subject read, its kind and its cluster's
+    /// place in `clusters`: a run of one cluster's events reads its subject
+    /// and finds its cluster once. Not part of the state.
     #[serde(skip)]
-    last_subject: Option<(String, SubjectKind)>,
+    last_subject: Option<(String, SubjectKind, usize)>,
+}
+
+/// Clusters of a checkpoint, sorted by id (each id once), as `Fold` keeps them.
+fn sorted_clusters<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ClusterFold>, D::Error> {
+    let mut clusters = Vec::<ClusterFold>::deserialize(deserializer)?;
+    clusters.sort_by(|a, b| a.id().cmp(b.id()));
+    if clusters.windows(2).any(|pair| pair[0].id() == pair[1].id()) {
+        return Err(serde::de::Error::custom("a cluster appears twice in the fold state"));
+    }
+    Ok(clusters)
 }
 
 impl Fold {
@@ -128,7 +139,7 @@ impl Fold {
         config.validate().expect("fold config must be validated before use");
         Fold {
             config,
-            clusters: BTreeMap::new(),
+            clusters: Vec::new(),
             last_seq: 0,
             last_subject: None,
         }
@@ -147,27 +158,25 @@ impl Fold {
     /// appended to `out`, ascending by window.
     pub fn apply(&mut self, seq: u64, subject: &str, payload: &[u8], out: &mut Vec<BarReport>) -> Outcome {
         self.last_seq = seq;
-        let (cluster_id, kind) = match &self.last_subject {
-            // `backbeat.{cluster}.{kind}`, already checked.
-            Some((last, kind)) if last == subject => {
-                let end = subject.len() - kind.as_str().len() - 1;
-                (&subject["backbeat.".len()..end], *kind)
-            }
+        let (index, kind) = match &self.last_subject {
+            // `backbeat.{cluster}.{kind}`, already checked and found.
+            Some((last, kind, index)) if last == subject => (*index, *kind),
             _ => match parse_subject(subject) {
                 Some((cluster_id, kind @ (SubjectKind::Beat | SubjectKind::Claim))) => {
-                    self.last_subject = Some((subject.to_string(), kind));
-                    (cluster_id, kind)
+                    let index = match self.clusters.binary_search_by(|cluster| cluster.id().cmp(cluster_id)) {
+                        Ok(index) => index,
+                        Err(index) => {
+                            self.clusters.insert(index, ClusterFold::new(cluster_id.to_string()));
+                            index
+                        }
+                    };
+                    self.last_subject = Some((subject.to_string(), kind, index));
+                    (index, kind)
                 }
                 _ => return Outcome::Ignored,
             },
         };
-        let cluster = match self.clusters.get_mut(cluster_id) {
-            Some(cluster) => cluster,
-            None => self
-                .clusters
-                .entry(cluster_id.to_string())
-                .or_insert_with(|| ClusterFold::new(cluster_id.to_string())),
-        };
+        let cluster = &mut self.clusters[index];
         match kind {
             SubjectKind::Beat => cluster.apply_beat(&self.config, seq, payload, out),
             _ => cluster.apply_claim(&self.config, seq, payload),
@@ -177,17 +186,21 @@ impl Fold {
     /// Forgets every cluster but `cluster_id` (a replay of one cluster from a
     /// checkpoint of many: the others' events are not read).
     pub fn keep_only(&mut self, cluster_id: &str) {
-        self.clusters.retain(|id, _| id == cluster_id);
+        self.clusters.retain(|cluster| cluster.id() == cluster_id);
+        self.last_subject = None;
     }
 
     /// The clusters seen so far.
     pub fn cluster_ids(&self) -> impl Iterator<Item = &str> {
-        self.clusters.keys().map(String::as_str)
+        self.clusters.iter().map(ClusterFold::id)
     }
 
     /// A cluster's view for status endpoints.
     pub fn cluster_status(&self, cluster_id: &str) -> Option<ClusterStatus> {
-        self.clusters.get(cluster_id).map(ClusterFold::status)
+        self.clusters
+            .binary_search_by(|cluster| cluster.id().cmp(cluster_id))
+            .ok()
+            .map(|index| self.clusters[index].status())
     }
 
     /// The state as bytes; [`Fold::from_checkpoint`] gives it back.
