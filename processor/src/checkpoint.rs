@@ -76,12 +76,12 @@ pub struct OtherFormat {
     pub key: String,
 }
 
-/// 7: whole tasks inside the agent record, no index of deadline windows (an
-/// agent's lowest pending deadline window instead) and no task entry ids
-/// (6: a task's deadline in its hot
-/// part; 5: tasks split into a hot part in the agent record and a cold part;
-/// 4: one roster of agents holding their tasks; 3: agent and task tables
-/// apart; 2: per-window agent sets; 1: task hash maps).
+/// 7: whole tasks inside the agent record, no index of deadline windows
+/// (an agent's lowest pending deadline window instead), no task entry ids,
+/// and the clusters as a sequence sorted by id (6: a task's deadline in its
+/// hot part; 5: tasks split into a hot part in the agent record and a cold
+/// part; 4: one roster of agents holding their tasks; 3: agent and task
+/// tables apart; 2: per-window agent sets; 1: task hash maps).
 const FORMAT: u32 = 7;
 
 /// One processor's checkpoints (`name` = its durable consumer's name).
