@@ -13,17 +13,18 @@
 //! 32-bit tags of their ids in the same order. A claim scans the tags and
 //! compares the id of a matching task only, and moves its task first: an
 //! agent that claims one task again and again finds it by the first tag, in
-//! the record's first three cache lines. Up to [`TASKS_INLINE`] tasks stay
+//! the record's first 184 bytes. Up to [`TASKS_INLINE`] tasks stay
 //! inside the record, so a claim, a close and the time-to-live read no
 //! memory outside it (an earlier layout kept the ids and help deadlines on
 //! the heap: a miss per claim, and more in each close).
 //!
 //! A close already visits every agent, in slot order (to uncount it from
 //! the window), so it does the rest of the window's task work on the way,
-//! reading only records that have some: it counts the overdue tasks of an
-//! agent whose lowest pending deadline window ([`Agent::due_min`]) has come,
-//! and drops the stale tasks of an agent whose oldest task claim
-//! ([`Agent::tasks_last_window_min`]) is past the time-to-live. Neither
+//! reading the tasks of the agents that have some: it counts the overdue
+//! tasks of an agent whose lowest pending deadline window
+//! ([`Agent::due_min`]) has come, and drops the stale tasks of an agent
+//! whose oldest task claim ([`Agent::tasks_last_window_min`]) is past the
+//! time-to-live. Neither
 //! needs an index of its own. Nothing is ever iterated in hash order, and the
 //! hash index is rebuilt, not stored, when a checkpoint is read.
 //!
@@ -35,7 +36,7 @@ use std::hash::BuildHasher as _;
 
 use compact_str::CompactString;
 use hashbrown::{DefaultHashBuilder, HashTable};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use smallvec::SmallVec;
 
 /// Windows an agent without a claim or a task is kept for (only a cost
@@ -73,7 +74,7 @@ const DONE_SEEN: u8 = 8;
 
 /// An agent's record. Its fields are laid out in this order (`repr(C)`) so
 /// that what every claim reads and writes, from the id to the first task
-/// (the one claimed last), is in the record's first three cache lines.
+/// (the one claimed last), is in the record's first 184 bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[repr(C)]
 struct Agent {
@@ -199,15 +200,19 @@ impl Overdue {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+/// Serialized as [`RosterState`] is read.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Roster {
     slots: Vec<Option<Agent>>,
     /// Empty slots, reused before the slab grows.
     free: Vec<u32>,
     /// Slot numbers of the live agents, hashed by their id.
+    #[serde(skip)]
     index: HashTable<u32>,
+    #[serde(skip)]
     hasher: DefaultHashBuilder,
     /// Live tasks.
+    #[serde(skip)]
     task_count: usize,
 }
 
@@ -411,28 +416,12 @@ impl Roster {
     }
 }
 
-/// The roster as a checkpoint holds it: everything but the hash index and
-/// the tags.
-#[derive(Serialize)]
-struct RosterRef<'a> {
-    slots: &'a Vec<Option<Agent>>,
-    free: &'a Vec<u32>,
-}
-
+/// The roster as a checkpoint holds it (without the hash index, the tags
+/// and the task count, rebuilt when it is read).
 #[derive(Deserialize)]
 struct RosterState {
     slots: Vec<Option<Agent>>,
     free: Vec<u32>,
-}
-
-impl Serialize for Roster {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        RosterRef {
-            slots: &self.slots,
-            free: &self.free,
-        }
-        .serialize(serializer)
-    }
 }
 
 impl<'de> Deserialize<'de> for Roster {
