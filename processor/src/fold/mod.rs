@@ -163,7 +163,7 @@ impl Fold {
             Some((last, kind, index)) if last == subject => (*index, *kind),
             _ => match parse_subject(subject) {
                 Some((cluster_id, kind @ (SubjectKind::Beat | SubjectKind::Claim))) => {
-                    let index = match self.clusters.binary_search_by(|cluster| cluster.id().cmp(cluster_id)) {
+                    let index = match self.find_cluster(cluster_id) {
                         Ok(index) => index,
                         Err(index) => {
                             self.clusters.insert(index, ClusterFold::new(cluster_id.to_string()));
@@ -183,6 +183,11 @@ impl Fold {
         }
     }
 
+    /// Where cluster `cluster_id` is in `clusters`, or where it would go.
+    fn find_cluster(&self, cluster_id: &str) -> Result<usize, usize> {
+        self.clusters.binary_search_by(|cluster| cluster.id().cmp(cluster_id))
+    }
+
     /// Forgets every cluster but `cluster_id` (a replay of one cluster from a
     /// checkpoint of many: the others' events are not read).
     pub fn keep_only(&mut self, cluster_id: &str) {
@@ -197,8 +202,7 @@ impl Fold {
 
     /// A cluster's view for status endpoints.
     pub fn cluster_status(&self, cluster_id: &str) -> Option<ClusterStatus> {
-        self.clusters
-            .binary_search_by(|cluster| cluster.id().cmp(cluster_id))
+        self.find_cluster(cluster_id)
             .ok()
             .map(|index| self.clusters[index].status())
     }

@@ -13,10 +13,10 @@
 //! 32-bit tags of their ids in the same order. A claim scans the tags and
 //! compares the id of a matching task only, and moves its task first: an
 //! agent that claims one task again and again finds it by the first tag, in
-//! the record's first 184 bytes. Up to [`TASKS_INLINE`] tasks stay
-//! inside the record, so a claim, a close and the time-to-live read no
-//! memory outside it (an earlier layout kept the ids and help deadlines on
-//! the heap: a miss per claim, and more in each close).
+//! the record's first 184 bytes. Up to [`TASKS_INLINE`] tasks stay inside
+//! the record, so a claim, a close and the time-to-live read no memory
+//! outside it (an earlier layout kept the ids and help deadlines on the
+//! heap: a miss per claim, and more in each close).
 //!
 //! A close already visits every agent, in slot order (to uncount it from
 //! the window), so it does the rest of the window's task work on the way,
@@ -24,9 +24,9 @@
 //! tasks of an agent whose lowest pending deadline window
 //! ([`Agent::due_min`]) has come, and drops the stale tasks of an agent
 //! whose oldest task claim ([`Agent::tasks_last_window_min`]) is past the
-//! time-to-live. Neither
-//! needs an index of its own. Nothing is ever iterated in hash order, and the
-//! hash index is rebuilt, not stored, when a checkpoint is read.
+//! time-to-live. Neither needs an index of its own. Nothing is ever iterated
+//! in hash order, and the hash index is rebuilt, not stored, when a
+//! checkpoint is read.
 //!
 //! An agent is forgotten once it has no task, no open window, and has not
 //! claimed for [`AGENT_KEEP_WINDOWS`] windows, so the roster grows with the
@@ -171,7 +171,7 @@ impl Overdue {
 
     /// Keeps the pair if it is among the first `sample`. A candidate whose
     /// agent id is above the last kept one's (most are, once `sample` are
-    /// kept) is passed over without reading its task id.
+    /// kept) is passed over at once, its task id not compared.
     fn offer(&mut self, agent_id: &CompactString, task_id: &CompactString) {
         if self.first.len() == self.sample
             && self
