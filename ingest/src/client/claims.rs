@@ -6,6 +6,7 @@
 //! (an attempt whose answer was lost may have been stored: the retry is then
 //! answered `duplicate: true` with that sequence). A refusal is never retried.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,7 @@ pub struct ClaimSender {
     claims_url: String,
     policy: RetryPolicy,
     jitter: Mutex<SplitMix64>,
+    retries: AtomicU64,
 }
 
 /// The result of one attempt.
@@ -90,11 +92,18 @@ impl ClaimSender {
             claims_url,
             policy,
             jitter: Mutex::new(SplitMix64::new(jitter_seed)),
+            retries: AtomicU64::new(0),
         }
     }
 
     pub fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// Attempts that got no acknowledgement and were followed by another
+    /// (over all claims and batches this sender sent so far).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Sends `claim` (its bytes as stamped by [`super::Agent::stamp`]) until the
@@ -219,6 +228,7 @@ impl ClaimSender {
         let jitter = self.jitter.lock().expect("jitter lock").next_f64();
         match self.policy.delay_after(attempt, started.elapsed(), jitter) {
             Some(delay) => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(attempt, ?delay, error = %last_error, "claim not acknowledged; retrying");
                 tokio::time::sleep(delay).await;
                 Ok(())

@@ -43,8 +43,9 @@ async fn claims_acknowledged_across_a_server_kill_are_stored_exactly_once() {
     let (acked_tx, acked) = watch::channel(0usize);
     let acked_tx = Arc::new(acked_tx);
     let mut senders = Vec::new();
+    let mut handles = Vec::new();
     for s in 0..SENDERS {
-        let sender = ClaimSender::new(
+        let sender = Arc::new(ClaimSender::new(
             Transport::Nats {
                 client: client.clone(),
                 timeout: Duration::from_millis(1500),
@@ -52,7 +53,8 @@ async fn claims_acknowledged_across_a_server_kill_are_stored_exactly_once() {
             "omega",
             policy,
             s as u64,
-        );
+        ));
+        handles.push(sender.clone());
         let acked_tx = acked_tx.clone();
         senders.push(tokio::spawn(async move {
             let mut answers = Vec::new();
@@ -71,8 +73,9 @@ async fn claims_acknowledged_across_a_server_kill_are_stored_exactly_once() {
         }));
     }
 
-    // Kill the server once the load is well under way, then bring it back as
-    // soon as the gateway noticed.
+    // Kill the server once the load is well under way, then bring it back once
+    // the gateway noticed and a sender had to try a claim again (without that
+    // wait a quick restart can be hidden by the client's reconnect buffer).
     let mut acked_rx = acked.clone();
     acked_rx
         .wait_for(|&n| n >= SENDERS * CLAIMS_PER_SENDER / 4)
@@ -83,6 +86,12 @@ async fn claims_acknowledged_across_a_server_kill_are_stored_exactly_once() {
     wait_until_async("the gateway sees the server gone", Duration::from_secs(20), || {
         let state = gateway_client.connection_state();
         async move { (state != async_nats::connection::State::Connected).then_some(()) }
+    })
+    .await
+    .unwrap();
+    wait_until_async("a sender retries a claim", Duration::from_secs(20), || {
+        let retried = handles.iter().any(|s| s.retries() > 0);
+        async move { retried.then_some(()) }
     })
     .await
     .unwrap();
