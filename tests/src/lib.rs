@@ -18,9 +18,17 @@ pub use process::{bin_path, free_port, ChildGuard, Signal};
 pub use wait::{wait_until, wait_until_async};
 
 /// The workspace root (the directory holding `Cargo.toml` of the workspace).
+///
+/// Read at run time from `CARGO_MANIFEST_DIR`, which `cargo test` sets to the
+/// directory of the crate under test (every crate sits one level below the
+/// root). The value compiled in is only the fallback: checkouts that share a
+/// target directory can reuse each other's test binaries, and a reused binary
+/// must read this checkout's files, not those of the one it was built in.
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("a crate directory has a parent")
         .to_path_buf()
 }

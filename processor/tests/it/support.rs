@@ -1,17 +1,11 @@
 //! Reading scenario directories and fold flags.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use backbeat_processor::FoldConfig;
 use backbeat_schemas::{parse_log, LogEntry};
 
-/// The workspace root (this crate's parent directory).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate has a parent")
-        .to_path_buf()
-}
+pub use backbeat_tests::workspace_root;
 
 /// Parses fold flags as the CLI takes them (`--bar-length 4 --lateness 1`).
 pub fn config_from_args(args: &str) -> FoldConfig {

@@ -2,14 +2,12 @@
 //! agree with the Rust validator: the original examples and every good
 //! document pass, and every bad document whose fault JSON Schema can express fails.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::corpus::{bad_beats, bad_claims, beat, claim, Case};
 
 fn load(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("json").join(name);
+    let path = backbeat_tests::workspace_root().join("schemas/json").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -42,7 +40,7 @@ fn the_original_examples_validate() {
 
 #[test]
 fn the_examples_are_copies_of_the_shared_ones() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/examples");
+    let shared = backbeat_tests::workspace_root().join("../shared/examples");
     for name in ["beatframe.json", "statusclaim.json", "barreport.json"] {
         let ours = load(&format!("examples/{name}"));
         let text = std::fs::read_to_string(shared.join(name))
@@ -102,7 +100,7 @@ fn generated_reports_validate() {
 
 /// Every expected BarReport file of the conformance and golden suites.
 fn glob_reports() -> Vec<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
+    let root = backbeat_tests::workspace_root().join("tests");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(root.join("conformance")).unwrap() {
         let path = entry.unwrap().path();

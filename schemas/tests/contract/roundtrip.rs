@@ -74,7 +74,7 @@ proptest! {
 
 #[test]
 fn reports_round_trip_byte_for_byte() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance");
+    let root = backbeat_tests::workspace_root().join("tests/conformance");
     for name in ["basic", "late_and_gaps", "tasks_and_help"] {
         let text = std::fs::read_to_string(root.join(format!("{name}.expected.jsonl"))).unwrap();
         for line in text.lines() {
