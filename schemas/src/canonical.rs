@@ -1,5 +1,6 @@
 //! Admission's fast path: a status claim written the way the client library
-//! writes it is read straight off its bytes.
+//! writes it, and a beat frame written the way the pulse writes it, are read
+//! straight off their bytes.
 //!
 //! "That way" is: compact, `type` first, the members in SPEC §2 order, no
 //! unknown members, strings of plain ASCII without escapes, integers without
@@ -11,10 +12,20 @@
 //! an invalid document — it answers `None` and the full reader decides, so
 //! the fast path can never change what is accepted or the reason given.
 //! The contract tests check this against the reference validator.
+//!
+//! A beat's form is the same idea: compact, `type` first, the members in
+//! SPEC §2 order, plain ASCII strings, plain integers. [`beat`] answers `Some`
+//! only for a valid beat of that form whose cluster, downbeat, phase and
+//! window id are the ones expected; a rejection is always the full reader's.
 
 use crate::hlc::Hlc;
 use crate::json::plain_ascii_len;
-use crate::message::{ClaimState, StatusClaim, StatusClaimType, BEAT_INDEX_MAX, MESSAGE_BYTES_MAX};
+use crate::message::{
+    BeatFrame, BeatFrameType, ClaimState, StatusClaim, StatusClaimType, BEAT_INDEX_MAX, MESSAGE_BYTES_MAX,
+};
+use crate::names::is_valid_cluster_id;
+use crate::timestamp::is_valid_deadline;
+use crate::window::{is_downbeat, phase_of, window_of, Phase, WindowIdCache};
 
 /// `10^k` for the fraction digits of `progress` (all exact in an `f64`).
 const POWERS_OF_TEN: [f64; 16] = [
@@ -23,17 +34,7 @@ const POWERS_OF_TEN: [f64; 16] = [
 
 /// The claim, when `payload` is a valid claim in the client library's form.
 pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
-    if payload.len() > MESSAGE_BYTES_MAX {
-        return None;
-    }
-    // One UTF-8 check for the whole document (fast for ASCII, and cheaper
-    // than one per string) lets the strings below be sliced without another.
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut cursor = Cursor {
-        text,
-        bytes: payload,
-        pos: 0,
-    };
+    let mut cursor = Cursor::over(payload)?;
     cursor.literal(br#"{"type":"backbeat.statusclaim.v1","agent_id":""#)?;
     let agent_id = cursor.text()?;
     if agent_id.is_empty() || agent_id.len() > 128 {
@@ -72,6 +73,73 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     })
 }
 
+/// The beat, when `payload` is a valid beat frame in the pulse's form that
+/// belongs on `backbeat.{subject_cluster}.beat` at bar length `bar_length`
+/// (the window id of its window taken from `window_ids`).
+pub(crate) fn beat(
+    payload: &[u8],
+    subject_cluster: &str,
+    bar_length: u64,
+    window_ids: &mut WindowIdCache,
+) -> Option<BeatFrame> {
+    if bar_length == 0 {
+        return None;
+    }
+    let mut cursor = Cursor::over(payload)?;
+    cursor.literal(br#"{"type":"backbeat.beatframe.v1","cluster_id":""#)?;
+    let cluster_id = cursor.text()?;
+    if cluster_id != subject_cluster || !is_valid_cluster_id(cluster_id) {
+        return None;
+    }
+    cursor.literal(br#","beat_index":"#)?;
+    let beat_index = cursor.integer(BEAT_INDEX_MAX)?;
+    cursor.literal(br#","downbeat":"#)?;
+    let downbeat = if cursor.eat(b"true") {
+        true
+    } else {
+        cursor.literal(b"false")?;
+        false
+    };
+    cursor.literal(br#","phase":""#)?;
+    let phase = Phase::parse(cursor.text()?)?;
+    cursor.literal(br#","hlc":""#)?;
+    let hlc = Hlc::parse_bytes(cursor.string()?)?;
+    cursor.literal(br#","deadline_at":""#)?;
+    let deadline_at = cursor.text()?;
+    if !is_valid_deadline(deadline_at) {
+        return None;
+    }
+    cursor.literal(br#","tempo_bpm":"#)?;
+    let tempo_bpm = cursor.integer(1000)? as u32;
+    if tempo_bpm == 0 {
+        return None;
+    }
+    cursor.literal(br#","window_id":""#)?;
+    let window = cursor.text()?;
+    cursor.literal(b"}")?;
+    if cursor.pos != payload.len()
+        || downbeat != is_downbeat(beat_index, bar_length)
+        || phase != phase_of(beat_index, bar_length)
+    {
+        return None;
+    }
+    let window_id = window_ids.window_id(cluster_id, bar_length, window_of(beat_index, bar_length));
+    if window != window_id {
+        return None;
+    }
+    Some(BeatFrame {
+        kind: BeatFrameType,
+        cluster_id: cluster_id.to_string(),
+        beat_index,
+        downbeat,
+        phase,
+        hlc,
+        deadline_at: deadline_at.to_string(),
+        tempo_bpm,
+        window_id: window_id.to_string(),
+    })
+}
+
 /// Whether `found` (of length `N`) is `expected`: eight bytes at a time, the
 /// last eight overlapping, so that a literal costs a few compares and no call.
 #[inline(always)]
@@ -98,6 +166,20 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor at the start of `payload`, when it is of a message's size and
+    /// UTF-8. One check for the whole document (fast for ASCII, and cheaper
+    /// than one per string) lets the strings be sliced without another.
+    fn over(payload: &'a [u8]) -> Option<Self> {
+        if payload.len() > MESSAGE_BYTES_MAX {
+            return None;
+        }
+        Some(Cursor {
+            text: std::str::from_utf8(payload).ok()?,
+            bytes: payload,
+            pos: 0,
+        })
+    }
+
     /// Consumes `expected` when the bytes at the cursor are exactly it.
     #[inline(always)]
     fn eat<const N: usize>(&mut self, expected: &[u8; N]) -> bool {
@@ -259,6 +341,58 @@ mod tests {
             r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","beat_index":0,"state":"idle","beats_left":0,"progress":1,"hlc":"}"#,
         ] {
             assert_eq!(read(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn beats_as_the_pulse_writes_them_are_read_and_anything_else_left_to_the_full_reader() {
+        use crate::window::window_id;
+        let mut window_ids = WindowIdCache::default();
+        for (beat_index, bar_length, tempo_bpm, deadline_at) in [
+            (0, 4, 120, "1970-01-01T00:16:40.500Z"),
+            (5, 4, 1, "2024-02-29T23:59:59Z"),
+            (9_007_199_254_740_991, 120, 1000, "2024-01-15T10:30:00.123456789Z"),
+            (119, 120, 60, "0000-01-01T00:00:00Z"),
+        ] {
+            let frame = BeatFrame {
+                kind: BeatFrameType,
+                cluster_id: "alpha_1-x".to_string(),
+                beat_index,
+                downbeat: is_downbeat(beat_index, bar_length),
+                phase: phase_of(beat_index, bar_length),
+                hlc: "18d0e6a3b40:0000:0001".parse().unwrap(),
+                deadline_at: deadline_at.to_string(),
+                tempo_bpm,
+                window_id: window_id("alpha_1-x", bar_length, window_of(beat_index, bar_length)),
+            };
+            let payload = serde_json::to_vec(&frame).unwrap();
+            let text = String::from_utf8(payload.clone()).unwrap();
+            assert_eq!(
+                beat(&payload, "alpha_1-x", bar_length, &mut window_ids),
+                Some(frame.clone()),
+                "{text}"
+            );
+            // Another cluster or bar length, or a change of form: the full reader's.
+            assert_eq!(beat(&payload, "alpha", bar_length, &mut window_ids), None, "{text}");
+            assert_eq!(
+                beat(&payload, "alpha_1-x", bar_length + 1, &mut window_ids),
+                None,
+                "{text}"
+            );
+            for other in [
+                text.replacen(',', ", ", 1),
+                text.replacen("\"tempo_bpm\"", "\"t\\u0065mpo_bpm\"", 1),
+                format!("{text} "),
+                text.replacen("Z\"", "z\"", 1),
+                text.replacen(&format!(":{tempo_bpm},"), ":0,", 1),
+                text.replacen("\"phase\":\"", "\"phase\":\"x", 1),
+            ] {
+                assert_eq!(
+                    beat(other.as_bytes(), "alpha_1-x", bar_length, &mut window_ids),
+                    None,
+                    "{other}"
+                );
+            }
         }
     }
 }

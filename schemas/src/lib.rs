@@ -21,5 +21,7 @@ pub use logfile::{format_line, parse_log, LogEntry, LogLineError};
 pub use message::{BeatFrame, ClaimState, StatusClaim, BARREPORT_TYPE, BEATFRAME_TYPE, STATUSCLAIM_TYPE};
 pub use names::{parse_subject, subject, SubjectKind};
 pub use report::{BarReport, Issue};
-pub use validate::{validate_beat, validate_beat_with, validate_claim, validate_claim_fully, Reason, Rejection};
+pub use validate::{
+    validate_beat, validate_beat_fully, validate_beat_with, validate_claim, validate_claim_fully, Reason, Rejection,
+};
 pub use window::Phase;

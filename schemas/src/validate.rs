@@ -15,7 +15,7 @@ use crate::message::{
 };
 use crate::names::is_valid_cluster_id;
 use crate::timestamp::is_valid_deadline;
-use crate::window::{is_downbeat, phase_of, window_id, window_of, Phase, WindowIdCache};
+use crate::window::{is_downbeat, phase_of, window_of, Phase, WindowIdCache};
 
 /// The SPEC reason a message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,9 +125,7 @@ macro_rules! field {
 /// Checks a beat frame published on `backbeat.{subject_cluster}.beat` against
 /// SPEC §2 and §4 for bar length `bar_length` (at least 1).
 pub fn validate_beat(payload: &[u8], subject_cluster: &str, bar_length: u64) -> Result<BeatFrame, Rejection> {
-    check_beat(payload, subject_cluster, bar_length, |cluster_id, window| {
-        Cow::Owned(window_id(cluster_id, bar_length, window))
-    })
+    validate_beat_with(payload, subject_cluster, bar_length, &mut WindowIdCache::default())
 }
 
 /// [`validate_beat`] with the window id of the last beat's window kept in
@@ -138,18 +136,20 @@ pub fn validate_beat_with(
     bar_length: u64,
     window_ids: &mut WindowIdCache,
 ) -> Result<BeatFrame, Rejection> {
-    check_beat(payload, subject_cluster, bar_length, |cluster_id, window| {
-        Cow::Borrowed(window_ids.window_id(cluster_id, bar_length, window))
-    })
+    // Beats as the pulse writes them are read straight off their bytes; every
+    // other document (and every invalid one) takes the full reader.
+    match crate::canonical::beat(payload, subject_cluster, bar_length, window_ids) {
+        Some(beat) => Ok(beat),
+        None => validate_beat_fully(payload, subject_cluster, bar_length, window_ids),
+    }
 }
 
-/// [`validate_beat`], with the expected window id of a cluster's window from
-/// `expected_window_id` (made only for a beat that gets that far).
-fn check_beat<'w>(
+/// [`validate_beat_with`] without its fast path: what decides every document.
+pub fn validate_beat_fully(
     payload: &[u8],
     subject_cluster: &str,
     bar_length: u64,
-    expected_window_id: impl FnOnce(&str, u64) -> Cow<'w, str>,
+    window_ids: &mut WindowIdCache,
 ) -> Result<BeatFrame, Rejection> {
     assert!(bar_length >= 1, "bar length must be at least 1");
     let members = parse_document(payload, BEATFRAME_TYPE, &BEAT_FIELDS)?;
@@ -195,7 +195,7 @@ fn check_beat<'w>(
     }
     let expected_phase = phase_of(beat_index, bar_length);
     let expected_downbeat = is_downbeat(beat_index, bar_length);
-    let expected_window_id = expected_window_id(&cluster_id, window_of(beat_index, bar_length));
+    let expected_window_id = window_ids.window_id(&cluster_id, bar_length, window_of(beat_index, bar_length));
     if downbeat != expected_downbeat || phase != expected_phase || *window != *expected_window_id {
         return Err(Rejection::new(
             Reason::BarMismatch,
@@ -214,7 +214,7 @@ fn check_beat<'w>(
         hlc,
         deadline_at: deadline_at.into_owned(),
         tempo_bpm,
-        window_id: expected_window_id.into_owned(),
+        window_id: expected_window_id.to_string(),
     })
 }
 

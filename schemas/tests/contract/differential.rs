@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use backbeat_schemas::json;
-use backbeat_schemas::window::WindowIdCache;
+use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of, WindowIdCache};
 use backbeat_schemas::{validate_beat, validate_beat_with, validate_claim, StatusClaim};
 use proptest::prelude::*;
 
@@ -30,8 +30,13 @@ const CLAIMS: &[&str] = &[
     r#"{"type":"backbeat.statusclaim.v1","agent_id":"a","task_id":null,"beat_index":9007199254740991,"state":"failed","beats_left":7,"progress":0.123456789012345,"notes":null,"hlc":"ffffffffffff:ffff:ffff"}"#,
 ];
 
-/// Valid beat frames (cluster `c1`, L = 8) written in different ways.
+/// Beat frames (cluster `c1`, L = 8) written in different ways. The first
+/// three are valid; the last three are the same beats with the window id of
+/// an older draft (`c1:8:n`), so a bar mismatch.
 const BEATS: &[&str] = &[
+    r#"{"type":"backbeat.beatframe.v1","cluster_id":"c1","beat_index":9,"downbeat":false,"phase":"plan","hlc":"18d0e6a3b40:0000:0001","deadline_at":"2024-01-15T10:30:00.5Z","tempo_bpm":120,"window_id":"7a7e4801b1edf5860d62bc313b070c7b"}"#,
+    r#" {"type" : "backbeat.beatframe.v1", "cluster_id":"c\u0031","beat_index":16,"downbeat":true,"phase":"plan","hlc":"1:0000:0000","deadline_at":"2024-02-29T23:59:59Z","tempo_bpm":1000,"window_id":"176a3d4ae8d28113c47b5c6f0deb9269","x":{"y":[1.5e3,-0.0]}} "#,
+    r#"{"window_id":"4fe0771515911f0c2d6bfd2da4813b98","tempo_bpm":1,"deadline_at":"2024-01-15T10:30:00.123456789Z","hlc":"2:0000:0000","phase":"review","downbeat":false,"beat_index":7,"cluster_id":"c1","type":"backbeat.beatframe.v1"}"#,
     r#"{"type":"backbeat.beatframe.v1","cluster_id":"c1","beat_index":9,"downbeat":false,"phase":"plan","hlc":"18d0e6a3b40:0000:0001","deadline_at":"2024-01-15T10:30:00.5Z","tempo_bpm":120,"window_id":"c1:8:1"}"#,
     r#" {"type" : "backbeat.beatframe.v1", "cluster_id":"c\u0031","beat_index":16,"downbeat":true,"phase":"plan","hlc":"1:0000:0000","deadline_at":"2024-02-29T23:59:59Z","tempo_bpm":1000,"window_id":"c1:8:2","x":{"y":[1.5e3,-0.0]}} "#,
     r#"{"window_id":"c1:8:0","tempo_bpm":1,"deadline_at":"2024-01-15T10:30:00.123456789Z","hlc":"2:0000:0000","phase":"review","downbeat":false,"beat_index":7,"cluster_id":"c1","type":"backbeat.beatframe.v1"}"#,
@@ -488,6 +493,117 @@ proptest! {
     #[test]
     fn claims_in_the_client_form_agree_with_the_reference(doc in canonical_claim()) {
         check_claim(&doc)?;
+    }
+}
+
+/// A beat in the pulse's member order and layout (cluster `c1` or `c2`,
+/// L = 8), its values often at or past a rule's edge and its downbeat, phase
+/// and window id mostly the expected ones: the fast path must agree with the
+/// reference on each (accept the same beat, or leave it to the full reader).
+fn canonical_beat() -> impl Strategy<Value = Vec<u8>> {
+    const L: u64 = 8;
+    // Each part is mostly valid, so that about half the beats are accepted.
+    let usual_or_edge = |usual: Vec<&'static str>, edge: Vec<&'static str>| {
+        prop_oneof![
+            12 => proptest::sample::select(usual),
+            1 => proptest::sample::select(edge),
+        ]
+    };
+    let cluster = usual_or_edge(vec!["c1", "c2"], vec!["", "c\\u0031", "c 1", "c1\"", "é"]);
+    let beat_index = prop_oneof![
+        12 => (0u64..64).prop_map(|n| n.to_string()),
+        1 => Just("9007199254740991".to_string()),
+        1 => Just("9007199254740992".to_string()),
+        1 => Just("99999999999999999999".to_string()),
+        1 => proptest::sample::select(vec!["00", "-0", "1.0", "1e1", "-1", "08"]).prop_map(str::to_string),
+        1 => any::<u64>().prop_map(|n| n.to_string()),
+    ];
+    // `None`: the expected value; `Some`: this text instead.
+    let downbeat = prop_oneof![
+        12 => Just(None),
+        1 => proptest::sample::select(vec!["true", "false", "1", "null", "\"true\"", "tru", "falsey"]).prop_map(Some),
+    ];
+    let phase = prop_oneof![
+        12 => Just(None),
+        1 => proptest::sample::select(vec!["plan", "execution", "review", "Plan", "", "planx", "p\\u006can"]).prop_map(Some),
+    ];
+    let hlc = usual_or_edge(
+        vec![
+            "18d0e6a3b40:0000:0001",
+            "0:0000:0000",
+            "ffffffffffff:ffff:ffff",
+            "abc:ffff:0000",
+        ],
+        vec![
+            "01:0000:0000",
+            "1:000:0000",
+            "1ffffffffffff:0000:0000",
+            "A:0000:0000",
+            "1:0000:00\\u0030",
+        ],
+    );
+    let deadline = usual_or_edge(
+        vec![
+            "2024-01-15T10:30:00.5Z",
+            "2024-02-29T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "1970-01-01T00:16:40.500Z",
+        ],
+        vec![
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-12-31T23:59:60Z",
+            "2024-01-15T10:30:00.1234567890Z",
+            "2024-01-15T10:30:00.Z",
+            "2024-01-15T10:30:00z",
+            "2024-01-15T10:30:00",
+            "2024-01-15 10:30:00Z",
+            "2024-01-15T24:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "+2024-01-15T10:30:00Z",
+            "2024-01-15T10:30:00\\u005a",
+            "",
+        ],
+    );
+    let tempo = usual_or_edge(
+        vec!["120", "1", "1000", "60"],
+        vec!["0", "1001", "01", "-1", "1.0", "1e2", "4294967416"],
+    );
+    let window = prop_oneof![
+        12 => Just(None),
+        1 => proptest::sample::select(vec!["", "c1:8:0", "4fe0771515911f0c2d6bfd2da4813b98", "7A7E4801B1EDF5860D62BC313B070C7B"]).prop_map(Some),
+    ];
+    let tail = usual_or_edge(vec![""], vec![" ", "\n", "x", "}", ",\"x\":1}"]);
+    (cluster, beat_index, downbeat, phase, hlc, deadline, tempo, window, tail).prop_map(
+        |(cluster, beat, downbeat, phase, hlc, deadline, tempo, window, tail)| {
+            let index: Option<u64> = beat.parse().ok();
+            let expected_downbeat = index.map_or("false".to_string(), |i| is_downbeat(i, L).to_string());
+            let expected_phase = index.map_or("plan".to_string(), |i| phase_of(i, L).to_string());
+            let expected_window_id = index.map_or(String::new(), |i| window_id(cluster, L, window_of(i, L)));
+            let downbeat = downbeat.map_or(expected_downbeat, str::to_string);
+            let phase = phase.map_or(expected_phase, str::to_string);
+            let window = window.map_or(expected_window_id, str::to_string);
+            let mut doc = format!(
+                r#"{{"type":"backbeat.beatframe.v1","cluster_id":"{cluster}","beat_index":{beat},"downbeat":{downbeat},"phase":"{phase}","hlc":"{hlc}","deadline_at":"{deadline}","tempo_bpm":{tempo},"window_id":"{window}"}}"#
+            );
+            // A tail that continues the object replaces the closing brace.
+            if tail.starts_with(',') {
+                doc.pop();
+            }
+            doc.push_str(tail);
+            doc.into_bytes()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    #[test]
+    fn beats_in_the_pulse_form_agree_with_the_reference(doc in canonical_beat()) {
+        check_beat(&doc)?;
     }
 }
 
