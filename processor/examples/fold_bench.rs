@@ -19,7 +19,7 @@ use backbeat_processor::{Fold, FoldConfig};
 #[path = "common/generator.rs"]
 mod generator;
 use backbeat_schemas::window::WindowIdCache;
-use backbeat_schemas::{validate_beat_with, validate_claim};
+use backbeat_schemas::{validate_beat_tick, validate_claim};
 use generator::{Generator, BAR, BEAT_SUBJECT, CLUSTER};
 
 fn peak_rss_mb() -> f64 {
@@ -104,7 +104,7 @@ fn fold_once(total_claims: u64, agents: u64, mut log: Option<&mut std::io::BufWr
         let start = Instant::now();
         for (_, subject, payload) in &chunk {
             if *subject == BEAT_SUBJECT {
-                std::hint::black_box(validate_beat_with(payload, CLUSTER, BAR, &mut window_ids).is_ok());
+                std::hint::black_box(validate_beat_tick(payload, CLUSTER, BAR, &mut window_ids).is_ok());
             } else {
                 std::hint::black_box(validate_claim(payload).is_ok());
             }

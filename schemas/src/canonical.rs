@@ -21,7 +21,7 @@
 use crate::hlc::Hlc;
 use crate::json::plain_ascii_len;
 use crate::message::{
-    BeatFrame, BeatFrameType, ClaimState, StatusClaim, StatusClaimType, BEAT_INDEX_MAX, MESSAGE_BYTES_MAX,
+    BeatFrame, BeatFrameType, BeatTick, ClaimState, StatusClaim, StatusClaimType, BEAT_INDEX_MAX, MESSAGE_BYTES_MAX,
 };
 use crate::names::is_valid_cluster_id;
 use crate::timestamp::is_valid_deadline;
@@ -73,15 +73,52 @@ pub(crate) fn claim(payload: &[u8]) -> Option<StatusClaim<'_>> {
     })
 }
 
+/// A valid beat frame in the pulse's form, its strings borrowed from the payload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PulseBeat<'a> {
+    pub cluster_id: &'a str,
+    pub beat_index: u64,
+    pub downbeat: bool,
+    pub phase: Phase,
+    pub hlc: Hlc,
+    pub deadline_at: &'a str,
+    pub tempo_bpm: u32,
+    pub window_id: &'a str,
+}
+
+impl PulseBeat<'_> {
+    pub fn to_frame(self) -> BeatFrame {
+        BeatFrame {
+            kind: BeatFrameType,
+            cluster_id: self.cluster_id.to_string(),
+            beat_index: self.beat_index,
+            downbeat: self.downbeat,
+            phase: self.phase,
+            hlc: self.hlc,
+            deadline_at: self.deadline_at.to_string(),
+            tempo_bpm: self.tempo_bpm,
+            window_id: self.window_id.to_string(),
+        }
+    }
+
+    pub fn tick(self) -> BeatTick {
+        BeatTick {
+            beat_index: self.beat_index,
+            tempo_bpm: self.tempo_bpm,
+            hlc: self.hlc,
+        }
+    }
+}
+
 /// The beat, when `payload` is a valid beat frame in the pulse's form that
 /// belongs on `backbeat.{subject_cluster}.beat` at bar length `bar_length`
 /// (the window id of its window taken from `window_ids`).
-pub(crate) fn beat(
-    payload: &[u8],
+pub(crate) fn beat<'a>(
+    payload: &'a [u8],
     subject_cluster: &str,
     bar_length: u64,
     window_ids: &mut WindowIdCache,
-) -> Option<BeatFrame> {
+) -> Option<PulseBeat<'a>> {
     if bar_length == 0 {
         return None;
     }
@@ -115,28 +152,21 @@ pub(crate) fn beat(
         return None;
     }
     cursor.literal(br#","window_id":""#)?;
-    let window = cursor.text()?;
+    let window_id = cursor.text()?;
     cursor.literal(b"}")?;
-    if cursor.pos != payload.len()
-        || downbeat != is_downbeat(beat_index, bar_length)
-        || phase != phase_of(beat_index, bar_length)
-    {
-        return None;
-    }
-    let window_id = window_ids.window_id(cluster_id, bar_length, window_of(beat_index, bar_length));
-    if window != window_id {
-        return None;
-    }
-    Some(BeatFrame {
-        kind: BeatFrameType,
-        cluster_id: cluster_id.to_string(),
+    let expected = cursor.pos == payload.len()
+        && downbeat == is_downbeat(beat_index, bar_length)
+        && phase == phase_of(beat_index, bar_length)
+        && window_id == window_ids.window_id(cluster_id, bar_length, window_of(beat_index, bar_length));
+    expected.then_some(PulseBeat {
+        cluster_id,
         beat_index,
         downbeat,
         phase,
         hlc,
-        deadline_at: deadline_at.to_string(),
+        deadline_at,
         tempo_bpm,
-        window_id: window_id.to_string(),
+        window_id,
     })
 }
 
@@ -367,11 +397,9 @@ mod tests {
             };
             let payload = serde_json::to_vec(&frame).unwrap();
             let text = String::from_utf8(payload.clone()).unwrap();
-            assert_eq!(
-                beat(&payload, "alpha_1-x", bar_length, &mut window_ids),
-                Some(frame.clone()),
-                "{text}"
-            );
+            let read = beat(&payload, "alpha_1-x", bar_length, &mut window_ids).expect("the pulse's form");
+            assert_eq!(read.to_frame(), frame, "{text}");
+            assert_eq!(read.tick(), BeatTick::from(&frame), "{text}");
             // Another cluster or bar length, or a change of form: the full reader's.
             assert_eq!(beat(&payload, "alpha", bar_length, &mut window_ids), None, "{text}");
             assert_eq!(

@@ -18,10 +18,11 @@ pub mod window;
 
 pub use hlc::{Hlc, HlcClock};
 pub use logfile::{format_line, parse_log, LogEntry, LogLineError};
-pub use message::{BeatFrame, ClaimState, StatusClaim, BARREPORT_TYPE, BEATFRAME_TYPE, STATUSCLAIM_TYPE};
+pub use message::{BeatFrame, BeatTick, ClaimState, StatusClaim, BARREPORT_TYPE, BEATFRAME_TYPE, STATUSCLAIM_TYPE};
 pub use names::{parse_subject, subject, SubjectKind};
 pub use report::{BarReport, Issue};
 pub use validate::{
-    validate_beat, validate_beat_fully, validate_beat_with, validate_claim, validate_claim_fully, Reason, Rejection,
+    validate_beat, validate_beat_fully, validate_beat_tick, validate_beat_with, validate_claim, validate_claim_fully,
+    Reason, Rejection,
 };
 pub use window::Phase;

@@ -68,6 +68,24 @@ pub struct BeatFrame {
     pub window_id: String,
 }
 
+/// What the fold reads of a valid beat frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeatTick {
+    pub beat_index: u64,
+    pub tempo_bpm: u32,
+    pub hlc: Hlc,
+}
+
+impl From<&BeatFrame> for BeatTick {
+    fn from(frame: &BeatFrame) -> Self {
+        BeatTick {
+            beat_index: frame.beat_index,
+            tempo_bpm: frame.tempo_bpm,
+            hlc: frame.hlc,
+        }
+    }
+}
+
 /// What an agent says it is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClaimState {

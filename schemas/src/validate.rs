@@ -10,7 +10,7 @@ use std::fmt;
 use crate::hlc::Hlc;
 use crate::json::{self, Members, Number, Scanned, Shallow};
 use crate::message::{
-    BeatFrame, BeatFrameType, ClaimState, StatusClaim, StatusClaimType, BEATFRAME_TYPE, BEAT_INDEX_MAX,
+    BeatFrame, BeatFrameType, BeatTick, ClaimState, StatusClaim, StatusClaimType, BEATFRAME_TYPE, BEAT_INDEX_MAX,
     MESSAGE_BYTES_MAX, STATUSCLAIM_TYPE,
 };
 use crate::names::is_valid_cluster_id;
@@ -139,8 +139,24 @@ pub fn validate_beat_with(
     // Beats as the pulse writes them are read straight off their bytes; every
     // other document (and every invalid one) takes the full reader.
     match crate::canonical::beat(payload, subject_cluster, bar_length, window_ids) {
-        Some(beat) => Ok(beat),
+        Some(beat) => Ok(beat.to_frame()),
         None => validate_beat_fully(payload, subject_cluster, bar_length, window_ids),
+    }
+}
+
+/// [`validate_beat_with`], keeping only what the fold reads of the beat: a
+/// beat in the pulse's form is checked without allocating.
+pub fn validate_beat_tick(
+    payload: &[u8],
+    subject_cluster: &str,
+    bar_length: u64,
+    window_ids: &mut WindowIdCache,
+) -> Result<BeatTick, Rejection> {
+    match crate::canonical::beat(payload, subject_cluster, bar_length, window_ids) {
+        Some(beat) => Ok(beat.tick()),
+        None => {
+            validate_beat_fully(payload, subject_cluster, bar_length, window_ids).map(|frame| BeatTick::from(&frame))
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use backbeat_schemas::message::{task_kind, BarReportType};
 use backbeat_schemas::report::ISSUE_SAMPLE_LEN_MAX;
 use backbeat_schemas::window::{from_beat, to_beat, window_id, window_of, WindowIdCache};
-use backbeat_schemas::{validate_beat_with, validate_claim, BarReport, ClaimState};
+use backbeat_schemas::{validate_beat_tick, validate_claim, BarReport, ClaimState};
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{IssueCode, WindowAccumulator};
@@ -93,7 +93,7 @@ impl ClusterFold {
         out: &mut Vec<BarReport>,
     ) -> Outcome {
         let bar_length = config.bar_length;
-        let beat = match validate_beat_with(payload, &self.cluster_id, bar_length, &mut self.window_ids) {
+        let beat = match validate_beat_tick(payload, &self.cluster_id, bar_length, &mut self.window_ids) {
             Ok(beat) => beat,
             Err(rejection) => {
                 self.counting_window()

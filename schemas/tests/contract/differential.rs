@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use backbeat_schemas::json;
 use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of, WindowIdCache};
-use backbeat_schemas::{validate_beat, validate_beat_with, validate_claim, StatusClaim};
+use backbeat_schemas::{validate_beat, validate_beat_tick, validate_beat_with, validate_claim, BeatTick, StatusClaim};
 use proptest::prelude::*;
 
 use crate::reference;
@@ -331,6 +331,15 @@ fn check_beat(doc: &[u8]) -> Result<(), TestCaseError> {
             &cached,
             &read,
             "{} through the cache (cluster {}, L {})",
+            text,
+            cluster,
+            bar_length
+        );
+        let tick = WINDOW_IDS.with(|ids| validate_beat_tick(doc, cluster, bar_length, &mut ids.borrow_mut()));
+        prop_assert_eq!(
+            &tick,
+            &read.map(|frame| BeatTick::from(&frame)),
+            "{} as a tick (cluster {}, L {})",
             text,
             cluster,
             bar_length
