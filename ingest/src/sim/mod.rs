@@ -63,6 +63,9 @@ pub struct SimStats {
     pub rejected: BTreeMap<String, u64>,
     /// Not acknowledged in any attempt.
     pub gave_up: u64,
+    /// Attempts that got no acknowledgement and were tried again (an outage
+    /// or an overloaded gateway shows here first).
+    pub retries: u64,
     /// Claims stamped while the beat timer was free-running (no recent frame).
     pub free_running: u64,
     pub elapsed_ms: u64,
@@ -170,6 +173,7 @@ pub async fn run(
                 duplicate = s.duplicate,
                 rejected = s.rejected_total(),
                 gave_up = s.gave_up,
+                retries = sender.retries(),
                 "agent-sim progress"
             );
         }
@@ -180,5 +184,6 @@ pub async fn run(
         .await;
     let mut s = stats.lock().expect("stats lock").clone();
     s.elapsed_ms = started.elapsed().as_millis() as u64;
+    s.retries = sender.retries();
     s
 }

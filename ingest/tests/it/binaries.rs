@@ -196,6 +196,7 @@ async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousa
     .await;
     assert_eq!(summary["sent"], 600, "{summary}");
     assert_eq!(summary["accepted"], 600, "{summary}");
+    assert!(summary["retries"].is_u64(), "the summary counts retries: {summary}");
     let (claims, states) = assert_foldable(&client, "sim-n").await;
     assert_eq!(claims, 600);
     assert!(states.len() >= 3, "a life cycle, not one state: {states:?}");
