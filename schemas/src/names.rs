@@ -76,12 +76,35 @@ pub fn beat_msg_id(cluster_id: &str, beat_index: u64) -> String {
     format!("{cluster_id}:{beat_index}")
 }
 
-/// `Nats-Msg-Id` of an accepted claim: the first 32 lowercase hex characters of
-/// SHA-256 of `{cluster}/{agent_id}/{task_id or empty}/{beat_index}/{hlc}`.
+/// `Nats-Msg-Id` of an accepted claim (SPEC §8): the first 32 lowercase hex
+/// characters of SHA-256 of
+/// `{cluster}/{a}:{agent_id}/{t}:{task_id or empty}/{beat_index}/{hlc}`, where
+/// `a` and `t` are the UTF-8 byte lengths of `agent_id` and `task_id` (0 when
+/// absent or empty) in decimal. The lengths make the id injective over the two
+/// free-text fields: before them, agent `a/b` without a task and agent `a`
+/// with task `b/` hashed alike and the second claim was dropped as a duplicate.
+/// The gateway and every client compute the id here and nowhere else.
 pub fn claim_msg_id(cluster_id: &str, agent_id: &str, task_id: Option<&str>, beat_index: u64, hlc: &str) -> String {
     let task = task_id.unwrap_or("");
-    let digest = Sha256::digest(format!("{cluster_id}/{agent_id}/{task}/{beat_index}/{hlc}"));
-    lower_hex(&digest[..16])
+    let mut hasher = Sha256::new();
+    for part in [
+        cluster_id.as_bytes(),
+        b"/",
+        agent_id.len().to_string().as_bytes(),
+        b":",
+        agent_id.as_bytes(),
+        b"/",
+        task.len().to_string().as_bytes(),
+        b":",
+        task.as_bytes(),
+        b"/",
+        beat_index.to_string().as_bytes(),
+        b"/",
+        hlc.as_bytes(),
+    ] {
+        hasher.update(part);
+    }
+    lower_hex(&hasher.finalize()[..16])
 }
 
 #[cfg(test)]
@@ -129,5 +152,58 @@ mod tests {
             claim_msg_id("c", "a", None, 1, "1:0000:0000"),
             claim_msg_id("c", "a", Some(""), 1, "1:0000:0000")
         );
+    }
+
+    /// Ids pinned against SHA-256 computed outside this code (Python's hashlib
+    /// over SPEC §8's string), so the formula cannot drift unnoticed.
+    #[test]
+    fn claim_ids_are_pinned() {
+        let cases = [
+            // alpha/2:a1/7:build:1/3/f481c:0000:00a1
+            (
+                ("alpha", "a1", Some("build:1"), 3, "f481c:0000:00a1"),
+                "c85aff1688e32cff5f0d5251ee3e676e",
+            ),
+            // alpha/3:a/b/0:/7/1:0000:0001 (no task)
+            (
+                ("alpha", "a/b", None, 7, "1:0000:0001"),
+                "00215016c00d48bc2a453c27478f48fe",
+            ),
+            // alpha/1:a/2:b//7/1:0000:0001
+            (
+                ("alpha", "a", Some("b/"), 7, "1:0000:0001"),
+                "5868ca41e3ca3665e921699ee64f146c",
+            ),
+            // `/` and `:` inside both ids
+            (
+                ("prod-eu", "agent:7", Some("kind:x/y:z"), 12, "18c2f3a4b5d:0002:00ff"),
+                "ab9966f95338945f365b703e3044e14e",
+            ),
+            // non-ASCII: lengths are UTF-8 bytes (8 and 9), not characters
+            (
+                ("c", "agent-é", Some("tâche-ß"), 0, "0:0000:0000"),
+                "3330316ea691aaebebcf9567e4f768bb",
+            ),
+            (
+                ("c", "a", None, 9_007_199_254_740_991, "ffffffffffff:ffff:ffff"),
+                "41dd93afd8762afd1886e8e7b14a800f",
+            ),
+        ];
+        for ((cluster, agent, task, beat, hlc), want) in cases {
+            assert_eq!(
+                claim_msg_id(cluster, agent, task, beat, hlc),
+                want,
+                "{cluster}/{agent}/{task:?}"
+            );
+        }
+    }
+
+    /// The pair that collided before SPEC §8 was amended: agent `a/b` without a
+    /// task and agent `a` with task `b/`, same beat and HLC.
+    #[test]
+    fn the_old_colliding_pair_gets_two_ids() {
+        let first = claim_msg_id("alpha", "a/b", None, 7, "1:0000:0001");
+        let second = claim_msg_id("alpha", "a", Some("b/"), 7, "1:0000:0001");
+        assert_ne!(first, second);
     }
 }

@@ -14,6 +14,14 @@ async fn nats_send(client: &async_nats::Client, cluster: &str, payload: &str) ->
     serde_json::from_slice(&answer.payload).expect("a reply")
 }
 
+/// The stored payloads as text, in stream order.
+fn payloads_of(stored: &[crate::support::Stored]) -> Vec<String> {
+    stored
+        .iter()
+        .map(|s| String::from_utf8(s.payload.to_vec()).unwrap())
+        .collect()
+}
+
 /// POSTs one claim; a new or duplicate claim is 202.
 async fn http_send(http: &reqwest::Client, url: &str, payload: &str) -> Reply {
     let response = http
@@ -81,10 +89,7 @@ async fn a_claim_sent_again_anywhere_is_stored_once() {
     assert_eq!(gamma.duplicate, Some(false));
 
     let stored = claims_stored(&client, "beta").await;
-    let payloads: Vec<_> = stored
-        .iter()
-        .map(|s| String::from_utf8(s.payload.to_vec()).unwrap())
-        .collect();
+    let payloads = payloads_of(&stored);
     assert_eq!(
         payloads,
         vec![payload.clone(), other.clone()],
@@ -110,4 +115,54 @@ async fn a_claim_sent_again_anywhere_is_stored_once() {
     .unwrap();
     first_gateway.stop().await;
     second_gateway.stop().await;
+}
+
+/// SPEC §8 (amended 2026-12): agent `a/b` without a task and agent `a` with
+/// task `b/`, at the same beat and HLC, are two claims. Before the ids carried
+/// the lengths of the two free-text fields they shared an id, and the second
+/// was dropped by the duplicate window while its sender was told "ok".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_whose_ids_collided_before_spec_8_was_amended_are_both_stored() {
+    let server = start_server();
+    let gateway = Running::start(&server.url(), GatewayConfig::default()).await;
+    let client = crate::support::client(&server).await;
+    let joined = claim("a/b", None, 7, 0x1);
+    let split = claim("a", Some("b/"), 7, 0x1);
+
+    let first = nats_send(&client, "beta", &joined).await;
+    let second = nats_send(&client, "beta", &split).await;
+    for reply in [&first, &second] {
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(reply.duplicate, Some(false), "{reply:?}");
+    }
+    assert_ne!(first.seq, second.seq);
+
+    let stored = claims_stored(&client, "beta").await;
+    let payloads = payloads_of(&stored);
+    assert_eq!(
+        payloads,
+        vec![joined, split],
+        "both claims stored, in order, bytes unchanged"
+    );
+    let ids: Vec<_> = stored.iter().map(|s| s.header("Nats-Msg-Id")).collect();
+    assert_eq!(
+        ids,
+        vec![
+            Some(backbeat_schemas::names::claim_msg_id(
+                "beta",
+                "a/b",
+                None,
+                7,
+                "1:0000:0001"
+            )),
+            Some(backbeat_schemas::names::claim_msg_id(
+                "beta",
+                "a",
+                Some("b/"),
+                7,
+                "1:0000:0001"
+            )),
+        ]
+    );
+    gateway.stop().await;
 }
