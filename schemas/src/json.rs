@@ -12,6 +12,7 @@
 //! arrays, so the rules cannot drift apart.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 /// Nesting deeper than this many levels is `invalid_json` (SPEC §2).
 pub const NESTING_DEPTH_MAX: usize = 128;
@@ -206,16 +207,14 @@ impl Kind {
 /// only for strings with escapes and for names of nested objects.
 pub fn scan_object<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Result<Scanned<'a, N>, JsonError> {
     document(bytes, |parser| {
-        // Names of the unknown top-level members, then of the nested objects
-        // being read (a stack: each object truncates back to where it began).
-        let mut other_names = Vec::new();
         if parser.peek() != Some(b'{') {
-            let span = parser.scan_value(1, &mut other_names)?;
+            let span = parser.scan_value(1)?;
             return Ok(Scanned::NotObject(span.kind.type_name()));
         }
         let mut spans: [Option<Span>; N] = [None; N];
         // Members usually come in the order of `names`: try the next one first.
         let mut next_index = 0;
+        let mut other_names = ObjectNames::default();
         parser.object_members(1, |parser, key, key_offset| {
             let found = match names.get(next_index) {
                 Some(name) if *name == key => Some(next_index),
@@ -228,15 +227,14 @@ pub fn scan_object<'a, const N: usize>(bytes: &'a [u8], names: &[&str; N]) -> Re
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    spans[index] = Some(parser.scan_value(2, &mut other_names)?);
+                    spans[index] = Some(parser.scan_value(2)?);
                 }
                 None => {
-                    if other_names.contains(&key) {
+                    if !other_names.insert(key) {
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    parser.scan_value(2, &mut other_names)?;
-                    other_names.push(key);
+                    parser.scan_value(2)?;
                 }
             }
             Ok(())
@@ -314,6 +312,38 @@ fn stop_byte_offset<const NON_ASCII: bool>(bytes: &[u8]) -> usize {
             .iter()
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || (NON_ASCII && b >= 0x80))
             .unwrap_or(bytes.len() - offset)
+}
+
+/// The names read so far in one object, to refuse a repeated one (SPEC §2).
+///
+/// A linear search while the object has few names: every SPEC document has a
+/// handful, and comparing a few short strings is cheaper than hashing them.
+/// Past [`ObjectNames::SCANNED_MAX`] names they move into a hash set, so an
+/// object with thousands of names (an 8 KiB document holds about 1300) costs
+/// linear time, not quadratic.
+#[derive(Default)]
+struct ObjectNames<'a> {
+    few: Vec<Cow<'a, str>>,
+    many: Option<HashSet<Cow<'a, str>>>,
+}
+
+impl<'a> ObjectNames<'a> {
+    const SCANNED_MAX: usize = 16;
+
+    /// Adds `name`; false when the object already had it.
+    fn insert(&mut self, name: Cow<'a, str>) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(name);
+        }
+        if self.few.contains(&name) {
+            return false;
+        }
+        self.few.push(name);
+        if self.few.len() > Self::SCANNED_MAX {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
+    }
 }
 
 fn duplicate_key(key_offset: usize) -> JsonError {
@@ -426,8 +456,9 @@ impl<'a> Parser<'a> {
 
     fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
         let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(10);
+        let mut names = ObjectNames::default();
         self.object_members(depth, |parser, key, key_offset| {
-            if members.iter().any(|(existing, _)| *existing == key) {
+            if !names.insert(key.clone()) {
                 return Err(duplicate_key(key_offset));
             }
             parser.name_separator()?;
@@ -478,27 +509,24 @@ impl<'a> Parser<'a> {
     /// Reads a value with every rule `value` applies without building it:
     /// an array or object is checked through (nesting, duplicate keys at every
     /// level, strings, numbers) and only where the value stands, and what it
-    /// is, are kept. `names` is scratch space for the names of the objects
-    /// being read, a stack shared by the levels.
-    fn scan_value(&mut self, depth: usize, names: &mut Vec<Cow<'a, str>>) -> Result<Span, JsonError> {
+    /// is, are kept.
+    fn scan_value(&mut self, depth: usize) -> Result<Span, JsonError> {
         let start = self.pos;
         let kind = match self.peek() {
             Some(b'{') => {
-                let base = names.len();
+                let mut names = ObjectNames::default();
                 self.object_members(depth, |parser, key, key_offset| {
-                    if names[base..].contains(&key) {
+                    if !names.insert(key) {
                         return Err(duplicate_key(key_offset));
                     }
                     parser.name_separator()?;
-                    parser.scan_value(depth + 1, names)?;
-                    names.push(key);
+                    parser.scan_value(depth + 1)?;
                     Ok(())
                 })?;
-                names.truncate(base);
                 Kind::Object
             }
             Some(b'[') => {
-                self.array_items(depth, |parser| parser.scan_value(depth + 1, names).map(drop))?;
+                self.array_items(depth, |parser| parser.scan_value(depth + 1).map(drop))?;
                 Kind::Array
             }
             Some(b'"') => Kind::String {
@@ -732,6 +760,32 @@ mod tests {
         err("{\"a\":1,}");
         err("{} {}");
         err("\"a\tb\"");
+    }
+
+    /// Objects with many names switch from a linear search to a hash set
+    /// (`ObjectNames`): a repeat is still found wherever it stands, at every
+    /// level, by both readers, and the error names the repeated key's offset.
+    #[test]
+    fn duplicate_keys_are_found_in_objects_with_many_names() {
+        for count in [1, 15, 16, 17, 18, 40, 1300] {
+            let names: Vec<String> = (0..count).map(|i| format!("\"k{i}\":0")).collect();
+            let unique = format!("{{{}}}", names.join(","));
+            assert!(parse(unique.as_bytes()).is_ok(), "{count} names");
+            assert!(scan_object(unique.as_bytes(), &["type"]).is_ok(), "{count} names");
+            let nested = format!("{{\"type\":1,\"x\":[{unique}]}}");
+            assert!(scan_object(nested.as_bytes(), &["type"]).is_ok(), "{count} names");
+            for repeated in [0, count / 2, count - 1] {
+                let document = format!("{{{},\"k{repeated}\":1}}", names.join(","));
+                let offset = document.rfind("\"k").unwrap();
+                assert_eq!(err(&document).message, "duplicate key");
+                assert_eq!(err(&document).offset, offset);
+                let scanned = scan_object(document.as_bytes(), &["type"]).map(|_| ()).unwrap_err();
+                assert_eq!((scanned.message, scanned.offset), ("duplicate key", offset));
+                let nested = format!("{{\"type\":1,\"x\":{{\"y\":{document}}}}}");
+                let scanned = scan_object(nested.as_bytes(), &["type"]).map(|_| ()).unwrap_err();
+                assert_eq!(scanned.message, "duplicate key", "{count} names, k{repeated} nested");
+            }
+        }
     }
 
     #[test]
