@@ -1,9 +1,11 @@
 //! The admin HTTP every service serves: `/health`, `/ready`, `/metrics`,
-//! `/api/v1/status`, plus the service's own routes, with a body-size limit and
+//! `/api/v1/status`, plus the service's own routes, within [`HttpLimits`]
+//! (body size, header and request timeouts, connections, concurrency) and with
 //! graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, State};
@@ -11,6 +13,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 /// Request bodies above this many bytes are refused with 413 unless a route sets its own limit.
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -76,25 +85,156 @@ async fn status(State(state): State<AdminState>) -> Json<serde_json::Value> {
     Json((state.status)())
 }
 
-/// Binds `listen`, serves `router` (with the default body limit) until
-/// `shutdown` resolves, then drains open requests. Returns the bound address
-/// through `on_bound` before serving, so `--listen 127.0.0.1:0` can be used.
+/// What one HTTP listener allows a client, so that slow clients and idle
+/// connections cannot exhaust memory or file descriptors.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// A request body above this many bytes is refused with 413: by its
+    /// `Content-Length` before a byte of it is read, else once the bytes read pass it.
+    pub body_bytes_max: usize,
+    /// A request's head (line and headers) must arrive within this time of the
+    /// connection being ready for it; an idle keep-alive connection is closed
+    /// after it too. Slowloris clients are cut off here.
+    pub header_read_timeout: Duration,
+    /// The whole request, body reading and handler, must be done within this
+    /// time, else 408. A body trickled a byte at a time is cut off here.
+    pub request_timeout: Duration,
+    /// At most this many open connections; the next one is accepted and closed
+    /// at once (counted in `backbeat_http_connections_refused_total`).
+    pub connections_max: usize,
+    /// At most this many requests are handled at once; the others wait their
+    /// turn (within `request_timeout`).
+    pub concurrency_max: usize,
+    /// Where the listener's own metrics go (the service's registry), if anywhere.
+    pub registry: Option<prometheus::Registry>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            body_bytes_max: ADMIN_BODY_BYTES_MAX,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            connections_max: 512,
+            concurrency_max: 128,
+            registry: None,
+        }
+    }
+}
+
+/// Binds `listen` and serves `router` with the default [`HttpLimits`]; see [`serve_http`].
 pub async fn serve_admin(
     listen: &str,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    serve_http(listen, router, shutdown, HttpLimits::default()).await
+}
+
+/// Binds `listen`, serves `router` within `limits` until `shutdown` resolves,
+/// then lets open requests finish (at most `request_timeout` more) and closes
+/// idle connections. Returns the bound address, so `--listen 127.0.0.1:0`
+/// can be used, and the serving task.
+///
+/// HTTP/1.1 only, served by hyper directly rather than `axum::serve`, because
+/// the header-read timeout and the connection limit are set per connection.
+pub async fn serve_http(
+    listen: &str,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: HttpLimits,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding HTTP listener {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "admin HTTP listening");
-    let router = router.layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX));
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
-    });
+    tracing::info!(%addr, "HTTP listening");
+    let metrics = ListenerMetrics::new(limits.registry.as_ref())?;
+    let router = router
+        .layer(DefaultBodyLimit::max(limits.body_bytes_max))
+        .layer(RequestBodyLimitLayer::new(limits.body_bytes_max))
+        .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_max))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
+    let handle = tokio::spawn(accept_loop(listener, router, shutdown, limits, metrics));
     Ok((addr, handle))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: HttpLimits,
+    metrics: ListenerMetrics,
+) -> anyhow::Result<()> {
+    let connections = Arc::new(Semaphore::new(limits.connections_max));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let service = TowerToHyperService::new(router);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was
+                    // accepted: wait a little rather than spin, and go on.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics.connections_refused.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let open = metrics.connections_open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            // A client that goes away or times out ends its connection; not an error of ours.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let drain = limits.request_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain, "HTTP connections still open after the drain time; closing");
+    }
+    Ok(())
+}
+
+/// The listener's own metrics; unregistered when the service gave no registry.
+struct ListenerMetrics {
+    connections_open: prometheus::IntGauge,
+    connections_refused: prometheus::IntCounter,
+}
+
+impl ListenerMetrics {
+    fn new(registry: Option<&prometheus::Registry>) -> anyhow::Result<Self> {
+        let metrics = ListenerMetrics {
+            connections_open: prometheus::IntGauge::new("backbeat_http_connections_open", "Open HTTP connections.")?,
+            connections_refused: prometheus::IntCounter::new(
+                "backbeat_http_connections_refused_total",
+                "HTTP connections closed at once because the connection limit was reached.",
+            )?,
+        };
+        if let Some(registry) = registry {
+            registry.register(Box::new(metrics.connections_open.clone()))?;
+            registry.register(Box::new(metrics.connections_refused.clone()))?;
+        }
+        Ok(metrics)
+    }
 }

@@ -10,7 +10,7 @@ pub mod logging;
 pub mod nats;
 pub mod streams;
 
-pub use admin::{serve_admin, AdminState};
+pub use admin::{serve_admin, serve_http, AdminState, HttpLimits};
 pub use logging::{init_logging, LogFormat};
 pub use nats::NatsArgs;
 

@@ -49,7 +49,14 @@ pub fn bars_config(options: StreamOptions) -> stream::Config {
     }
 }
 
-/// `BACKBEAT_REJECTS`: dead letters, nothing an agent sent is silently lost.
+/// The most `BACKBEAT_REJECTS` keeps, in bytes: past it the oldest dead letters
+/// go first. A client sending garbage without end must not fill the disk the
+/// accepted claims need; the newest dead letters, which an operator looks at,
+/// are the ones kept.
+pub const REJECTS_BYTES_MAX: i64 = 1 << 30;
+
+/// `BACKBEAT_REJECTS`: dead letters, nothing an agent sent is silently lost
+/// (within [`REJECTS_BYTES_MAX`], oldest discarded first).
 pub fn rejects_config(options: StreamOptions) -> stream::Config {
     stream::Config {
         name: REJECTS_STREAM.to_string(),
@@ -57,6 +64,8 @@ pub fn rejects_config(options: StreamOptions) -> stream::Config {
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         num_replicas: options.replicas,
+        max_bytes: REJECTS_BYTES_MAX,
+        discard: stream::DiscardPolicy::Old,
         description: Some("BACKBEAT rejected input, with reasons (SPEC §1)".into()),
         ..Default::default()
     }
@@ -82,6 +91,9 @@ pub async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> a
             }
             if have.storage != wanted.storage {
                 tracing::warn!(stream = %name, have = ?have.storage, "stream storage differs; using the stream as it is");
+            }
+            if wanted.max_bytes > 0 && (have.max_bytes <= 0 || have.max_bytes > wanted.max_bytes) {
+                tracing::warn!(stream = %name, have = have.max_bytes, want = wanted.max_bytes, "stream is not bounded in bytes as wanted; using the stream as it is");
             }
             if have.duplicate_window < wanted.duplicate_window {
                 tracing::warn!(stream = %name, have = ?have.duplicate_window, want = ?wanted.duplicate_window, "stream duplicate window shorter than wanted; using the stream as it is");

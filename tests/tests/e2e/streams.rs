@@ -32,10 +32,11 @@ async fn the_three_streams_are_created_as_the_spec_says_and_creation_is_idempote
     let mut bars = js.get_stream(BARS_STREAM).await?;
     assert_eq!(bars.info().await?.config.subjects, vec!["backbeat.*.bar".to_string()]);
     let mut rejects = js.get_stream(REJECTS_STREAM).await?;
-    assert_eq!(
-        rejects.info().await?.config.subjects,
-        vec!["backbeat.*.reject".to_string()]
-    );
+    let rejects_config = rejects.info().await?.config.clone();
+    assert_eq!(rejects_config.subjects, vec!["backbeat.*.reject".to_string()]);
+    // Dead letters are bounded: a client sending garbage forever cannot fill the disk.
+    assert_eq!(rejects_config.max_bytes, backbeat_service::streams::REJECTS_BYTES_MAX);
+    assert_eq!(rejects_config.discard, jetstream::stream::DiscardPolicy::Old);
 
     // Intake is request/reply through the gateway, never stored as is.
     let ack = js.publish("backbeat.c1.intake", "{}".into()).await;
