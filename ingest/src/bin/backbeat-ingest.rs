@@ -53,6 +53,17 @@ struct Config {
     /// Replicas of the streams created when missing (1 for one server, 3 for a cluster).
     #[arg(long, env = "BACKBEAT_STREAM_REPLICAS", default_value_t = 1)]
     stream_replicas: usize,
+    /// The cluster ids claims are taken for, comma-separated (all well-formed ids when absent); claims for others are refused with reason cluster_not_allowed (HTTP 403) and dead-lettered.
+    #[arg(long, env = "BACKBEAT_CLUSTERS", value_delimiter = ',')]
+    clusters: Option<Vec<String>>,
+    /// NATS answers go only to reply subjects under these inbox prefixes (PREFIX.…), comma-separated: _INBOX and the custom inbox prefixes your agents use; a request with any other reply subject is taken but not answered (metric backbeat_ingest_replies_refused_total).
+    #[arg(
+        long,
+        env = "BACKBEAT_INBOX_PREFIXES",
+        value_delimiter = ',',
+        default_value = "_INBOX"
+    )]
+    inbox_prefixes: Vec<String>,
     /// On SIGTERM, how long to wait for the claims taken to be answered.
     #[arg(long, env = "BACKBEAT_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     drain_timeout_secs: u64,
@@ -70,6 +81,8 @@ impl Config {
             retry_after_secs: self.retry_after_secs,
             queue_group: self.queue_group.clone(),
             stream_replicas: self.stream_replicas,
+            clusters: self.clusters.clone(),
+            inbox_prefixes: self.inbox_prefixes.clone(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! One JSON claim per request, or, with `Content-Type: application/x-ndjson`, a
 //! batch of claims one per line. Status codes: 202 accepted (a batch: at least
 //! one line stored or all fine), 400 invalid (a batch: every line refused),
-//! 413 too large (the body, the line count, or a single claim over 8 KiB),
-//! 503 with `Retry-After` when JetStream did not acknowledge in time (a batch:
-//! when any line was not acknowledged; its results say which).
+//! 403 `cluster_not_allowed` (the cluster is not on the gateway's `--clusters`;
+//! a batch: each line says so too), 413 too large (the body, the line count,
+//! or a single claim over 8 KiB), 503 with `Retry-After` when JetStream did
+//! not acknowledge in time (a batch: when any line was not acknowledged; its
+//! results say which). The refused lines of a batch are kept in one dead letter.
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt as _;
 
+use super::clusters::REASON_CLUSTER_NOT_ALLOWED;
 use super::publisher::{Input, Publisher, Source};
 use crate::answer::{BatchReply, LineResult, Outcome, Reply, NDJSON_CONTENT_TYPE};
 
@@ -52,9 +55,18 @@ pub fn claims_router(publisher: Arc<Publisher>, limits: HttpLimits) -> Router {
         .with_state(Arc::new(HttpIntake { publisher, limits }))
 }
 
+/// A body with more non-blank lines than allowed (the splitter stopped at the first one too many).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyLines {
+    /// The limit that was passed.
+    pub lines_max: usize,
+}
+
 /// Splits an NDJSON body into its non-blank lines: (1-based line number, bytes
-/// without the line end). A trailing `\r` is part of the line end.
-pub fn ndjson_lines(body: &Bytes) -> Vec<(u64, Bytes)> {
+/// without the line end). A trailing `\r` is part of the line end. Stops at
+/// the first non-blank line beyond `lines_max`: a body of a million short lines
+/// costs no more than one of `lines_max + 1`.
+pub fn ndjson_lines(body: &Bytes, lines_max: usize) -> Result<Vec<(u64, Bytes)>, TooManyLines> {
     let mut lines = Vec::new();
     let mut start = 0;
     let mut number = 0u64;
@@ -68,13 +80,15 @@ pub fn ndjson_lines(body: &Bytes) -> Vec<(u64, Bytes)> {
         if line_end > start && body[line_end - 1] == b'\r' {
             line_end -= 1;
         }
-        let line = body.slice(start..line_end);
-        if !line.iter().all(u8::is_ascii_whitespace) {
-            lines.push((number, line));
+        if !body[start..line_end].iter().all(u8::is_ascii_whitespace) {
+            if lines.len() == lines_max {
+                return Err(TooManyLines { lines_max });
+            }
+            lines.push((number, body.slice(start..line_end)));
         }
         start = end + 1;
     }
-    lines
+    Ok(lines)
 }
 
 async fn post_claims(
@@ -128,6 +142,7 @@ async fn post_claims(
         let status = match &outcome {
             Outcome::Accepted { .. } => StatusCode::ACCEPTED,
             Outcome::Rejected { reason, .. } if reason == "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Rejected { reason, .. } if reason == REASON_CLUSTER_NOT_ALLOWED => StatusCode::FORBIDDEN,
             Outcome::Rejected { .. } => StatusCode::BAD_REQUEST,
             Outcome::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -136,50 +151,37 @@ async fn post_claims(
 }
 
 async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: Bytes) -> Response {
-    let lines = ndjson_lines(&body);
+    let lines = match ndjson_lines(&body, intake.limits.batch_lines_max) {
+        Ok(lines) => lines,
+        Err(TooManyLines { lines_max }) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("a batch holds at most {lines_max} lines (--batch-lines-max); got more"),
+            );
+        }
+    };
     if lines.is_empty() {
         return error_response(StatusCode::BAD_REQUEST, REASON_EMPTY_BATCH, "the batch holds no claim");
     }
-    if lines.len() > intake.limits.batch_lines_max {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!(
-                "a batch holds at most {} lines; got {}",
-                intake.limits.batch_lines_max,
-                lines.len()
-            ),
-        );
-    }
-    // Submit every line before awaiting any ack: the publishes are pipelined.
-    // Each ack is awaited in its own task from the start, so the slots of
-    // acknowledged lines come back while later lines of a batch larger than
-    // the ack limit wait for one (an ack future that nobody polls would hold
-    // its slot until the whole batch was submitted: a batch would starve itself).
-    let mut pending = Vec::with_capacity(lines.len());
-    for (number, payload) in lines {
-        let input = Input {
-            cluster: cluster.clone(),
-            payload,
-            source: Source::Http,
-            origin: origin.clone(),
-        };
-        let outcome = intake.publisher.submit(input).await;
-        pending.push((number, tokio::spawn(outcome)));
-    }
+    // Every line is submitted before any ack is awaited: the publishes are pipelined.
+    let outcomes = intake.publisher.submit_batch(&cluster, &origin, lines).await.await;
     let mut reply = BatchReply {
-        results: Vec::with_capacity(pending.len()),
+        results: Vec::with_capacity(outcomes.len()),
         accepted: 0,
         rejected: 0,
         unavailable: 0,
     };
-    let (numbers, futures): (Vec<u64>, Vec<_>) = pending.into_iter().unzip();
-    let outcomes = futures::future::join_all(futures).await;
-    for (line, outcome) in numbers.into_iter().zip(outcomes) {
-        let outcome = outcome.unwrap_or_else(|e| Outcome::unavailable(format!("the ack task failed: {e}")));
-        match outcome {
+    let mut not_allowed = 0;
+    for (line, outcome) in outcomes {
+        match &outcome {
             Outcome::Accepted { .. } => reply.accepted += 1,
-            Outcome::Rejected { .. } => reply.rejected += 1,
+            Outcome::Rejected { reason, .. } => {
+                reply.rejected += 1;
+                if reason == REASON_CLUSTER_NOT_ALLOWED {
+                    not_allowed += 1;
+                }
+            }
             Outcome::Unavailable { .. } => reply.unavailable += 1,
         }
         reply.results.push(LineResult {
@@ -189,6 +191,9 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
     }
     let status = if reply.unavailable > 0 {
         StatusCode::SERVICE_UNAVAILABLE
+    } else if not_allowed > 0 {
+        // The cluster is the request's, so every line is refused for it.
+        StatusCode::FORBIDDEN
     } else if reply.accepted == 0 {
         StatusCode::BAD_REQUEST
     } else {
@@ -243,12 +248,31 @@ async fn read_body(body: Body, limit: usize, discard_max: usize) -> Result<Optio
 mod tests {
     use super::*;
 
+    fn split(body: &'static [u8], lines_max: usize) -> Result<Vec<(u64, Vec<u8>)>, TooManyLines> {
+        ndjson_lines(&Bytes::from_static(body), lines_max)
+            .map(|lines| lines.into_iter().map(|(n, l)| (n, l.to_vec())).collect())
+    }
+
     #[test]
     fn splits_ndjson() {
-        let body = Bytes::from_static(b"a\n\n  \r\nb\r\nc");
-        let owned: Vec<(u64, Vec<u8>)> = ndjson_lines(&body).into_iter().map(|(n, l)| (n, l.to_vec())).collect();
-        assert_eq!(owned, vec![(1, b"a".to_vec()), (4, b"b".to_vec()), (5, b"c".to_vec())]);
-        assert!(ndjson_lines(&Bytes::from_static(b"\n\n")).is_empty());
-        assert_eq!(ndjson_lines(&Bytes::from_static(b"x\n")).len(), 1);
+        assert_eq!(
+            split(b"a\n\n  \r\nb\r\nc", 10),
+            Ok(vec![(1, b"a".to_vec()), (4, b"b".to_vec()), (5, b"c".to_vec())])
+        );
+        assert_eq!(split(b"\n\n", 10), Ok(vec![]));
+        assert_eq!(split(b"x\n", 10).map(|l| l.len()), Ok(1));
+    }
+
+    #[test]
+    fn the_splitter_stops_at_the_line_limit_plus_one() {
+        assert_eq!(split(b"a\nb\n\n\n", 2).map(|l| l.len()), Ok(2));
+        assert_eq!(split(b"a\nb\nc", 2), Err(TooManyLines { lines_max: 2 }));
+        // A body of a million lines over a limit of 3: the splitter gives up
+        // after the fourth line and never holds more than three.
+        let body = Bytes::from("x\n".repeat(1_000_000));
+        assert_eq!(ndjson_lines(&body, 3), Err(TooManyLines { lines_max: 3 }));
+        // Blank lines count for the numbering only.
+        let body = Bytes::from(format!("{}y", "\n".repeat(100_000)));
+        assert_eq!(ndjson_lines(&body, 1), Ok(vec![(100_001, Bytes::from_static(b"y"))]));
     }
 }

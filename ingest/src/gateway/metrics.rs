@@ -3,6 +3,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use super::reply::RefusedReply;
+
 /// Counters, gauges and histograms, registered in [`GatewayMetrics::registry`].
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -21,6 +23,11 @@ pub struct GatewayMetrics {
     pub claims_unavailable: IntCounter,
     /// Dead letters JetStream did not acknowledge (the sender was still told why).
     pub dead_letters_failed: IntCounter,
+    /// Dead letters that hold only a prefix of their input (`Backbeat-Truncated`).
+    pub dead_letters_truncated: IntCounter,
+    /// NATS requests answered with nothing because their reply subject is not
+    /// an inbox, by `reason` ([`super::reply::RefusedReply`]); their claim is still taken.
+    pub replies_refused: IntCounterVec,
     /// From sending a publish to its JetStream ack.
     pub publish_latency: Histogram,
     /// JetStream publishes (claims and dead letters) awaiting their ack.
@@ -65,6 +72,22 @@ impl GatewayMetrics {
             "Dead letters JetStream did not acknowledge.",
         )
         .expect("valid metric");
+        let dead_letters_truncated = IntCounter::new(
+            "backbeat_ingest_dead_letters_truncated_total",
+            "Dead letters holding only a prefix of their input (an input or batch over --dead-letter-bytes-max).",
+        )
+        .expect("valid metric");
+        let replies_refused = IntCounterVec::new(
+            Opts::new(
+                "backbeat_ingest_replies_refused_total",
+                "NATS requests not answered because their reply subject is not an inbox (--inbox-prefixes), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in RefusedReply::ALL {
+            replies_refused.with_label_values(&[reason.as_str()]);
+        }
         let publish_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "backbeat_ingest_publish_latency_seconds",
@@ -87,6 +110,8 @@ impl GatewayMetrics {
             Box::new(claims_duplicate.clone()),
             Box::new(claims_unavailable.clone()),
             Box::new(dead_letters_failed.clone()),
+            Box::new(dead_letters_truncated.clone()),
+            Box::new(replies_refused.clone()),
             Box::new(publish_latency.clone()),
             Box::new(acks_in_flight.clone()),
         ] {
@@ -101,6 +126,8 @@ impl GatewayMetrics {
             claims_duplicate,
             claims_unavailable,
             dead_letters_failed,
+            dead_letters_truncated,
+            replies_refused,
             publish_latency,
             acks_in_flight,
         }

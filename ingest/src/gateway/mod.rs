@@ -5,19 +5,28 @@
 //! - An accepted claim is appended to `backbeat.{cluster}.claim` with its raw
 //!   bytes and `Nats-Msg-Id` = SPEC §8's claim id, so a retried claim is stored once.
 //! - A refused input is kept in `backbeat.{cluster}.reject` (or
-//!   [`admission::INVALID_CLUSTER_REJECT_SUBJECT`]) with headers
+//!   [`admission::INVALID_CLUSTER_REJECT_SUBJECT`] when its cluster id is not
+//!   valid or not on the allow-list, [`clusters`]) with headers
 //!   `Backbeat-Reason`, `Backbeat-Error`, `Backbeat-Source`, `Backbeat-Subject`
-//!   (and `Backbeat-Truncated` when only a prefix of a huge input is kept).
-//! - The answer comes after JetStream's ack, never before.
+//!   (and `Backbeat-Truncated` when only a prefix of a huge input is kept); the
+//!   refused lines of an HTTP batch are kept together, in one dead letter
+//!   ([`dead_letter`]).
+//! - The answer comes after JetStream's ack, never before, and a NATS answer
+//!   goes only to an inbox ([`reply`]).
+//! - The gateway publishes to JetStream on claim and reject subjects only
+//!   (checked on its one publish path, [`publisher`]).
 //!
 //! [`Gateway::start`] runs it on a connection in-process (tests, the benchmark);
 //! the `backbeat-ingest` binary wraps it with flags, admin HTTP and signals.
 
 pub mod admission;
+pub mod clusters;
+pub mod dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod nats_intake;
 pub mod publisher;
+pub mod reply;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,9 +43,11 @@ use tokio::task::JoinHandle;
 
 pub use crate::answer::{BatchReply, LineResult, Outcome, Reply, ReplyError, NDJSON_CONTENT_TYPE, REASON_UNAVAILABLE};
 pub use admission::{admit, Admission, INVALID_CLUSTER_REJECT_SUBJECT, REASON_INVALID_CLUSTER};
+pub use clusters::{AllowedClusters, REASON_CLUSTER_NOT_ALLOWED};
 pub use http::HttpLimits;
 pub use metrics::GatewayMetrics;
 pub use publisher::{Input, Publisher, PublisherLimits, Source};
+pub use reply::{InboxPrefixes, RefusedReply, DEFAULT_INBOX_PREFIX};
 
 /// Everything the gateway needs to know; validated by [`GatewayConfig::validate`].
 #[derive(Debug, Clone)]
@@ -62,6 +73,11 @@ pub struct GatewayConfig {
     pub queue_group: String,
     /// Replicas of the streams the gateway creates when they are missing.
     pub stream_replicas: usize,
+    /// The cluster ids the gateway takes claims for; `None`: every well-formed id.
+    pub clusters: Option<Vec<String>>,
+    /// NATS answers go only to reply subjects under one of these prefixes
+    /// (`{prefix}.…`): `_INBOX` and the custom inbox prefixes of the agents.
+    pub inbox_prefixes: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +92,8 @@ impl Default for GatewayConfig {
             retry_after_secs: 1,
             queue_group: "backbeat-ingest".to_string(),
             stream_replicas: 1,
+            clusters: None,
+            inbox_prefixes: vec![DEFAULT_INBOX_PREFIX.to_string()],
         }
     }
 }
@@ -98,7 +116,22 @@ impl GatewayConfig {
             (1..=5).contains(&self.stream_replicas),
             "--stream-replicas must be 1 to 5"
         );
+        self.allowed_clusters()?;
+        self.inboxes()?;
         Ok(())
+    }
+
+    /// `clusters` checked.
+    pub fn allowed_clusters(&self) -> anyhow::Result<AllowedClusters> {
+        Ok(match &self.clusters {
+            None => AllowedClusters::all(),
+            Some(ids) => AllowedClusters::only(ids)?,
+        })
+    }
+
+    /// `inbox_prefixes` checked.
+    pub fn inboxes(&self) -> anyhow::Result<InboxPrefixes> {
+        InboxPrefixes::new(&self.inbox_prefixes).context("--inbox-prefixes")
     }
 }
 
@@ -133,6 +166,8 @@ impl Gateway {
         config: GatewayConfig,
     ) -> anyhow::Result<Gateway> {
         config.validate()?;
+        let clusters = config.allowed_clusters()?;
+        let inboxes = config.inboxes()?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             // Our own slots bound the acks; the context's bound must never be the one that blocks.
@@ -156,6 +191,7 @@ impl Gateway {
                     .dead_letter_bytes_max
                     .min((client.server_info().max_payload).saturating_sub(4096).max(8192)),
             },
+            clusters,
             metrics.clone(),
         ));
         let subscription = client
@@ -170,12 +206,16 @@ impl Gateway {
             client.clone(),
             subscription,
             publisher.clone(),
+            inboxes.clone(),
+            metrics.clone(),
             stop_rx,
         ));
         let stream_watch = tokio::spawn(watch_streams(js, streams_present.clone()));
         tracing::info!(
             subject = INTAKE_WILDCARD,
             queue_group = %config.queue_group,
+            clusters = ?config.clusters,
+            inbox_prefixes = ?inboxes.prefixes(),
             acks_in_flight_max = config.acks_in_flight_max,
             "gateway serving NATS intake"
         );
@@ -214,6 +254,7 @@ impl Gateway {
             streams_present: self.streams_present.clone(),
             stop: self.stop.subscribe(),
             started_at: self.started_at,
+            inbox_prefixes: self.config.inbox_prefixes.clone(),
         };
         let admin = AdminState::new(
             self.metrics.registry.clone(),
@@ -287,6 +328,7 @@ struct StatusSource {
     streams_present: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
     started_at: Instant,
+    inbox_prefixes: Vec<String>,
 }
 
 impl StatusSource {
@@ -308,6 +350,8 @@ impl StatusSource {
             "streams_present": self.streams_present.load(Ordering::Relaxed),
             "shutting_down": *self.stop.borrow(),
             "intake_subject": INTAKE_WILDCARD,
+            "clusters": self.publisher.clusters().listed(),
+            "inbox_prefixes": self.inbox_prefixes,
             "acks_in_flight": self.publisher.acks_in_flight(),
             "acks_in_flight_max": self.publisher.limits().acks_in_flight_max,
             "claims": {
@@ -318,6 +362,10 @@ impl StatusSource {
                 "unavailable": m.claims_unavailable.get(),
             },
             "dead_letters_failed": m.dead_letters_failed.get(),
+            "replies_refused": RefusedReply::ALL
+                .iter()
+                .map(|r| m.replies_refused.with_label_values(&[r.as_str()]).get())
+                .sum::<u64>(),
         })
     }
 }

@@ -4,7 +4,9 @@
 //! (validation is microseconds); the same task drives the wait for each
 //! JetStream ack and then publishes the reply, so many acks are in flight at
 //! once while the number is bounded by the publisher's slots. A plain publish (no reply
-//! subject) is processed the same way and simply not answered.
+//! subject) is processed the same way and simply not answered; so is a request
+//! whose reply subject is not an inbox ([`super::reply`]: the gateway answers
+//! inboxes only, and counts the others).
 
 use std::sync::Arc;
 
@@ -13,7 +15,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
+use super::metrics::GatewayMetrics;
 use super::publisher::{Input, Publisher, Source};
+use super::reply::InboxPrefixes;
 
 /// The cluster token of an intake subject `backbeat.{cluster}.intake`, exactly
 /// as sent (validity is the admission's business). `None` for other subjects.
@@ -28,6 +32,8 @@ pub async fn serve_nats_intake(
     client: Client,
     mut subscription: Subscriber,
     publisher: Arc<Publisher>,
+    inboxes: InboxPrefixes,
+    metrics: GatewayMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     // The answers to come, driven by this task: no task per claim, and no
@@ -57,6 +63,16 @@ pub async fn serve_nats_intake(
             tracing::warn!(subject = %message.subject, "message on a subject that is not an intake subject");
             continue;
         };
+        // The claim is taken either way (as a plain publish would be); only
+        // its answer is withheld.
+        let reply_to = message.reply.filter(|reply| match inboxes.check(reply) {
+            Ok(()) => true,
+            Err(refused) => {
+                metrics.replies_refused.with_label_values(&[refused.as_str()]).inc();
+                tracing::debug!(reply = %reply.escape_debug(), reason = refused.as_str(), "no answer to a reply subject that is not an inbox");
+                false
+            }
+        });
         let input = Input {
             cluster: cluster.to_string(),
             payload: message.payload,
@@ -74,7 +90,6 @@ pub async fn serve_nats_intake(
                 Some(()) = replies.next(), if !replies.is_empty() => {}
             }
         };
-        let reply_to = message.reply;
         let client = client.clone();
         replies.push(async move {
             let outcome = pending.await;

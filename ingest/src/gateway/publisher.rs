@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_STREAM, NATS_MESSAGE_ID};
 use async_nats::jetstream;
-use backbeat_schemas::names::{EVENTS_STREAM, REJECTS_STREAM};
+use backbeat_schemas::names::{parse_subject, SubjectKind, EVENTS_STREAM, REJECTS_STREAM};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::admission::{admit, Admission};
+use super::clusters::AllowedClusters;
+use super::dead_letter::{DeadLetterBody, RefusedLine, HEADER_LINES, HEADER_LINES_REFUSED};
 use super::metrics::GatewayMetrics;
 use crate::answer::Outcome;
 
@@ -81,6 +83,7 @@ pub struct Publisher {
     js: jetstream::Context,
     slots: Arc<Semaphore>,
     limits: PublisherLimits,
+    clusters: AllowedClusters,
     /// Set when a wait for a slot timed out: JetStream is not keeping up, so
     /// later inputs are answered at once instead of each waiting in turn.
     /// Cleared by the next input that finds a free slot.
@@ -93,15 +96,24 @@ pub struct Publisher {
 /// An outcome to come: resolves once JetStream answered (or at once).
 pub type PendingOutcome = BoxFuture<'static, Outcome>;
 
+/// The outcomes of a batch's lines to come, in line order: (line number, outcome).
+pub type PendingBatch = BoxFuture<'static, Vec<(u64, Outcome)>>;
+
 impl Publisher {
     /// `js` should have an ack timeout (its context timeout) shorter than a
     /// sender's request timeout, so a sender hears `unavailable` before it gives up.
-    pub fn new(js: jetstream::Context, limits: PublisherLimits, metrics: GatewayMetrics) -> Self {
+    pub fn new(
+        js: jetstream::Context,
+        limits: PublisherLimits,
+        clusters: AllowedClusters,
+        metrics: GatewayMetrics,
+    ) -> Self {
         assert!(limits.acks_in_flight_max >= 1, "acks_in_flight_max must be at least 1");
         Publisher {
             js,
             slots: Arc::new(Semaphore::new(limits.acks_in_flight_max as usize)),
             limits,
+            clusters,
             saturated: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             metrics,
@@ -111,33 +123,140 @@ impl Publisher {
     /// Decides about `input` and starts its publish (claim or dead letter).
     /// Awaiting this only waits for an ack slot; await the returned future for the outcome.
     pub async fn submit(&self, input: Input) -> PendingOutcome {
-        self.metrics
-            .claims_received
-            .with_label_values(&[input.source.as_str()])
-            .inc();
-        let admission = admit(&input.cluster, &input.payload);
+        self.count_received(input.source);
+        let admission = self.admit(&input.cluster, &input.payload);
         let Some(slot) = self.ack_slot().await else {
-            self.metrics.claims_unavailable.inc();
-            let message = if self.closed.load(Ordering::Relaxed) {
-                "the gateway is shutting down; retry (another gateway may take it)"
-            } else {
-                "too many claims awaiting a JetStream ack; retry later"
-            };
-            return futures::future::ready(Outcome::unavailable(message)).boxed();
+            return futures::future::ready(self.unavailable()).boxed();
         };
         match admission {
-            Admission::Accept { claim_subject, msg_id } => self.publish_claim(claim_subject, msg_id, input, slot).await,
+            Admission::Accept { claim_subject, msg_id } => {
+                self.publish_claim(claim_subject, msg_id, input.payload, slot).await
+            }
             Admission::Reject {
                 reject_subject,
                 reason,
                 message,
             } => {
-                self.metrics.claims_rejected.with_label_values(&[&reason]).inc();
-                self.metrics.claims_rejected_all.inc();
-                self.publish_dead_letter(reject_subject, reason, message, input, slot)
-                    .await
+                self.count_rejected(&reason);
+                let body = DeadLetterBody::single(input.payload, self.limits.dead_letter_bytes_max);
+                let kept = self
+                    .publish_dead_letter(
+                        reject_subject,
+                        &reason,
+                        &message,
+                        input.source,
+                        &input.origin,
+                        body,
+                        slot,
+                    )
+                    .await;
+                // The sender is told why even when the dead letter was not
+                // stored: retrying a bad claim cannot make it good.
+                async move {
+                    kept.await;
+                    Outcome::Rejected { reason, message }
+                }
+                .boxed()
             }
         }
+    }
+
+    /// Decides about each line of an HTTP batch for `cluster`: accepted lines
+    /// are published one by one (pipelined, as [`Publisher::submit`] does),
+    /// the refused ones together in one dead letter ([`DeadLetterBody::batch`]).
+    /// Awaiting this waits for the ack slots; await the returned future for
+    /// every line's outcome. A refused line is answered with its reason once
+    /// the dead letter was handed to JetStream, or `unavailable` when no ack
+    /// slot was free for it (so that the sender retries and nothing is lost).
+    pub async fn submit_batch(&self, cluster: &str, origin: &str, lines: Vec<(u64, Bytes)>) -> PendingBatch {
+        enum Line {
+            Claim(tokio::task::JoinHandle<Outcome>),
+            Unavailable(Outcome),
+            /// Index into `refused`.
+            Refused(usize),
+        }
+        let mut answers = Vec::with_capacity(lines.len());
+        let mut refused: Vec<RefusedLine> = Vec::new();
+        let mut reject_subject = None;
+        for (number, payload) in lines {
+            self.count_received(Source::Http);
+            match self.admit(cluster, &payload) {
+                Admission::Accept { claim_subject, msg_id } => {
+                    let line = match self.ack_slot().await {
+                        None => Line::Unavailable(self.unavailable()),
+                        // Each ack is awaited in its own task from the start, so the
+                        // slots of acknowledged lines come back while later lines of a
+                        // batch larger than the ack limit wait for one (an ack future
+                        // that nobody polls would hold its slot until the whole batch
+                        // was submitted: a batch would starve itself).
+                        Some(slot) => Line::Claim(tokio::spawn(
+                            self.publish_claim(claim_subject, msg_id, payload, slot).await,
+                        )),
+                    };
+                    answers.push((number, line));
+                }
+                Admission::Reject {
+                    reject_subject: subject,
+                    reason,
+                    message,
+                } => {
+                    // The lines of a batch share their cluster, so their reject subject.
+                    reject_subject.get_or_insert(subject);
+                    answers.push((number, Line::Refused(refused.len())));
+                    refused.push(RefusedLine {
+                        line: number,
+                        payload,
+                        reason,
+                        message,
+                    });
+                }
+            }
+        }
+        let mut kept = None;
+        if let Some(subject) = reject_subject {
+            if let Some(slot) = self.ack_slot().await {
+                for line in &refused {
+                    self.count_rejected(&line.reason);
+                }
+                let first = &refused[0];
+                let body = DeadLetterBody::batch(&refused, self.limits.dead_letter_bytes_max);
+                kept = Some(
+                    self.publish_dead_letter(subject, &first.reason, &first.message, Source::Http, origin, body, slot)
+                        .await,
+                );
+            }
+        }
+        let refused_outcomes: Vec<Outcome> = refused
+            .into_iter()
+            .map(|line| {
+                if kept.is_some() {
+                    Outcome::Rejected {
+                        reason: line.reason,
+                        message: line.message,
+                    }
+                } else {
+                    self.unavailable()
+                }
+            })
+            .collect();
+        async move {
+            if let Some(kept) = kept {
+                kept.await;
+            }
+            let mut outcomes = Vec::with_capacity(answers.len());
+            for (number, line) in answers {
+                let outcome = match line {
+                    Line::Claim(ack) => ack
+                        .await
+                        .unwrap_or_else(|e| Outcome::unavailable(format!("the ack task failed: {e}"))),
+                    Line::Unavailable(outcome) => outcome,
+                    Line::Refused(i) => refused_outcomes[i].clone(),
+                };
+                outcomes.push((number, outcome));
+            }
+            outcomes
+        }
+        .boxed()
     }
 
     /// Stops taking inputs: every later [`Publisher::submit`] answers `unavailable`.
@@ -164,6 +283,38 @@ impl Publisher {
         self.limits
     }
 
+    /// The clusters this gateway takes.
+    pub fn clusters(&self) -> &AllowedClusters {
+        &self.clusters
+    }
+
+    /// The allow-list first, then SPEC admission ([`admit`] checks the id's
+    /// form before the allow-list is asked, see [`AllowedClusters::refusal`]).
+    fn admit(&self, cluster: &str, payload: &[u8]) -> Admission {
+        self.clusters
+            .refusal(cluster)
+            .unwrap_or_else(|| admit(cluster, payload))
+    }
+
+    fn count_received(&self, source: Source) {
+        self.metrics.claims_received.with_label_values(&[source.as_str()]).inc();
+    }
+
+    fn count_rejected(&self, reason: &str) {
+        self.metrics.claims_rejected.with_label_values(&[reason]).inc();
+        self.metrics.claims_rejected_all.inc();
+    }
+
+    /// The answer to an input that found no ack slot (counted).
+    fn unavailable(&self) -> Outcome {
+        self.metrics.claims_unavailable.inc();
+        Outcome::unavailable(if self.closed.load(Ordering::Relaxed) {
+            "the gateway is shutting down; retry (another gateway may take it)"
+        } else {
+            "too many claims awaiting a JetStream ack; retry later"
+        })
+    }
+
     async fn ack_slot(&self) -> Option<AckSlot> {
         if self.closed.load(Ordering::Relaxed) {
             return None;
@@ -188,15 +339,33 @@ impl Publisher {
         }
     }
 
-    async fn publish_claim(&self, subject: String, msg_id: String, input: Input, slot: AckSlot) -> PendingOutcome {
+    /// Every JetStream publish of the gateway goes through here, and only to
+    /// a claim or a reject subject: whatever a sender writes, nothing the
+    /// gateway stores can land on a beat, bar or intake subject (the NATS
+    /// replies, the only other thing it publishes, go to inboxes only: [`super::reply`]).
+    /// `expected_stream` makes the server refuse the publish when another
+    /// stream is bound to the subject, instead of letting it go astray.
+    async fn publish(
+        &self,
+        subject: String,
+        mut headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let expected_stream = match parse_subject(&subject) {
+            Some((_, SubjectKind::Claim)) => EVENTS_STREAM,
+            Some((_, SubjectKind::Reject)) => REJECTS_STREAM,
+            _ => panic!("the gateway publishes only to claim and reject subjects; not to {subject:?}"),
+        };
+        headers.insert(NATS_EXPECTED_STREAM, expected_stream);
+        self.js.publish_with_headers(subject, headers, payload).await
+    }
+
+    async fn publish_claim(&self, subject: String, msg_id: String, payload: Bytes, slot: AckSlot) -> PendingOutcome {
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, msg_id.as_str());
-        // A claim lands in BACKBEAT_EVENTS or nowhere: with another stream
-        // bound to the subject, the publish fails instead of going astray.
-        headers.insert(NATS_EXPECTED_STREAM, EVENTS_STREAM);
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        match self.js.publish_with_headers(subject, headers, input.payload).await {
+        match self.publish(subject, headers, payload).await {
             Err(e) => {
                 drop(slot);
                 metrics.claims_unavailable.inc();
@@ -228,41 +397,43 @@ impl Publisher {
         }
     }
 
-    /// Keeps the input in `BACKBEAT_REJECTS` and answers the rejection once
-    /// JetStream has it. A dead letter JetStream refuses is logged and counted;
-    /// the sender is still told why its input was refused (retrying a bad
-    /// claim cannot make it good).
+    /// Keeps `body` in `BACKBEAT_REJECTS`; the returned future resolves once
+    /// JetStream answered. A dead letter JetStream refuses is logged and counted.
+    #[allow(clippy::too_many_arguments)]
     async fn publish_dead_letter(
         &self,
         subject: String,
-        reason: String,
-        message: String,
-        input: Input,
+        reason: &str,
+        message: &str,
+        source: Source,
+        origin: &str,
+        body: DeadLetterBody,
         slot: AckSlot,
-    ) -> PendingOutcome {
+    ) -> BoxFuture<'static, ()> {
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_EXPECTED_STREAM, REJECTS_STREAM);
-        headers.insert(HEADER_REASON, header_value(&reason).as_str());
-        headers.insert(HEADER_ERROR, header_value(&message).as_str());
-        headers.insert(HEADER_SOURCE, input.source.as_str());
-        headers.insert(HEADER_SUBJECT, header_value(&input.origin).as_str());
-        let payload_len = input.payload.len();
+        headers.insert(HEADER_REASON, header_value(reason).as_str());
+        headers.insert(HEADER_ERROR, header_value(message).as_str());
+        headers.insert(HEADER_SOURCE, source.as_str());
+        headers.insert(HEADER_SUBJECT, header_value(origin).as_str());
         // An input larger than a message may be is kept as its prefix, saying
         // so, rather than lost to a refused publish.
-        let mut payload = input.payload;
-        if payload_len > self.limits.dead_letter_bytes_max {
-            headers.insert(HEADER_TRUNCATED, payload_len.to_string().as_str());
-            payload.truncate(self.limits.dead_letter_bytes_max);
+        if let Some(full_len) = body.truncated_from_bytes {
+            headers.insert(HEADER_TRUNCATED, full_len.to_string().as_str());
+            self.metrics.dead_letters_truncated.inc();
         }
+        if let Some(lines) = &body.lines {
+            headers.insert(HEADER_LINES, header_value(&lines.listed).as_str());
+            headers.insert(HEADER_LINES_REFUSED, lines.refused.to_string().as_str());
+        }
+        let payload_len = body.payload.len();
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        let outcome = Outcome::Rejected { reason, message };
-        match self.js.publish_with_headers(subject.clone(), headers, payload).await {
+        match self.publish(subject.clone(), headers, body.payload).await {
             Err(e) => {
                 drop(slot);
                 metrics.dead_letters_failed.inc();
                 tracing::error!(%subject, payload_len, error = %e, "dead letter not published");
-                futures::future::ready(outcome).boxed()
+                futures::future::ready(()).boxed()
             }
             Ok(ack) => async move {
                 let result = ack.await;
@@ -272,7 +443,6 @@ impl Publisher {
                     metrics.dead_letters_failed.inc();
                     tracing::error!(%subject, payload_len, error = %e, "dead letter not acknowledged");
                 }
-                outcome
             }
             .boxed(),
         }

@@ -27,6 +27,7 @@ async fn batches_answer_line_by_line_within_their_limits() {
             acks_in_flight_max: 8,
             batch_lines_max: 300,
             batch_bytes_max: 64 * 1024,
+            dead_letter_bytes_max: 8192,
             ..GatewayConfig::default()
         },
     )
@@ -66,15 +67,39 @@ async fn batches_answer_line_by_line_within_their_limits() {
         good_2.as_bytes(),
         "the CR is not part of the claim"
     );
+    // One dead letter for the batch: its refused lines as sent, with their
+    // line numbers and reasons.
     let letters = dead_letters(&client).await;
-    assert_eq!(letters.len(), 2);
-    assert_eq!(letters[0].payload.as_ref(), bad.as_bytes());
+    assert_eq!(letters.len(), 1, "one dead letter per bad batch");
+    let letter = &letters[0];
+    assert_eq!(letter.payload.as_ref(), format!("{bad}\nnot json").as_bytes());
+    assert_eq!(
+        letter.header("Backbeat-Lines").as_deref(),
+        Some("3=invalid_field:progress 5=invalid_json")
+    );
+    assert_eq!(letter.header("Backbeat-Lines-Refused").as_deref(), Some("2"));
+    assert_eq!(
+        letter.header("Backbeat-Reason").as_deref(),
+        Some("invalid_field:progress")
+    );
+    assert_eq!(letter.header("Backbeat-Source").as_deref(), Some("http"));
+    assert_eq!(
+        letter.header("Backbeat-Subject").as_deref(),
+        Some("/api/v1/clusters/delta/claims")
+    );
+    assert_eq!(letter.header("Backbeat-Truncated"), None);
+    assert_eq!(letter.subject, "backbeat.delta.reject");
 
     // Every line refused: 400, still per line.
     let (status, answer) = post_batch(&http, &url, "{}\n[]\n".into()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let batch: BatchReply = serde_json::from_slice(&answer).unwrap();
     assert_eq!(batch.rejected, 2);
+    assert_eq!(
+        dead_letters(&client).await.len(),
+        2,
+        "the second batch: one more dead letter"
+    );
 
     // No line at all.
     let (status, answer) = post_batch(&http, &url, "\n \n".into()).await;
@@ -86,6 +111,22 @@ async fn batches_answer_line_by_line_within_their_limits() {
     let many: String = (0..301).map(|i| claim("many", None, i, 0x200) + "\n").collect();
     let (status, _) = post_batch(&http, &url, many).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Far more lines than allowed, within the byte limit: the same answer,
+    // given by a splitter that stopped at line 301 (`got more`, not a count).
+    let (status, answer) = post_batch(&http, &url, "{}\n".repeat(20_000)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let reply: Reply = serde_json::from_slice(&answer).unwrap();
+    let error = reply.error.unwrap();
+    assert_eq!(error.reason, "too_large");
+    assert_eq!(
+        error.message,
+        "a batch holds at most 300 lines (--batch-lines-max); got more"
+    );
+    assert_eq!(
+        dead_letters(&client).await.len(),
+        2,
+        "a batch refused whole is not a dead letter"
+    );
     // A body over the byte limit: 413.
     let huge = "x".repeat(64 * 1024 + 1);
     let (status, answer) = post_batch(&http, &url, huge).await;
@@ -110,5 +151,35 @@ async fn batches_answer_line_by_line_within_their_limits() {
     let batch: BatchReply = serde_json::from_slice(&answer).unwrap();
     assert_eq!((batch.accepted, batch.unavailable), (300, 0));
     assert_eq!(claims_stored(&client, "delta").await.len(), 2 + 1 + 300);
+
+    // 300 bad lines of ~200 bytes: still one dead letter, within its size
+    // limit, holding the first lines whole and counting them all.
+    let letters_before = dead_letters(&client).await.len();
+    let bad: Vec<String> = (0..300)
+        .map(|i| claim(&format!("bad-{i}"), None, 8, 0x500).replace("0.5", "7"))
+        .collect();
+    let (status, answer) = post_batch(&http, &url, bad.join("\n")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let batch: BatchReply = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(batch.rejected, 300, "every line keeps its own answer");
+    assert!(batch
+        .results
+        .iter()
+        .all(|r| r.reply.error.as_ref().unwrap().reason == "invalid_field:progress"));
+    let letters = dead_letters(&client).await;
+    assert_eq!(letters.len(), letters_before + 1);
+    let letter = letters.last().unwrap();
+    let listed = letter.header("Backbeat-Lines").unwrap();
+    assert!(letter.payload.len() + listed.len() <= 8192);
+    let kept: Vec<&[u8]> = letter.payload.split(|&b| b == b'\n').collect();
+    assert!(kept.len() > 10 && kept.len() < 300, "{} lines kept", kept.len());
+    for (i, line) in kept.iter().enumerate() {
+        assert_eq!(*line, bad[i].as_bytes(), "line {} is kept whole", i + 1);
+    }
+    assert!(listed.starts_with("1=invalid_field:progress 2=invalid_field:progress"));
+    assert_eq!(listed.split(' ').count(), kept.len());
+    assert_eq!(letter.header("Backbeat-Lines-Refused").as_deref(), Some("300"));
+    let full_len: usize = bad.iter().map(|l| l.len() + 1).sum::<usize>() - 1;
+    assert_eq!(letter.header("Backbeat-Truncated"), Some(full_len.to_string()));
     gateway.stop().await;
 }
