@@ -147,6 +147,7 @@ async fn run_catch_up(client: async_nats::Client, name: String, last_seq: u64, r
         lease_ttl: Duration::from_secs(10),
         history_every: 100,
         history_keep: 100,
+        max_clusters: 1024,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::spawn(backbeat_processor::driver::run(

@@ -7,6 +7,16 @@
 //! configuration, so a processor started with other flags refuses the state
 //! instead of folding it wrongly.
 //!
+//! Writers are fenced, so a deposed writer (paused past its lease, then
+//! resumed with a write in flight) can never corrupt its successor's
+//! checkpoint: chunk keys carry the writer's instance id (the lease's
+//! random id), so no one else ever writes the chunks a manifest names; the
+//! manifest and the history list are written with a compare-and-set on
+//! their KV revision; and a writer claims both keys when it loads (it writes
+//! them again at the revision it read), so a late write of the one before
+//! it, still made at an older revision, is refused by the server. A writer
+//! refused is deposed ([`Fenced`]): it must stop.
+//!
 //! Some checkpoints are also kept as history (every `--history-every` windows,
 //! the last `--history-keep` of them), listed under `{name}.history`: `replay`
 //! of a past window starts from the newest kept checkpoint taken before that
@@ -40,6 +50,18 @@ pub struct Manifest {
     pub bytes: u64,
     /// SHA-256 of the state bytes, lowercase hex.
     pub sha256: String,
+    /// The instance id of the process that wrote it: its chunks' keys carry it.
+    #[serde(default)]
+    pub writer: String,
+    /// The instance id of the process that holds the checkpoint now: its
+    /// writer, or the successor that claimed it since (see [`Fenced`]).
+    #[serde(default)]
+    pub holder: String,
+    /// Per cluster, the bar-stream sequence of the last report the state
+    /// closed (published by this processor before the checkpoint was stored):
+    /// a report already published after it is searched for from there.
+    #[serde(default)]
+    pub last_reports: BTreeMap<String, u64>,
     /// The clusters the state folds (sorted; empty = every cluster). A state
     /// of other clusters would skip this processor's events below its position.
     #[serde(default)]
@@ -76,18 +98,52 @@ pub struct OtherFormat {
     pub key: String,
 }
 
-/// 7: whole tasks inside the agent record, no index of deadline windows
+/// 8: the caps in the fold config, the writer's instance in the manifest
+/// and in chunk keys, each cluster's last report's bar sequence. 7: whole
+/// tasks inside the agent record, no index of deadline windows
 /// (an agent's lowest pending deadline window instead), no task entry ids,
 /// and the clusters as a sequence sorted by id (6: a task's deadline in its
 /// hot part; 5: tasks split into a hot part in the agent record and a cold
 /// part; 4: one roster of agents holding their tasks; 3: agent and task
 /// tables apart; 2: per-window agent sets; 1: task hash maps).
-const FORMAT: u32 = 7;
+const FORMAT: u32 = 8;
+
+/// This writer is no longer the one: another process wrote the checkpoint
+/// (its manifest or history moved from the revision this one last wrote or
+/// claimed). The process must stop; its lease is gone too, or going.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "checkpoint key {key} of bucket {CHECKPOINT_BUCKET} was written by another process (revision {expected} \
+     is no longer the latest): this process is no longer its writer"
+)]
+pub struct Fenced {
+    pub key: String,
+    pub expected: u64,
+}
+
+/// What a writer puts in the manifest key when it claims a name that has no
+/// checkpoint yet (read back as "no checkpoint").
+#[derive(Debug, Serialize, Deserialize)]
+struct Claim {
+    claimed_by: String,
+}
+
+/// Loading gives up after this many claims lost to a concurrent writer.
+const CLAIM_ATTEMPTS_MAX: u32 = 10;
 
 /// One processor's checkpoints (`name` = its durable consumer's name).
 pub struct CheckpointStore {
     kv: kv::Store,
     name: String,
+    /// This process's instance id (its lease's): the writer of its chunks.
+    instance: String,
+    /// The manifest key's revision this writer last wrote or claimed.
+    manifest_revision: Option<u64>,
+    /// The history key's revision this writer last wrote or claimed.
+    history_revision: Option<u64>,
+    /// The next generation to write (never one this process wrote before,
+    /// even when a write failed half-way).
+    next_generation: u64,
     /// The processor's cluster filter, sorted, written into every manifest.
     clusters: Vec<String>,
     chunk_bytes: usize,
@@ -103,6 +159,7 @@ impl CheckpointStore {
     pub async fn open(
         js: &jetstream::Context,
         name: &str,
+        instance: &str,
         clusters: &[String],
         replicas: usize,
         max_payload: usize,
@@ -129,6 +186,10 @@ impl CheckpointStore {
         Ok(CheckpointStore {
             kv,
             name: name.to_string(),
+            instance: instance.to_string(),
+            manifest_revision: None,
+            history_revision: None,
+            next_generation: 1,
             clusters,
             chunk_bytes,
             current: None,
@@ -141,30 +202,31 @@ impl CheckpointStore {
         manifest_key(&self.name)
     }
 
-    fn chunk_key(&self, generation: u64, index: u32) -> String {
-        chunk_key(&self.name, generation, index)
-    }
-
-    /// The latest checkpoint, checked against its digest; `None` when there is none.
+    /// The latest checkpoint, checked against its digest; `None` when there
+    /// is none. Claims the checkpoint for this writer first (see the module
+    /// doc), so a late write of a deposed one is refused from now on.
     pub async fn load(&mut self) -> anyhow::Result<Option<(Manifest, Fold)>> {
-        // The history first: kept checkpoints outlive a removed latest one,
-        // and new generations must not reuse their chunks' keys.
-        self.history = match read_history(&self.kv, &self.name).await {
-            Ok(history) => history,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "the checkpoint history is not readable; starting it afresh");
-                Vec::new()
+        let mut attempt = 0;
+        let raw = loop {
+            attempt += 1;
+            match self.claim().await? {
+                Some(raw) => break raw,
+                None if attempt < CLAIM_ATTEMPTS_MAX => {
+                    tracing::warn!("the checkpoint moved while it was claimed (a deposed writer's late write); again");
+                }
+                None => bail!(
+                    "checkpoint {:?} keeps moving while it is claimed: another process writes it",
+                    self.name
+                ),
             }
         };
-        let Some(raw) = self
-            .kv
-            .get(self.manifest_key())
-            .await
-            .context("reading checkpoint manifest")?
-        else {
+        let next_generation = self.history.iter().map(|m| m.generation).max().unwrap_or(0) + 1;
+        self.next_generation = self.next_generation.max(next_generation);
+        let Some(raw) = raw.filter(|raw| serde_json::from_slice::<Claim>(raw).is_err()) else {
             return Ok(None);
         };
         let manifest: Manifest = serde_json::from_slice(&raw).context("checkpoint manifest is not readable")?;
+        self.next_generation = self.next_generation.max(manifest.generation + 1);
         if manifest.format != FORMAT {
             let error = OtherFormat {
                 format: manifest.format,
@@ -189,6 +251,67 @@ impl CheckpointStore {
         Ok(Some((manifest, fold)))
     }
 
+    /// Reads the history and the manifest and writes each again at the
+    /// revision read (a key not there is created: an empty history, a
+    /// [`Claim`] in the manifest's place). Some(manifest bytes, None when
+    /// there is none) once both are claimed; None when one moved meanwhile.
+    async fn claim(&mut self) -> anyhow::Result<Option<Option<Bytes>>> {
+        let history_key = history_key(&self.name);
+        let history_entry = self
+            .kv
+            .entry(&history_key)
+            .await
+            .context("reading the checkpoint history")?;
+        let history_raw = put_value(&history_entry);
+        // Kept checkpoints outlive a removed latest one, and new generations
+        // must not reuse their chunks' keys.
+        self.history = match history_raw.as_deref().map(serde_json::from_slice::<Vec<Manifest>>) {
+            None => Vec::new(),
+            Some(Ok(history)) => history,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the checkpoint history is not readable; starting it afresh");
+                Vec::new()
+            }
+        };
+        let history_value = Bytes::from(serde_json::to_vec(&self.history)?);
+        let Some(history_revision) =
+            claim_key(&self.kv, &history_key, history_entry.map(|e| e.revision), history_value).await?
+        else {
+            return Ok(None);
+        };
+        let manifest_key = self.manifest_key();
+        let entry = self
+            .kv
+            .entry(&manifest_key)
+            .await
+            .context("reading checkpoint manifest")?;
+        let raw = put_value(&entry);
+        // A manifest is written again naming this process as its holder: a
+        // deposed writer that finds the key moved can tell it is not its own.
+        let claimed = raw
+            .as_deref()
+            .and_then(|raw| serde_json::from_slice::<Manifest>(raw).ok())
+            .map(|mut manifest| {
+                manifest.holder = self.instance.clone();
+                manifest
+            });
+        let value = match (&raw, &claimed) {
+            (_, Some(manifest)) => Bytes::from(serde_json::to_vec(manifest)?),
+            // Not readable: written back as it is (load says why).
+            (Some(raw), None) => raw.clone(),
+            (None, None) => Bytes::from(serde_json::to_vec(&Claim {
+                claimed_by: self.instance.clone(),
+            })?),
+        };
+        let Some(manifest_revision) = claim_key(&self.kv, &manifest_key, entry.map(|e| e.revision), value).await?
+        else {
+            return Ok(None);
+        };
+        self.history_revision = Some(history_revision);
+        self.manifest_revision = Some(manifest_revision);
+        Ok(Some(raw))
+    }
+
     /// Writes `state` (a fold's checkpoint bytes after the event `seq`, folded
     /// with `config`, with each cluster's lowest unreported window) as the new
     /// checkpoint, and removes the previous one's chunks unless that one is
@@ -200,19 +323,14 @@ impl CheckpointStore {
         config: FoldConfig,
         state: &[u8],
         next_to_close: BTreeMap<String, u64>,
+        last_reports: BTreeMap<String, u64>,
         keep: bool,
     ) -> anyhow::Result<Manifest> {
-        let generation = self
-            .current
-            .iter()
-            .chain(&self.history)
-            .map(|m| m.generation)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let generation = self.next_generation;
+        self.next_generation += 1;
         let mut chunks = 0u32;
         for (index, chunk) in state.chunks(self.chunk_bytes).enumerate() {
-            let key = self.chunk_key(generation, index as u32);
+            let key = chunk_key(&self.name, &self.instance, generation, index as u32);
             self.kv
                 .put(&key, Bytes::copy_from_slice(chunk))
                 .await
@@ -227,13 +345,24 @@ impl CheckpointStore {
             chunks,
             bytes: state.len() as u64,
             sha256: sha256_hex(state),
+            writer: self.instance.clone(),
+            holder: self.instance.clone(),
+            last_reports,
             clusters: self.clusters.clone(),
             next_to_close,
         };
-        self.kv
-            .put(self.manifest_key(), serde_json::to_vec(&manifest)?.into())
-            .await
-            .context("writing checkpoint manifest")?;
+        let manifest_key = self.manifest_key();
+        let revision = self.manifest_revision;
+        let instance = self.instance.as_str();
+        let ours = |raw: &[u8]| serde_json::from_slice::<Manifest>(raw).is_ok_and(|m| m.holder == instance);
+        let written = write_fenced(
+            &self.kv,
+            &manifest_key,
+            revision,
+            serde_json::to_vec(&manifest)?.into(),
+            ours,
+        );
+        self.manifest_revision = Some(written.await?);
         let mut unused = Vec::new();
         if let Some(previous) = self.current.replace(manifest.clone()) {
             if !self.is_kept(previous.generation) {
@@ -258,14 +387,16 @@ impl CheckpointStore {
             }
             // Written before the chunks of those that left it are removed: the
             // history never names a checkpoint whose chunks are gone.
-            self.kv
-                .put(history_key(&self.name), list.into())
-                .await
-                .context("writing the checkpoint history")?;
+            let history_key = history_key(&self.name);
+            let revision = self.history_revision;
+            // A claim writes the list as it was, so it cannot tell a write of
+            // ours from another's: a moved history always fences.
+            let written = write_fenced(&self.kv, &history_key, revision, list.into(), |_| false);
+            self.history_revision = Some(written.await?);
         }
         for old in unused {
             for index in 0..old.chunks {
-                let key = self.chunk_key(old.generation, index);
+                let key = chunk_key(&self.name, &old.writer, old.generation, index);
                 if let Err(e) = self.kv.purge(&key).await {
                     tracing::warn!(%key, error = %e, "could not remove an old checkpoint chunk");
                 }
@@ -333,8 +464,82 @@ fn history_key(name: &str) -> String {
     format!("{name}.history")
 }
 
-fn chunk_key(name: &str, generation: u64, index: u32) -> String {
-    format!("{name}.g{generation}.c{index}")
+/// A chunk's key: the writer's instance id in it, so that only the process
+/// that wrote a manifest ever writes the chunks it names (a manifest of
+/// format 7 and before has no writer: the old keys).
+fn chunk_key(name: &str, writer: &str, generation: u64, index: u32) -> String {
+    if writer.is_empty() {
+        format!("{name}.g{generation}.c{index}")
+    } else {
+        format!("{name}.{writer}.g{generation}.c{index}")
+    }
+}
+
+/// The value of an entry that holds one (not a deletion).
+fn put_value(entry: &Option<kv::Entry>) -> Option<Bytes> {
+    entry
+        .as_ref()
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| e.value.clone())
+}
+
+/// Writes `key` again at `revision` (creates it when there is none): the new
+/// revision, or None when the key moved meanwhile.
+async fn claim_key(kv: &kv::Store, key: &str, revision: Option<u64>, value: Bytes) -> anyhow::Result<Option<u64>> {
+    let result = match revision {
+        Some(revision) => kv.update(key, value, revision).await.map_err(|e| {
+            let moved = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+            (moved, anyhow::Error::new(e))
+        }),
+        None => kv.create(key, value).await.map_err(|e| {
+            let moved = e.kind() == kv::CreateErrorKind::AlreadyExists;
+            (moved, anyhow::Error::new(e))
+        }),
+    };
+    match result {
+        Ok(revision) => Ok(Some(revision)),
+        Err((true, _)) => Ok(None),
+        Err((false, e)) => Err(e.context(format!("claiming checkpoint key {key}"))),
+    }
+}
+
+/// Writes `key` with a compare-and-set on `revision` (the one this writer
+/// last wrote or claimed): the new revision, or [`Fenced`] when another
+/// process wrote it since. A write of this writer's own stored without its
+/// answer reaching it (`is_ours` of the stored value) is written over.
+async fn write_fenced(
+    kv: &kv::Store,
+    key: &str,
+    revision: Option<u64>,
+    value: Bytes,
+    is_ours: impl Fn(&[u8]) -> bool,
+) -> anyhow::Result<u64> {
+    let Some(mut revision) = revision else {
+        bail!("checkpoint key {key} written before it was claimed (load first)");
+    };
+    let mut adopted = false;
+    loop {
+        match kv.update(key, value.clone(), revision).await {
+            Ok(revision) => return Ok(revision),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let entry = kv.entry(key).await.context("reading a checkpoint key that moved")?;
+                match entry {
+                    Some(entry) if !adopted && entry.operation == kv::Operation::Put && is_ours(&entry.value) => {
+                        adopted = true;
+                        revision = entry.revision;
+                    }
+                    _ => {
+                        return Err(Fenced {
+                            key: key.to_string(),
+                            expected: revision,
+                        }
+                        .into())
+                    }
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("writing checkpoint key {key}"))),
+        }
+    }
 }
 
 /// Processor `name`'s kept checkpoints, oldest first (none when it keeps none).
@@ -353,7 +558,7 @@ async fn read_history(kv: &kv::Store, name: &str) -> anyhow::Result<Vec<Manifest
 async fn read_state(kv: &kv::Store, name: &str, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
     let mut state = Vec::with_capacity(manifest.bytes as usize);
     for index in 0..manifest.chunks {
-        let key = chunk_key(name, manifest.generation, index);
+        let key = chunk_key(name, &manifest.writer, manifest.generation, index);
         let chunk = kv
             .get(&key)
             .await

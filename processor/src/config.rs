@@ -20,6 +20,14 @@ pub struct FoldArgs {
     /// T: a task entry is dropped T windows after its last claim.
     #[arg(long, env = "BACKBEAT_TASK_TTL", default_value_t = 10)]
     pub task_ttl: u64,
+    /// Cap: task entries one agent may hold; a claim that would add one more is rejected
+    /// (rejected_claims, reason too_many_tasks). At least 1.
+    #[arg(long, env = "BACKBEAT_MAX_TASKS_PER_AGENT", default_value_t = crate::fold::MAX_TASKS_PER_AGENT_DEFAULT)]
+    pub max_tasks_per_agent: u64,
+    /// Cap: agents one cluster's state may hold; a claim of one more agent is rejected
+    /// (rejected_claims, reason too_many_agents). At least 1.
+    #[arg(long, env = "BACKBEAT_MAX_AGENTS_PER_CLUSTER", default_value_t = crate::fold::MAX_AGENTS_PER_CLUSTER_DEFAULT)]
+    pub max_agents_per_cluster: u64,
 }
 
 impl FoldArgs {
@@ -31,6 +39,8 @@ impl FoldArgs {
             future: self.future,
             max_jump: self.max_jump.unwrap_or(self.bar_length.saturating_mul(10)),
             task_ttl: self.task_ttl,
+            max_tasks_per_agent: self.max_tasks_per_agent,
+            max_agents_per_cluster: self.max_agents_per_cluster,
         };
         config.validate()?;
         Ok(config)

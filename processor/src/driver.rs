@@ -25,12 +25,13 @@ use async_nats::jetstream::{self, consumer, AckKind};
 use backbeat_schemas::names::{subject, SubjectKind};
 use futures::{FutureExt as _, StreamExt as _};
 
-use crate::checkpoint::{CheckpointStore, OtherFormat};
+use crate::checkpoint::{CheckpointStore, Fenced, OtherFormat};
 use crate::fold::{Fold, FoldConfig};
 use crate::lease::Leases;
 use crate::metrics::Metrics;
-use crate::publisher::{BarPublisher, PublishOutcome};
+use crate::publisher::{BarPublisher, PublishHealth, PublishOutcome};
 use crate::status::SharedStatus;
+use crate::status::REFUSED_CLUSTERS_SHOWN;
 use crate::worker::{self, Request};
 
 /// What `run` needs, validated.
@@ -58,6 +59,8 @@ pub struct RunConfig {
     pub history_every: u64,
     /// Kept checkpoints at most (the oldest leave first).
     pub history_keep: usize,
+    /// Clusters the fold holds at most; events of others are counted, not folded.
+    pub max_clusters: usize,
 }
 
 /// Whether `stream` still holds every message it ever stored (none removed by
@@ -102,13 +105,14 @@ pub async fn run(
         tracing::info!("stopped while waiting for the lease");
         return Ok(());
     };
+    let instance = lease.instance().to_string();
     let result = tokio::select! {
         biased;
         lost = lease.lost() => {
             tracing::error!(error = %format!("{lost:#}"), "lease lost: stopping at once");
             return Err(lost.context(format!("processor {:?} stopped: it no longer holds its lease", config.name)));
         }
-        result = fold_live(client, &config, metrics, status, shutdown) => result,
+        result = fold_live(client, &config, instance, metrics, status, shutdown) => result,
     };
     // Stopped (or failed) on our own: the fold is dropped, so a successor may start now.
     lease.release().await;
@@ -119,6 +123,7 @@ pub async fn run(
 async fn fold_live(
     client: async_nats::Client,
     config: &RunConfig,
+    instance: String,
     metrics: Metrics,
     status: SharedStatus,
     shutdown: impl std::future::Future<Output = ()>,
@@ -134,6 +139,7 @@ async fn fold_live(
     let mut store = CheckpointStore::open(
         &js,
         &config.name,
+        &instance,
         &config.clusters,
         config.replicas,
         max_payload,
@@ -159,7 +165,8 @@ async fn fold_live(
             _ => return Err(e),
         },
     };
-    let fold = match loaded {
+    let mut last_reports = Default::default();
+    let mut fold = match loaded {
         Some((manifest, fold)) => {
             if manifest.config != config.fold {
                 bail!(
@@ -180,6 +187,7 @@ async fn fold_live(
                 s.checkpoint_seq = manifest.seq;
                 s.checkpoint_generation = manifest.generation;
             });
+            last_reports = manifest.last_reports;
             fold
         }
         None => {
@@ -187,6 +195,19 @@ async fn fold_live(
             Fold::new(config.fold)
         }
     };
+    if fold.cluster_count() > config.max_clusters {
+        tracing::warn!(
+            held = fold.cluster_count(),
+            max_clusters = config.max_clusters,
+            "the checkpoint holds more clusters than --max-clusters: they stay, no new one is folded"
+        );
+    }
+    fold.set_max_clusters(config.max_clusters);
+    metrics.clusters.set(fold.cluster_count() as i64);
+    status.update(|s| {
+        s.max_clusters = config.max_clusters as u64;
+        s.clusters_held = fold.cluster_count() as u64;
+    });
     let kept: Vec<u64> = store.kept().iter().map(|m| m.seq).collect();
     status.update(|s| s.kept_checkpoint_seqs = kept);
     let start_seq = fold.last_seq() + 1;
@@ -223,8 +244,13 @@ async fn fold_live(
     status.refresh_from(&fold);
 
     let mut dispatched_seq = fold.last_seq();
+    let mut publisher = BarPublisher::new(js.clone()).with_health(PublishHealth {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    });
+    publisher.resume_after(&last_reports);
     let mut shell = Shell {
-        publisher: BarPublisher::new(js.clone()),
+        publisher,
         store,
         metrics,
         status,
@@ -367,6 +393,14 @@ impl Shell {
     async fn handle(&mut self, output: worker::Output) -> anyhow::Result<()> {
         let metrics = &self.metrics;
         metrics.count_many(&output.outcomes);
+        metrics.clusters.set(output.clusters as i64);
+        for cluster_id in &output.refused_clusters {
+            tracing::warn!(
+                cluster = %cluster_id, max_clusters = self.config.max_clusters,
+                "events of a cluster beyond --max-clusters: counted, not folded (logged once per cluster)"
+            );
+            metrics.clusters_refused.inc();
+        }
         self.folded_seq = self.folded_seq.max(output.last_seq);
         metrics.last_seq.set(self.folded_seq as i64);
         let had_reports = !output.reports.is_empty();
@@ -378,11 +412,15 @@ impl Shell {
                 .await?
             {
                 PublishOutcome::Published(_) => metrics.reports_published.inc(),
-                PublishOutcome::AlreadyPublished => metrics.reports_skipped.inc(),
+                PublishOutcome::AlreadyPublished(_) => metrics.reports_skipped.inc(),
             }
             metrics
                 .report_mismatches
                 .inc_by(std::mem::take(&mut self.publisher.mismatches));
+            metrics.foreign_bars.inc_by(std::mem::take(&mut self.publisher.foreign));
+            metrics
+                .report_msg_id_taken
+                .inc_by(std::mem::take(&mut self.publisher.msg_id_taken));
             if let Some(arrived) = output.arrived {
                 let elapsed = arrived.elapsed().as_secs_f64();
                 metrics.rollup_latency.observe(elapsed);
@@ -405,8 +443,17 @@ impl Shell {
         }
         let published = metrics.reports_published.get();
         let ready_lag_max = self.config.ready_lag_max;
+        let (foreign, msg_ids_taken) = (metrics.foreign_bars.get(), metrics.report_msg_id_taken.get());
+        let cluster_cap_events = metrics.cluster_cap_events.get();
         self.status.update(|s| {
             s.reports_published = published;
+            s.foreign_bars = foreign;
+            s.report_msg_ids_taken = msg_ids_taken;
+            s.cluster_cap_events = cluster_cap_events;
+            s.clusters_held = output.clusters as u64;
+            let room = REFUSED_CLUSTERS_SHOWN.saturating_sub(s.refused_clusters.len());
+            s.refused_clusters
+                .extend(output.refused_clusters.iter().take(room).cloned());
             if let Some(pending) = output.pending {
                 s.consumer_lag = pending;
                 s.caught_up = pending <= ready_lag_max;
@@ -414,7 +461,7 @@ impl Shell {
         });
         if let Some(checkpoint) = output.checkpoint {
             if checkpoint.seq > self.checkpointed_seq {
-                self.save(checkpoint).await;
+                self.save(checkpoint).await?;
             }
         } else if (had_reports && self.last_checkpoint.elapsed() >= self.config.checkpoint_min_interval)
             || (self.folded_seq > self.checkpointed_seq
@@ -425,7 +472,10 @@ impl Shell {
         Ok(())
     }
 
-    async fn save(&mut self, checkpoint: worker::CheckpointState) {
+    /// Stores a checkpoint. A failed write costs only re-folding time after
+    /// a restart and is retried later; a write refused because another
+    /// process wrote the checkpoint ([`Fenced`]) stops the processor.
+    async fn save(&mut self, checkpoint: worker::CheckpointState) -> anyhow::Result<()> {
         self.last_checkpoint = Instant::now();
         let history_every = self.config.history_every;
         let keep = history_every > 0 && self.windows_since_kept >= history_every;
@@ -436,6 +486,7 @@ impl Shell {
                 checkpoint.config,
                 &checkpoint.state,
                 checkpoint.next_to_close,
+                self.publisher.last_reports(),
                 keep,
             )
             .await
@@ -455,8 +506,11 @@ impl Shell {
                     s.kept_checkpoint_seqs = kept;
                 });
             }
-            // A failed checkpoint costs only re-folding time after a restart.
+            Err(e) if e.downcast_ref::<Fenced>().is_some() => {
+                return Err(e.context("stopping: another process writes this processor's checkpoint"));
+            }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; will retry"),
         }
+        Ok(())
     }
 }

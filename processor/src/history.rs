@@ -186,33 +186,55 @@ pub async fn replay(
     Ok(())
 }
 
+/// What is stored on one cluster's bar subject for a range of windows.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Per window, every stored report claiming it, as its exact bytes, in
+    /// stream order (more than one only when someone else published one).
+    pub by_window: BTreeMap<u64, Vec<String>>,
+    /// Messages on the subject that are not BarReports at all (skipped).
+    pub foreign: u64,
+}
+
 /// The reports of `range` already published for one cluster in
-/// `BACKBEAT_BARS`, by window index, as their exact bytes (empty when the
-/// stream does not exist yet).
+/// `BACKBEAT_BARS` (nothing when the stream does not exist yet). Anyone may
+/// publish on the subject, so a message is not taken for the processor's
+/// report on its word: see [`compare`].
 pub async fn published_reports(
     js: &jetstream::Context,
     cluster_id: &str,
     range: WindowRange,
-) -> anyhow::Result<BTreeMap<u64, String>> {
+) -> anyhow::Result<Published> {
+    let mut published = Published::default();
     if js.get_stream(BARS_STREAM).await.is_err() {
-        return Ok(BTreeMap::new());
+        return Ok(published);
     }
-    let mut published = BTreeMap::new();
     for_each_message(
         js,
         BARS_STREAM,
         vec![subject(cluster_id, SubjectKind::Bar)],
         1,
         |message| {
-            let text = std::str::from_utf8(message.payload).context("a stored report is not UTF-8")?;
-            let report: BarReport = serde_json::from_str(text).with_context(|| {
-                format!(
-                    "stored report at BACKBEAT_BARS sequence {} is not a BarReport",
-                    message.seq
-                )
-            })?;
-            if range.contains(report.window_index) {
-                published.insert(report.window_index, text.to_string());
+            let report = std::str::from_utf8(message.payload)
+                .ok()
+                .and_then(|text| Some((text, serde_json::from_str::<BarReport>(text).ok()?)));
+            match report {
+                Some((text, report)) if report.cluster_id == cluster_id => {
+                    if range.contains(report.window_index) {
+                        published
+                            .by_window
+                            .entry(report.window_index)
+                            .or_default()
+                            .push(text.to_string());
+                    }
+                }
+                _ => {
+                    tracing::warn!(
+                        seq = message.seq,
+                        "a message on the bar subject is not a report of this cluster; skipped"
+                    );
+                    published.foreign += 1;
+                }
             }
             Ok(ControlFlow::Continue(()))
         },
@@ -228,37 +250,46 @@ pub struct Comparison {
     pub identical: u64,
     /// Replayed windows not (yet) published.
     pub unpublished: u64,
-    /// Windows whose published report differs from the replayed one, or that
-    /// were published but not re-derived at all.
+    /// Windows whose published reports all differ from the replayed one, or
+    /// that were published but not re-derived at all.
     pub differing: Vec<u64>,
     /// The bar length the published reports were made with, when it is not the replay's.
     pub published_bar_length: Option<u64>,
 }
 
 /// Compares `derived` (folded with bar length `bar_length`) with `published`
-/// (from [`published_reports`]), byte for byte.
-pub fn compare(derived: &[BarReport], published: &BTreeMap<u64, String>, bar_length: u64) -> Comparison {
+/// (from [`published_reports`]), byte for byte. A window is identical when
+/// one of its stored reports is the replayed bytes (others are someone
+/// else's). A published window not re-derived differs when it lies below the
+/// highest window re-derived, or, with none re-derived, when it was made
+/// with another bar length (other fold flags: nothing closes); above, it is
+/// not closed in the stream (a forgery, or not yet read).
+pub fn compare(derived: &[BarReport], published: &BTreeMap<u64, Vec<String>>, bar_length: u64) -> Comparison {
     let mut comparison = Comparison::default();
     let mut derived_windows = std::collections::BTreeSet::new();
     for report in derived {
         derived_windows.insert(report.window_index);
         match published.get(&report.window_index) {
             None => comparison.unpublished += 1,
-            Some(text) if *text == report.to_json() => comparison.identical += 1,
+            Some(texts) if texts.contains(&report.to_json()) => comparison.identical += 1,
             Some(_) => comparison.differing.push(report.window_index),
         }
     }
-    // A published window the replay did not re-derive: with other fold flags
-    // (a bar length above all: every beat is then a bar_mismatch) nothing closes.
-    comparison
-        .differing
-        .extend(published.keys().filter(|w| !derived_windows.contains(w)));
-    comparison.differing.sort_unstable();
     comparison.published_bar_length = published
         .values()
+        .flatten()
         .filter_map(|text| serde_json::from_str::<BarReport>(text).ok())
         .map(|report| report.bar_length)
         .find(|l| *l != bar_length);
+    let highest = derived_windows.last().copied();
+    let other_bar_length = comparison.published_bar_length.is_some();
+    comparison.differing.extend(
+        published
+            .keys()
+            .filter(|w| !derived_windows.contains(w))
+            .filter(|&&w| highest.map_or(other_bar_length, |highest| w < highest)),
+    );
+    comparison.differing.sort_unstable();
     comparison
 }
 
@@ -280,18 +311,21 @@ mod tests {
 
     #[test]
     fn replayed_reports_are_compared_byte_for_byte() {
-        let published: BTreeMap<u64, String> = [
-            (1, report(1, 4, 3).to_json()),
-            (2, report(2, 4, 3).to_json()),
-            (3, report(3, 4, 3).to_json()),
+        let published: BTreeMap<u64, Vec<String>> = [
+            (1, vec![report(1, 4, 3).to_json()]),
+            (2, vec![report(2, 4, 3).to_json()]),
+            (3, vec![report(3, 4, 3).to_json()]),
+            // Someone else's report of window 5, then ours; and a far-future one.
+            (5, vec![report(5, 4, 7).to_json(), report(5, 4, 1).to_json()]),
+            (1000, vec![report(1000, 4, 1).to_json()]),
         ]
         .into();
-        let derived = [report(1, 4, 3), report(2, 4, 9), report(4, 4, 1)];
+        let derived = [report(1, 4, 3), report(2, 4, 9), report(4, 4, 1), report(5, 4, 1)];
         let comparison = compare(&derived, &published, 4);
         assert_eq!(
             comparison,
             Comparison {
-                identical: 1,
+                identical: 2,
                 unpublished: 1,
                 differing: vec![2, 3],
                 published_bar_length: None
@@ -299,7 +333,7 @@ mod tests {
         );
         // Folded with another bar length, nothing is re-derived: every published window differs.
         let comparison = compare(&[], &published, 5);
-        assert_eq!(comparison.differing, vec![1, 2, 3]);
+        assert_eq!(comparison.differing, vec![1, 2, 3, 5, 1000]);
         assert_eq!(comparison.published_bar_length, Some(4));
     }
 }

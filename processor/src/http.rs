@@ -29,6 +29,8 @@ pub fn router(metrics: &Metrics, status: SharedStatus, connected: impl Fn() -> b
                 Err(error)
             } else if let Some(reason) = s.lease.not_ready_reason() {
                 Err(reason)
+            } else if let Some(reason) = s.publish_error {
+                Err(reason)
             } else if !s.started {
                 Err("starting: loading the checkpoint and creating the consumer".into())
             } else if !s.caught_up {

@@ -12,9 +12,10 @@
 //!
 //! The holder refreshes the key every TTL/3 with `update(key, record,
 //! last_revision)`. A refresh refused because the revision moved (someone else
-//! holds it now), or no successful refresh for a whole TTL since the last one
-//! was sent (the key may have expired and been taken), means the lease is lost:
-//! the holder must stop at once. The keeper runs on a task of its own, so a
+//! holds it now), or no successful refresh for TTL − margin (a quarter of the
+//! TTL, [`safety_margin`]) since the last one was sent, means the lease is
+//! lost: the holder must stop at once, a margin before the key can expire
+//! and be taken, so that its last writes land before a successor starts. The keeper runs on a task of its own, so a
 //! busy driver never delays a refresh.
 
 use std::future::Future as _;
@@ -263,6 +264,7 @@ impl Leases {
                     });
                     return Ok(Some(HeldLease::keep(
                         self.kv.clone(),
+                        holder.instance.clone(),
                         key,
                         record,
                         revision,
@@ -324,6 +326,8 @@ enum KeeperEnd {
 /// A lease held: a task refreshes it until it is released or lost.
 pub struct HeldLease {
     kv: kv::Store,
+    /// This process's random id (the checkpoint's chunk keys carry it).
+    instance: String,
     key: String,
     record: Bytes,
     ttl: Duration,
@@ -339,6 +343,7 @@ impl HeldLease {
     #[allow(clippy::too_many_arguments)]
     fn keep(
         kv: kv::Store,
+        instance: String,
         key: String,
         record: Bytes,
         revision: u64,
@@ -349,8 +354,9 @@ impl HeldLease {
     ) -> HeldLease {
         let (stop_tx, stop_rx) = oneshot::channel();
         // The key expires ttl after the server stored the last refresh, which was
-        // not before it was sent: until then nobody else can hold it.
-        let held_until = Arc::new(Mutex::new(sent + ttl));
+        // not before it was sent: until then nobody else can hold it. The
+        // holder stops acting a safety margin before that.
+        let held_until = Arc::new(Mutex::new(sent + usable(ttl)));
         let keeper = tokio::spawn(keeper(
             kv.clone(),
             key.clone(),
@@ -363,6 +369,7 @@ impl HeldLease {
         ));
         HeldLease {
             kv,
+            instance,
             key,
             record,
             ttl,
@@ -372,6 +379,11 @@ impl HeldLease {
             metrics,
             status,
         }
+    }
+
+    /// This process's random instance id, as the lease records it.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Resolves when the lease is lost (never while it is held). Every poll
@@ -485,7 +497,7 @@ async fn keeper(
 ) -> KeeperEnd {
     let every = ttl / 3;
     let mut held_until = *shared_held_until.lock().expect("lease deadline lock");
-    let mut next = held_until - ttl + every;
+    let mut next = held_until - usable(ttl) + every;
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -505,7 +517,7 @@ async fn keeper(
         match result {
             Ok(Ok(new_revision)) => {
                 revision = new_revision;
-                held_until = sent + ttl;
+                held_until = sent + usable(ttl);
                 *shared_held_until.lock().expect("lease deadline lock") = held_until;
                 next = sent + every;
                 failures = 0;
@@ -547,9 +559,24 @@ async fn keeper(
 
 fn expired(key: &str, ttl: Duration) -> anyhow::Error {
     anyhow::anyhow!(
-        "lease {LEASE_BUCKET}/{key} could not be refreshed within its TTL ({} ms): another process may hold it now",
-        ttl.as_millis()
+        "lease {LEASE_BUCKET}/{key} could not be refreshed within its TTL ({} ms) less a safety margin of {} ms: \
+         another process may hold it soon",
+        ttl.as_millis(),
+        safety_margin(ttl).as_millis()
     )
+}
+
+/// How long before the key can expire the holder stops acting: a write it
+/// sends just before giving up still reaches the server before anyone else
+/// can take the lease (a quarter of the TTL; refreshes come every third, so
+/// one refresh may fail and be retried before the holder gives up).
+pub fn safety_margin(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// How long after sending a refresh that the server stores the holder acts on it.
+fn usable(ttl: Duration) -> Duration {
+    ttl - safety_margin(ttl)
 }
 
 fn retry_delay(failures: u32, every: Duration) -> Duration {

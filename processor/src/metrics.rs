@@ -33,6 +33,19 @@ pub struct Metrics {
     /// 1 while this process holds its name's lease ([`crate::lease`]).
     pub lease_held: IntGauge,
     pub lease_lost: IntCounter,
+    /// Messages on a bar subject that are not this processor's reports (read, counted once, skipped).
+    pub foreign_bars: IntCounter,
+    /// Reports published without their `Nats-Msg-Id` because a foreign message held it.
+    pub report_msg_id_taken: IntCounter,
+    /// 1 while a report cannot be published (retrying); /ready is red meanwhile.
+    pub publish_failing: IntGauge,
+    pub publish_failures: IntCounter,
+    /// Clusters the fold holds.
+    pub clusters: IntGauge,
+    /// Events of clusters beyond `--max-clusters`, not folded.
+    pub cluster_cap_events: IntCounter,
+    /// Distinct clusters refused by `--max-clusters` (those remembered, at most [`crate::worker::REFUSED_CLUSTERS_MAX`]).
+    pub clusters_refused: IntGauge,
 }
 
 impl Metrics {
@@ -129,6 +142,38 @@ impl Metrics {
                 "Leases lost while held (taken by another process, or not refreshed within the TTL)",
             )
             .unwrap(),
+            foreign_bars: IntCounter::new(
+                "backbeat_processor_foreign_bars_total",
+                "Messages on a backbeat.*.bar subject that are not this processor's reports: counted, skipped",
+            )
+            .unwrap(),
+            report_msg_id_taken: IntCounter::new(
+                "backbeat_processor_report_msg_id_taken_total",
+                "Reports published without Nats-Msg-Id because a foreign message held their window id \
+                 in the duplicate window (the expected-last-subject-sequence fence still applies)",
+            )
+            .unwrap(),
+            publish_failing: IntGauge::new(
+                "backbeat_processor_publish_failing",
+                "1 while a report cannot be published to BACKBEAT_BARS (retrying; /ready answers 503)",
+            )
+            .unwrap(),
+            publish_failures: IntCounter::new(
+                "backbeat_processor_publish_failures_total",
+                "Failed attempts to publish a report (each is retried)",
+            )
+            .unwrap(),
+            clusters: IntGauge::new("backbeat_processor_clusters", "Clusters the fold holds").unwrap(),
+            cluster_cap_events: IntCounter::new(
+                "backbeat_processor_cluster_cap_events_total",
+                "Events of clusters beyond --max-clusters: not folded",
+            )
+            .unwrap(),
+            clusters_refused: IntGauge::new(
+                "backbeat_processor_clusters_refused",
+                "Distinct clusters whose events are refused by --max-clusters (the first 1024 remembered)",
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -149,6 +194,13 @@ impl Metrics {
         r.register(Box::new(m.last_seq.clone())).unwrap();
         r.register(Box::new(m.lease_held.clone())).unwrap();
         r.register(Box::new(m.lease_lost.clone())).unwrap();
+        r.register(Box::new(m.foreign_bars.clone())).unwrap();
+        r.register(Box::new(m.report_msg_id_taken.clone())).unwrap();
+        r.register(Box::new(m.publish_failing.clone())).unwrap();
+        r.register(Box::new(m.publish_failures.clone())).unwrap();
+        r.register(Box::new(m.clusters.clone())).unwrap();
+        r.register(Box::new(m.cluster_cap_events.clone())).unwrap();
+        r.register(Box::new(m.clusters_refused.clone())).unwrap();
         m
     }
 
@@ -160,6 +212,7 @@ impl Metrics {
             }
             match outcome {
                 Outcome::Ignored => {}
+                Outcome::ClusterRefused => self.cluster_cap_events.inc_by(n),
                 Outcome::BeatApplied | Outcome::BeatStale | Outcome::BeatRejected => {
                     self.beats_processed.with_label_values(&[outcome.as_str()]).inc_by(n)
                 }

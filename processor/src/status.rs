@@ -11,6 +11,9 @@ use serde::Serialize;
 use crate::fold::{ClusterStatus, Fold};
 use crate::lease::LeaseStatus;
 
+/// Refused clusters the status names at most (all are counted).
+pub const REFUSED_CLUSTERS_SHOWN: usize = 32;
+
 /// How many recent reports each cluster keeps for `/api/v1/windows`.
 pub const RECENT_REPORTS_MAX: usize = 32;
 
@@ -29,6 +32,7 @@ pub struct ClusterView {
     pub next_to_close: Option<u64>,
     pub open_windows: Vec<OpenWindow>,
     pub tasks: u64,
+    pub agents: u64,
     pub recent_reports: VecDeque<BarReport>,
 }
 
@@ -49,6 +53,20 @@ pub struct ProcessorStatus {
     pub error: Option<String>,
     /// The single-writer lease of this name ([`crate::lease`]).
     pub lease: LeaseStatus,
+    /// While reports cannot be published: why (then `/ready` answers 503).
+    pub publish_error: Option<String>,
+    /// Messages on bar subjects that are not this processor's reports (counted, skipped).
+    pub foreign_bars: u64,
+    /// Reports published without their message id (a foreign message held it).
+    pub report_msg_ids_taken: u64,
+    /// `--max-clusters`: clusters the fold holds at most.
+    pub max_clusters: u64,
+    /// Clusters the fold holds.
+    pub clusters_held: u64,
+    /// Events of clusters beyond `--max-clusters` (not folded).
+    pub cluster_cap_events: u64,
+    /// The first clusters refused by `--max-clusters` (at most [`REFUSED_CLUSTERS_SHOWN`]).
+    pub refused_clusters: Vec<String>,
     pub clusters: BTreeMap<String, ClusterView>,
 }
 
@@ -81,6 +99,7 @@ impl SharedStatus {
                 entry.current_beat = view.current_beat;
                 entry.next_to_close = view.next_to_close;
                 entry.tasks = view.tasks;
+                entry.agents = view.agents;
                 entry.open_windows = view
                     .open_windows
                     .iter()

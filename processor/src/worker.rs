@@ -10,10 +10,11 @@
 //! before it stores the checkpoint: a checkpoint never runs ahead of the
 //! reports. The worker never touches the network and never reads a clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use async_nats::Subject;
+use backbeat_schemas::names::parse_subject;
 use backbeat_schemas::BarReport;
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -67,7 +68,16 @@ pub struct Output {
     /// The clusters' positions, when reports were closed or the stream's end was reached.
     pub views: Option<Vec<ClusterStatus>>,
     pub checkpoint: Option<CheckpointState>,
+    /// Clusters refused by the fold's cluster limit for the first time (to
+    /// log once each; at most [`REFUSED_CLUSTERS_MAX`] over the worker's life).
+    pub refused_clusters: Vec<String>,
+    /// Clusters the fold holds.
+    pub clusters: usize,
 }
+
+/// Refused clusters remembered (and so logged) at most: their ids come from
+/// clients, so the set is bounded; later ones are only counted.
+pub const REFUSED_CLUSTERS_MAX: usize = 1024;
 
 /// Requests and outputs in flight at most (each request holds up to one pull batch).
 pub const CHANNEL_CAPACITY: usize = 8;
@@ -85,6 +95,7 @@ pub fn spawn(fold: Fold) -> (mpsc::Sender<Request>, mpsc::Receiver<Output>) {
 }
 
 fn work(mut fold: Fold, mut requests: mpsc::Receiver<Request>, outputs: mpsc::Sender<Output>) {
+    let mut refused = BTreeSet::new();
     while let Some(request) = requests.blocking_recv() {
         let output = match request {
             Request::Events {
@@ -103,7 +114,15 @@ fn work(mut fold: Fold, mut requests: mpsc::Receiver<Request>, outputs: mpsc::Se
                     }
                     let outcome = fold.apply(event.seq, event.subject.as_str(), &event.payload, &mut output.reports);
                     output.outcomes[outcome as usize] += 1;
+                    if outcome == Outcome::ClusterRefused && refused.len() < REFUSED_CLUSTERS_MAX {
+                        if let Some((cluster_id, _)) = parse_subject(event.subject.as_str()) {
+                            if refused.insert(cluster_id.to_string()) {
+                                output.refused_clusters.push(cluster_id.to_string());
+                            }
+                        }
+                    }
                 }
+                output.clusters = fold.cluster_count();
                 output.last_seq = fold.last_seq();
                 if !output.reports.is_empty() || pending == 0 {
                     output.views = Some(views(&fold));
@@ -134,6 +153,7 @@ fn checkpoint_output(fold: &Fold) -> Output {
                 .collect(),
         }),
         views: Some(views),
+        clusters: fold.cluster_count(),
         ..Output::default()
     }
 }

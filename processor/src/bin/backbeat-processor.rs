@@ -83,6 +83,12 @@ enum Command {
         /// Kept checkpoints at most; the oldest leave first (with their chunks).
         #[arg(long, env = "BACKBEAT_HISTORY_KEEP", default_value_t = 100)]
         history_keep: usize,
+        /// Clusters the fold holds at most (its state grows with each). Events of a cluster
+        /// beyond it are not folded: counted (backbeat_processor_cluster_cap_events_total,
+        /// /api/v1/status) and logged once per cluster. Clusters a checkpoint holds stay.
+        #[arg(long, env = "BACKBEAT_MAX_CLUSTERS", default_value_t = 1024,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_clusters: u64,
     },
     /// Write a cluster's events (or the slice of some windows) as a SPEC §7 log file.
     Export {
@@ -208,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
             lease_ttl_ms,
             history_every,
             history_keep,
+            max_clusters,
         } => {
             for cluster in &clusters {
                 check_cluster(cluster)?;
@@ -225,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_millis(lease_ttl_ms),
                 history_every,
                 history_keep,
+                max_clusters: usize::try_from(max_clusters).unwrap_or(usize::MAX),
             };
             let metrics = Metrics::new();
             let status = SharedStatus::default();
@@ -332,7 +340,13 @@ async fn main() -> anyhow::Result<()> {
             drop(stdout);
             // Replay = live: say whether these are the published bytes.
             let published = history::published_reports(&js, &cluster, range).await?;
-            let comparison = history::compare(&derived, &published, config.bar_length);
+            if published.foreign > 0 {
+                tracing::warn!(
+                    messages = published.foreign,
+                    "messages on the bar subject that are not reports of this cluster were skipped"
+                );
+            }
+            let comparison = history::compare(&derived, &published.by_window, config.bar_length);
             tracing::info!(
                 replayed = derived.len(),
                 identical = comparison.identical,
@@ -360,10 +374,16 @@ async fn main() -> anyhow::Result<()> {
                         PublishOutcome::Published(seq) => {
                             tracing::info!(window = report.window_index, seq, "published")
                         }
-                        PublishOutcome::AlreadyPublished => {
+                        PublishOutcome::AlreadyPublished(_) => {
                             tracing::info!(window = report.window_index, "already in BACKBEAT_BARS")
                         }
                     }
+                }
+                if publisher.foreign > 0 {
+                    tracing::warn!(
+                        messages = publisher.foreign,
+                        "messages on the bar subject that are not these reports were skipped"
+                    );
                 }
                 if publisher.mismatches > 0 {
                     bail!("{} replayed reports differ from the stored ones", publisher.mismatches);

@@ -10,7 +10,7 @@ use backbeat_schemas::{validate_beat_tick, validate_claim, BarReport, ClaimState
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{IssueCode, WindowAccumulator};
-use super::roster::{Roster, TaskClaim, TaskClaimKind};
+use super::roster::{ClaimEffect, Roster, TaskClaim, TaskClaimKind};
 use super::{ClusterStatus, FoldConfig, Outcome};
 
 /// A beat that was applied: what drift and tempo need of it.
@@ -72,6 +72,7 @@ impl ClusterFold {
             next_to_close: self.current_beat.map(|_| self.next_to_close),
             open_windows: self.windows.keys().copied().collect(),
             tasks: self.roster.task_count() as u64,
+            agents: self.roster.agent_count() as u64,
         }
     }
 
@@ -185,13 +186,13 @@ impl ClusterFold {
             return Outcome::ClaimLate;
         }
 
-        let window = self.windows.entry(window_index).or_default();
-        window.claims_accepted += 1;
-        window.applied(seq);
-        let agent = self.roster.agent(&claim.agent_id);
-        if self.roster.count_in(agent, window_index) {
-            window.agents_reporting += 1;
-        }
+        // The caps (an extension of SPEC §5) are checked before anything is
+        // applied: a claim over a cap is rejected whole, as an invalid one is.
+        let Some(agent) = self.roster.agent(&claim.agent_id, config.max_agents_per_cluster) else {
+            self.reject_claim("too_many_agents");
+            return Outcome::ClaimRejected;
+        };
+        let mut effect = ClaimEffect::default();
         if let Some(task_id) = claim.task_id.as_deref() {
             let kind = match claim.state {
                 ClaimState::Helping => TaskClaimKind::Helping,
@@ -206,9 +207,27 @@ impl ClusterFold {
                 kind,
                 window: window_index,
             };
-            let effect = self.roster.apply_task_claim(agent, task_claim, config.bar_length);
-            window.on_time_reviews += u64::from(effect.on_time_review);
-            window.help_promises_fulfilled += u64::from(effect.help_fulfilled);
+            match self
+                .roster
+                .apply_task_claim(agent, task_claim, config.bar_length, config.max_tasks_per_agent)
+            {
+                Some(applied) => effect = applied,
+                None => {
+                    self.reject_claim("too_many_tasks");
+                    return Outcome::ClaimRejected;
+                }
+            }
+        }
+
+        let window = self.windows.entry(window_index).or_default();
+        window.claims_accepted += 1;
+        window.applied(seq);
+        if self.roster.count_in(agent, window_index) {
+            window.agents_reporting += 1;
+        }
+        window.on_time_reviews += u64::from(effect.on_time_review);
+        window.help_promises_fulfilled += u64::from(effect.help_fulfilled);
+        if let Some(task_id) = claim.task_id.as_deref() {
             if claim.state == ClaimState::Failed && task_kind(task_id) == "secret-rotation" {
                 window.secret_rotations_ok = false;
                 window.issue(IssueCode::SecretRotationFailed).add(task_id);

@@ -29,6 +29,29 @@ pub struct FoldConfig {
     pub max_jump: u64,
     /// `T`: windows a task entry lives without a claim.
     pub task_ttl: u64,
+    /// Cap (an extension of SPEC §5): task entries one agent may hold. A
+    /// claim that would add one more is rejected (`too_many_tasks`).
+    #[serde(default = "default_max_tasks_per_agent")]
+    pub max_tasks_per_agent: u64,
+    /// Cap (an extension of SPEC §5): agents one cluster's state may hold. A
+    /// claim of an agent not held that would add one more is rejected
+    /// (`too_many_agents`).
+    #[serde(default = "default_max_agents_per_cluster")]
+    pub max_agents_per_cluster: u64,
+}
+
+/// Far above an honest agent's live tasks, and above every golden and
+/// conformance log: only a client that mints task ids meets it.
+pub const MAX_TASKS_PER_AGENT_DEFAULT: u64 = 1024;
+/// Far above any fleet the system is sized for (its benchmarks fold 100,000 agents).
+pub const MAX_AGENTS_PER_CLUSTER_DEFAULT: u64 = 1_000_000;
+
+fn default_max_tasks_per_agent() -> u64 {
+    MAX_TASKS_PER_AGENT_DEFAULT
+}
+
+fn default_max_agents_per_cluster() -> u64 {
+    MAX_AGENTS_PER_CLUSTER_DEFAULT
 }
 
 /// A configuration the fold cannot run with.
@@ -38,10 +61,15 @@ pub enum ConfigError {
     BarLength,
     #[error("max jump must be at least 1 (SPEC §5: J >= 1)")]
     MaxJump,
+    #[error("max tasks per agent must be at least 1")]
+    MaxTasksPerAgent,
+    #[error("max agents per cluster must be at least 1")]
+    MaxAgentsPerCluster,
 }
 
 impl FoldConfig {
-    /// SPEC §5 defaults for bar length `L`: A = 0, F = 2, J = 10·L, T = 10.
+    /// SPEC §5 defaults for bar length `L`: A = 0, F = 2, J = 10·L, T = 10,
+    /// and the default caps.
     pub fn with_bar_length(bar_length: u64) -> Self {
         FoldConfig {
             bar_length,
@@ -49,6 +77,8 @@ impl FoldConfig {
             future: 2,
             max_jump: bar_length.saturating_mul(10),
             task_ttl: 10,
+            max_tasks_per_agent: MAX_TASKS_PER_AGENT_DEFAULT,
+            max_agents_per_cluster: MAX_AGENTS_PER_CLUSTER_DEFAULT,
         }
     }
 
@@ -58,6 +88,12 @@ impl FoldConfig {
         }
         if self.max_jump < 1 {
             return Err(ConfigError::MaxJump);
+        }
+        if self.max_tasks_per_agent < 1 {
+            return Err(ConfigError::MaxTasksPerAgent);
+        }
+        if self.max_agents_per_cluster < 1 {
+            return Err(ConfigError::MaxAgentsPerCluster);
         }
         Ok(())
     }
@@ -80,11 +116,13 @@ pub enum Outcome {
     ClaimApplied,
     ClaimLate,
     ClaimRejected,
+    /// An event of a cluster beyond [`Fold::set_max_clusters`]: not folded.
+    ClusterRefused,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Ignored,
         Outcome::BeatApplied,
         Outcome::BeatStale,
@@ -92,6 +130,7 @@ impl Outcome {
         Outcome::ClaimApplied,
         Outcome::ClaimLate,
         Outcome::ClaimRejected,
+        Outcome::ClusterRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +142,7 @@ impl Outcome {
             Outcome::ClaimApplied => "applied",
             Outcome::ClaimLate => "late",
             Outcome::ClaimRejected => "rejected",
+            Outcome::ClusterRefused => "cluster_refused",
         }
     }
 }
@@ -121,6 +161,15 @@ pub struct Fold {
     /// and finds its cluster once. Not part of the state.
     #[serde(skip)]
     last_subject: Option<(String, SubjectKind, usize)>,
+    /// Clusters held at most: an event of another cluster is refused once
+    /// this many are held (`run --max-clusters`). A limit of the process,
+    /// not of the fold's rules: not part of the state or the config.
+    #[serde(skip, default = "no_cluster_limit")]
+    max_clusters: usize,
+}
+
+fn no_cluster_limit() -> usize {
+    usize::MAX
 }
 
 /// Clusters of a checkpoint, sorted by id (each id once), as `Fold` keeps them.
@@ -142,7 +191,20 @@ impl Fold {
             clusters: Vec::new(),
             last_seq: 0,
             last_subject: None,
+            max_clusters: usize::MAX,
         }
+    }
+
+    /// Holds at most `max_clusters` clusters: events of a cluster not held
+    /// once that many are held are [`Outcome::ClusterRefused`] (not folded).
+    /// Clusters already held stay, whatever the limit.
+    pub fn set_max_clusters(&mut self, max_clusters: usize) {
+        self.max_clusters = max_clusters;
+    }
+
+    /// How many clusters the fold holds.
+    pub fn cluster_count(&self) -> usize {
+        self.clusters.len()
     }
 
     pub fn config(&self) -> &FoldConfig {
@@ -165,6 +227,7 @@ impl Fold {
                 Some((cluster_id, kind @ (SubjectKind::Beat | SubjectKind::Claim))) => {
                     let index = match self.find_cluster(cluster_id) {
                         Ok(index) => index,
+                        Err(_) if self.clusters.len() >= self.max_clusters => return Outcome::ClusterRefused,
                         Err(index) => {
                             self.clusters.insert(index, ClusterFold::new(cluster_id.to_string()));
                             index
@@ -227,6 +290,8 @@ pub struct ClusterStatus {
     /// Windows with accumulated events, not yet reported.
     pub open_windows: Vec<u64>,
     pub tasks: u64,
+    /// Agents the cluster's state holds (bounded by the cap on agents per cluster).
+    pub agents: u64,
 }
 
 /// Folds a whole log, in order, and returns every report it closes.
@@ -237,4 +302,137 @@ pub fn fold_all<'a>(config: FoldConfig, events: impl IntoIterator<Item = (u64, &
         fold.apply(seq, subject, payload, &mut out);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
+
+    const BAR: u64 = 4;
+
+    fn beat(cluster: &str, index: u64) -> Vec<u8> {
+        format!(
+            r#"{{"type":"backbeat.beatframe.v1","cluster_id":"{cluster}","beat_index":{index},"downbeat":{},"phase":"{}","hlc":"{:x}:0000:0001","deadline_at":"2023-11-14T22:13:20.500Z","tempo_bpm":120,"window_id":"{}"}}"#,
+            is_downbeat(index, BAR),
+            phase_of(index, BAR).as_str(),
+            1_700_000_000_000 + index * 500,
+            window_id(cluster, BAR, window_of(index, BAR))
+        )
+        .into_bytes()
+    }
+
+    fn claim(agent: &str, task: &str, beat_index: u64) -> Vec<u8> {
+        format!(
+            r#"{{"type":"backbeat.statusclaim.v1","agent_id":"{agent}","task_id":"{task}","beat_index":{beat_index},"state":"executing","beats_left":1,"progress":0.5,"hlc":"1:0000:0001"}}"#
+        )
+        .into_bytes()
+    }
+
+    /// `report`'s issues hold `issue` (a JSON prefix of one).
+    fn assert_issue(report: &BarReport, issue: &str) {
+        let issues = serde_json::to_string(&report.issues).unwrap();
+        assert!(issues.contains(issue), "{issue} not in {issues}");
+    }
+
+    /// Folds one beat, then `claims` (agent, task) at beat 0, then the beat
+    /// closing window 0: the first report, and the fold.
+    fn fold_claims(config: FoldConfig, claims: &[(String, String)]) -> (BarReport, Fold) {
+        let mut fold = Fold::new(config);
+        let mut out = Vec::new();
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        fold.apply(next(), "backbeat.c.beat", &beat("c", 0), &mut out);
+        for (agent, task) in claims {
+            fold.apply(next(), "backbeat.c.claim", &claim(agent, task, 0), &mut out);
+        }
+        fold.apply(next(), "backbeat.c.beat", &beat("c", BAR), &mut out);
+        assert_eq!(out.len(), 1);
+        (out.remove(0), fold)
+    }
+
+    #[test]
+    fn a_claim_over_the_tasks_per_agent_cap_is_rejected_and_counted() {
+        let mut config = FoldConfig::with_bar_length(BAR);
+        config.max_tasks_per_agent = 3;
+        // Ten new tasks of one agent, then its first task again (at the cap, still applied).
+        let claims: Vec<(String, String)> = (0..10).chain([0]).map(|t| ("a".to_string(), format!("t{t}"))).collect();
+        let (report, fold) = fold_claims(config, &claims);
+        assert_eq!(report.claims_accepted, 4);
+        assert_eq!(report.claims_rejected, 7);
+        assert_issue(
+            &report,
+            r#"{"code":"rejected_claims","count":7,"sample":["too_many_tasks"]}"#,
+        );
+        // Overdue: the three tasks held, not the ones refused.
+        assert_issue(&report, r#"{"code":"overdue_tasks","count":3,"#);
+        assert_eq!(report.agents_reporting, 1);
+        let status = fold.cluster_status("c").unwrap();
+        assert_eq!((status.tasks, status.agents), (3, 1), "the state stays at the cap");
+
+        // Under the cap the report is the one without caps, byte for byte.
+        let mut uncapped = FoldConfig::with_bar_length(BAR);
+        uncapped.max_tasks_per_agent = 11;
+        let under: Vec<(String, String)> = claims[..3].to_vec();
+        assert_eq!(
+            fold_claims(config, &under).0.to_json(),
+            fold_claims(uncapped, &under).0.to_json()
+        );
+    }
+
+    #[test]
+    fn a_claim_over_the_agents_per_cluster_cap_is_rejected_and_counted() {
+        let mut config = FoldConfig::with_bar_length(BAR);
+        config.max_agents_per_cluster = 2;
+        let claims: Vec<(String, String)> = ["a", "b", "c", "d", "a", "e"]
+            .iter()
+            .map(|a| (a.to_string(), "t".to_string()))
+            .collect();
+        let (report, fold) = fold_claims(config, &claims);
+        assert_eq!(report.claims_accepted, 3);
+        assert_eq!(report.agents_reporting, 2);
+        assert_issue(
+            &report,
+            r#"{"code":"rejected_claims","count":3,"sample":["too_many_agents"]}"#,
+        );
+        assert_eq!(
+            fold.cluster_status("c").unwrap().agents,
+            2,
+            "the state stays at the cap"
+        );
+    }
+
+    #[test]
+    fn caps_below_one_are_refused() {
+        let mut config = FoldConfig::with_bar_length(BAR);
+        config.max_tasks_per_agent = 0;
+        assert_eq!(config.validate(), Err(ConfigError::MaxTasksPerAgent));
+        config.max_tasks_per_agent = 1;
+        config.max_agents_per_cluster = 0;
+        assert_eq!(config.validate(), Err(ConfigError::MaxAgentsPerCluster));
+    }
+
+    #[test]
+    fn events_of_clusters_beyond_the_limit_are_refused_and_the_held_ones_folded() {
+        let mut fold = Fold::new(FoldConfig::with_bar_length(BAR));
+        fold.set_max_clusters(2);
+        let mut out = Vec::new();
+        for (seq, cluster) in ["a", "b", "c", "a", "d", "b"].iter().enumerate() {
+            let subject = format!("backbeat.{cluster}.beat");
+            let outcome = fold.apply(seq as u64 + 1, &subject, &beat(cluster, seq as u64), &mut out);
+            let refused = matches!(*cluster, "c" | "d");
+            assert_eq!(outcome == Outcome::ClusterRefused, refused, "{cluster}");
+        }
+        assert_eq!(fold.cluster_ids().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(fold.last_seq(), 6);
+        // A checkpoint does not hold the limit: the process sets it.
+        let mut resumed = Fold::from_checkpoint(&fold.to_checkpoint()).unwrap();
+        assert_eq!(
+            resumed.apply(7, "backbeat.c.beat", &beat("c", 7), &mut out),
+            Outcome::BeatApplied
+        );
+    }
 }

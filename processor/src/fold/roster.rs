@@ -39,8 +39,10 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use serde::{Deserialize, Deserializer, Serialize};
 use smallvec::SmallVec;
 
-/// Windows an agent without a claim or a task is kept for (only a cost
-/// trade-off: forgetting sooner or later never changes a report).
+/// Windows an agent without a claim or a task is kept for. Under the cap on
+/// agents per cluster, only a cost trade-off (forgetting sooner or later
+/// never changes a report); at the cap, it tells which agents count (see
+/// ARCHITECTURE.md, "the caps").
 pub const AGENT_KEEP_WINDOWS: u64 = 2;
 
 /// Tasks that fit inside an agent's record (more spill to the heap, a
@@ -226,8 +228,14 @@ impl Roster {
         self.slots[slot as usize].as_mut().expect("a live agent's slot")
     }
 
-    /// The slot of `agent_id`, added if it is not known (or was forgotten).
-    pub fn agent(&mut self, agent_id: &str) -> u32 {
+    /// Live agents.
+    pub fn agent_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The slot of `agent_id`, added if it is not known (or was forgotten)
+    /// and fewer than `max_agents` agents are live; None when it would be one too many.
+    pub fn agent(&mut self, agent_id: &str, max_agents: u64) -> Option<u32> {
         let hash = self.hasher.hash_one(agent_id);
         let slots = &self.slots;
         let found = self.index.find(hash, |&slot| {
@@ -236,7 +244,10 @@ impl Roster {
                 .is_some_and(|agent| agent.agent_id == agent_id)
         });
         if let Some(&slot) = found {
-            return slot;
+            return Some(slot);
+        }
+        if self.index.len() as u64 >= max_agents {
+            return None;
         }
         let agent = Agent {
             agent_id: agent_id.into(),
@@ -259,7 +270,7 @@ impl Roster {
             }
         };
         Self::index_slot(&mut self.index, &self.slots, &self.hasher, hash, slot);
-        slot
+        Some(slot)
     }
 
     /// Adds a live slot to the hash index (`hash` is its agent id's).
@@ -288,14 +299,23 @@ impl Roster {
         true
     }
 
-    /// Applies a claim of the agent at `slot` to its task `claim.task_id`.
-    pub fn apply_task_claim(&mut self, slot: u32, claim: TaskClaim<'_>, bar_length: u64) -> ClaimEffect {
+    /// Applies a claim of the agent at `slot` to its task `claim.task_id`;
+    /// None, changing nothing, when the task is new and the agent already
+    /// holds `max_tasks` tasks.
+    pub fn apply_task_claim(
+        &mut self,
+        slot: u32,
+        claim: TaskClaim<'_>,
+        bar_length: u64,
+        max_tasks: u64,
+    ) -> Option<ClaimEffect> {
         let due = claim.beat_index + u64::from(claim.beats_left);
         let tag = task_tag(&self.hasher, claim.task_id);
         let agent = self.slots[slot as usize].as_mut().expect("a live agent's slot");
         let found = (0..agent.tags.len()).find(|&p| agent.tags[p] == tag && agent.tasks[p].task_id == claim.task_id);
         let position = match found {
             Some(position) => position,
+            None if agent.tasks.len() as u64 >= max_tasks => return None,
             None => {
                 // The first claim of the task, or the first after it was
                 // dropped. Its deadline is at or after the claim's beat, so
@@ -345,7 +365,7 @@ impl Roster {
         }
         task.last_window = claim.window;
         agent.tasks_last_window_min = agent.tasks_last_window_min.min(claim.window);
-        effect
+        Some(effect)
     }
 
     /// Window `closed` is reported: counts the tasks due in it and not
@@ -571,7 +591,7 @@ mod tests {
                     Step::Claim(a, t, b, left, k, w) => {
                         let window = next_to_close + u64::from(w);
                         let agent = format!("agent-{a}");
-                        let slot = roster.agent(&agent);
+                        let slot = roster.agent(&agent, u64::MAX).unwrap();
                         prop_assert_eq!(roster.count_in(slot, window), model.count_in(&agent, window));
                         if let Some(t) = t {
                             let task_id = format!("t{t}");
@@ -582,7 +602,7 @@ mod tests {
                                 kind: [TaskClaimKind::Helping, TaskClaimKind::Delivering, TaskClaimKind::Done, TaskClaimKind::Other][k as usize],
                                 window,
                             };
-                            let got = roster.apply_task_claim(slot, claim, BAR);
+                            let got = roster.apply_task_claim(slot, claim, BAR, u64::MAX).unwrap();
                             prop_assert_eq!(got, model.apply_claim(&agent, claim, BAR));
                         }
                     }
@@ -619,18 +639,18 @@ mod tests {
     fn a_checkpoint_holds_no_tags_and_reads_back_with_new_ones() {
         let mut roster = Roster::default();
         for (agent, task, beats_left) in [("a", "t1", 3), ("a", "t2", 9), ("b", "t1", 5)] {
-            let slot = roster.agent(agent);
+            let slot = roster.agent(agent, u64::MAX).unwrap();
             let claim = task_claim(task, 1, beats_left, TaskClaimKind::Other, 0);
-            roster.apply_task_claim(slot, claim, 4);
+            roster.apply_task_claim(slot, claim, 4, u64::MAX).unwrap();
         }
         let bytes = postcard::to_stdvec(&roster).unwrap();
         let mut read: Roster = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(postcard::to_stdvec(&read).unwrap(), bytes);
         assert_eq!(read.task_count(), 3);
         // The tags are rebuilt with the new roster's hasher: a claim finds its task.
-        let a = read.agent("a");
+        let a = read.agent("a", u64::MAX).unwrap();
         let claim = task_claim("t2", 2, 0, TaskClaimKind::Delivering, 0);
-        assert!(read.apply_task_claim(a, claim, 4).on_time_review);
+        assert!(read.apply_task_claim(a, claim, 4, u64::MAX).unwrap().on_time_review);
         assert_eq!(read.task_count(), 3);
     }
 
@@ -638,11 +658,11 @@ mod tests {
     fn a_task_dropped_at_the_close_of_its_deadline_window_is_overdue_there() {
         const BAR: u64 = 4;
         let mut roster = Roster::default();
-        let a = roster.agent("a");
+        let a = roster.agent("a", u64::MAX).unwrap();
         // Due at beat 9 (window 2), last claimed in window 0: with a
         // time-to-live of 1, closing window 2 drops it, after counting it.
         let claim = task_claim("t", 1, 8, TaskClaimKind::Other, 0);
-        roster.apply_task_claim(a, claim, BAR);
+        roster.apply_task_claim(a, claim, BAR, u64::MAX).unwrap();
         assert_eq!(roster.close(0, 1, BAR, 5), (0, vec![]));
         assert_eq!(roster.close(1, 1, BAR, 5), (0, vec![]));
         assert_eq!(roster.close(2, 1, BAR, 5), (1, vec!["a/t".to_string()]));
@@ -653,11 +673,18 @@ mod tests {
     #[test]
     fn an_agent_back_to_few_tasks_keeps_them_inside_its_record() {
         let mut roster = Roster::default();
-        let a = roster.agent("a");
+        let a = roster.agent("a", u64::MAX).unwrap();
         // Nine tasks spill to the heap; one is claimed again later.
         for (task, window) in (0..=TASKS_INLINE).map(|t| (t, 0)).chain([(0, 1)]) {
             let task_id = format!("t{task}");
-            roster.apply_task_claim(a, task_claim(&task_id, window * 4, 1, TaskClaimKind::Other, window), 4);
+            roster
+                .apply_task_claim(
+                    a,
+                    task_claim(&task_id, window * 4, 1, TaskClaimKind::Other, window),
+                    4,
+                    u64::MAX,
+                )
+                .unwrap();
         }
         assert!(roster.slots[a as usize].as_ref().unwrap().tasks.spilled());
         // With a time-to-live of 0, closing window 1 drops the tasks last claimed in window 0.
@@ -674,17 +701,17 @@ mod tests {
     #[test]
     fn agents_are_forgotten_once_they_have_nothing_to_keep() {
         let mut roster = Roster::default();
-        let a = roster.agent("a");
+        let a = roster.agent("a", u64::MAX).unwrap();
         assert!(roster.count_in(a, 0));
         assert!(!roster.count_in(a, 0));
         let claim = task_claim("t", 0, 1, TaskClaimKind::Other, 0);
-        roster.apply_task_claim(a, claim, 4);
+        roster.apply_task_claim(a, claim, 4, u64::MAX).unwrap();
         for w in 0..=AGENT_KEEP_WINDOWS + 1 {
             roster.close(w, 1, 4, 5);
         }
         assert_eq!(roster.task_count(), 0);
         assert_eq!(roster.index.len(), 0, "forgotten once its task expired");
         assert_eq!(roster.free, [a]);
-        assert_eq!(roster.agent("b"), a, "the slot is reused");
+        assert_eq!(roster.agent("b", u64::MAX).unwrap(), a, "the slot is reused");
     }
 }

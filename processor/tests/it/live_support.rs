@@ -157,9 +157,9 @@ pub fn folded_seq(port: u16) -> Option<u64> {
     Some(metric.max(status["last_seq"].as_u64()?))
 }
 
-/// The port of the processor's "admin HTTP listening addr=127.0.0.1:PORT" log line.
+/// The port of the processor's "(admin) HTTP listening addr=127.0.0.1:PORT" log line.
 fn listening_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("admin HTTP listening"))?;
+    let line = log.lines().find(|l| l.contains("HTTP listening"))?;
     let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()

@@ -134,7 +134,8 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     assert_eq!(history.len(), 3, "{history:?}");
     assert!(history.windows(2).all(|w| w[0].seq < w[1].seq), "{history:?}");
     for manifest in &history {
-        let key = format!("backbeat-processor.g{}.c0", manifest.generation);
+        // Chunk keys carry their writer's instance id.
+        let key = format!("backbeat-processor.{}.g{}.c0", manifest.writer, manifest.generation);
         assert!(kv.get(&key).await.unwrap().is_some(), "kept chunk {key}");
     }
     // The status endpoint lists them too.
@@ -144,7 +145,7 @@ async fn replay_starts_from_the_newest_kept_checkpoint_before_the_window() {
     assert_eq!(status["kept_checkpoint_seqs"], serde_json::json!(kept), "{status}");
     let oldest_kept = history[0].generation;
     for generation in 1..oldest_kept {
-        let key = format!("backbeat-processor.g{generation}.c0");
+        let key = format!("backbeat-processor.{}.g{generation}.c0", history[0].writer);
         assert!(
             kv.get(&key).await.unwrap().is_none(),
             "chunk {key} outlived its checkpoint"
@@ -224,7 +225,7 @@ async fn the_history_stays_one_message_with_many_clusters() {
     );
     let oldest = history[0].generation;
     assert!(kv
-        .get(format!("backbeat-processor.g{}.c0", oldest - 1))
+        .get(format!("backbeat-processor.{}.g{}.c0", history[0].writer, oldest - 1))
         .await
         .unwrap()
         .is_none());

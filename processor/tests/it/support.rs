@@ -19,7 +19,16 @@ pub fn config_from_args(args: &str) -> FoldConfig {
     };
     for word in words.iter().filter(|w| w.starts_with("--")) {
         assert!(
-            ["--bar-length", "--lateness", "--future", "--max-jump", "--task-ttl"].contains(word),
+            [
+                "--bar-length",
+                "--lateness",
+                "--future",
+                "--max-jump",
+                "--task-ttl",
+                "--max-tasks-per-agent",
+                "--max-agents-per-cluster"
+            ]
+            .contains(word),
             "unknown flag {word} in {args:?}"
         );
     }
@@ -28,6 +37,8 @@ pub fn config_from_args(args: &str) -> FoldConfig {
     config.future = value("--future").unwrap_or(config.future);
     config.max_jump = value("--max-jump").unwrap_or(config.max_jump);
     config.task_ttl = value("--task-ttl").unwrap_or(config.task_ttl);
+    config.max_tasks_per_agent = value("--max-tasks-per-agent").unwrap_or(config.max_tasks_per_agent);
+    config.max_agents_per_cluster = value("--max-agents-per-cluster").unwrap_or(config.max_agents_per_cluster);
     config
 }
 
