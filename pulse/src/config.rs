@@ -9,8 +9,19 @@ use anyhow::{bail, Context as _};
 use backbeat_schemas::names::is_valid_cluster_id;
 use backbeat_service::{LogFormat, NatsArgs};
 
+use crate::auth::{GroupSecret, SECRET_BYTES_MAX};
+
+/// The environment variable that may hold the raft secret itself (never a flag:
+/// a command line is visible to every user of the machine).
+pub const RAFT_SECRET_ENV: &str = "BACKBEAT_RAFT_SECRET";
+/// The file a group of one keeps its generated secret in, under `--data-dir`.
+pub const GENERATED_SECRET_FILE: &str = "raft-secret";
+
 /// The highest tempo a pulse emits (SPEC §2: `tempo_bpm` is 1..=1000).
 pub const BPM_MAX: u32 = 1000;
+/// The longest bar a pulse accepts, in beats (SPEC sets none; this keeps window
+/// arithmetic and the processor's per-window state far from any limit).
+pub const BAR_LENGTH_MAX: u64 = 1_000_000;
 
 /// `backbeat-pulse`: one node of the raft group that emits the beats of one cluster.
 #[derive(Debug, Clone, clap::Parser)]
@@ -19,11 +30,23 @@ pub struct Config {
     /// This node's raft id (a member of --peers), 0..=65535: it is the node field of the beats' HLC.
     #[arg(long, env = "BACKBEAT_NODE_ID")]
     pub node_id: u64,
-    /// Every member of the group as ID=HOST:PORT (each node's --listen address), this node included.
+    /// Every member of the group as ID=HOST:PORT (each node's --raft-listen address), this node included.
     /// The group is initialised from it once, by the lowest id on its first start;
     /// after that the membership lives in the raft log.
     #[arg(long, env = "BACKBEAT_PEERS")]
     pub peers: String,
+    /// Raft RPC address, apart from the public --listen (default: this node's address in --peers).
+    /// Every request on it must be signed with the group secret. A group of one whose
+    /// --peers address is its --listen serves no raft at all (it has no one to talk to).
+    #[arg(long, env = "BACKBEAT_RAFT_LISTEN")]
+    pub raft_listen: Option<String>,
+    /// File holding the group's shared secret (at least 16 bytes; surrounding whitespace
+    /// ignored): it signs raft requests and the beats the group publishes. Instead of a
+    /// file, the secret itself may be in the environment variable BACKBEAT_RAFT_SECRET.
+    /// Required for a group of more than one node; a group of one without it generates
+    /// one into --data-dir/raft-secret and keeps it.
+    #[arg(long, env = "BACKBEAT_RAFT_SECRET_FILE")]
+    pub raft_secret_file: Option<PathBuf>,
     /// Directory for the durable raft log, vote and state machine.
     #[arg(long, env = "BACKBEAT_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -36,10 +59,15 @@ pub struct Config {
     /// Beats per bar (window), at least 1. Fixed for the life of a cluster.
     #[arg(long, env = "BACKBEAT_BAR_LENGTH", default_value_t = 120)]
     pub bar_length: u64,
-    /// Bearer token guarding tempo changes; without it tempo changes are refused (403).
+    /// Bearer token guarding tempo changes; without it (or --admin-token-file) tempo
+    /// changes are refused (403). Prefer the file or the environment variable: a
+    /// command line is visible to every user of the machine.
     #[arg(long, env = "BACKBEAT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// HTTP address: /health, /ready, /metrics, /api/v1/*, and raft RPC under /raft/*.
+    /// File holding the admin token (surrounding whitespace ignored); instead of --admin-token.
+    #[arg(long, env = "BACKBEAT_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Public HTTP address: /health, /ready, /metrics, /api/v1/* (raft is on --raft-listen).
     #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:7001")]
     pub listen: String,
     /// Log format.
@@ -65,12 +93,24 @@ pub struct Config {
     pub nats: NatsArgs,
 }
 
+/// Where the group secret comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// Given by file or environment.
+    Given(GroupSecret),
+    /// A group of one without one: generated into (and then read from) `--data-dir`.
+    GenerateInDataDir,
+}
+
 /// The validated configuration the node runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node_id: u64,
-    /// Node id → HTTP address (`host:port`), this node included.
+    /// Node id → raft address (`host:port`), this node included.
     pub peers: BTreeMap<u64, String>,
+    /// The address raft RPC is served on; None for a group of one that needs none.
+    pub raft_listen: Option<String>,
+    pub raft_secret: SecretSource,
     pub data_dir: PathBuf,
     pub cluster_id: String,
     pub bpm: u32,
@@ -87,6 +127,11 @@ pub struct Settings {
 impl Config {
     /// Checks every rule a flag must follow, naming the flag in the error.
     pub fn validate(self) -> anyhow::Result<Settings> {
+        self.validate_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::validate`] with the environment read through `env` (tests pass their own).
+    pub fn validate_with_env(self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
         let peers = parse_peers(&self.peers).context("--peers")?;
         if let Some(id) = peers.keys().find(|id| **id > u64::from(u16::MAX)) {
             bail!("node id {id} is above 65535 (SPEC §3: the HLC node field is 4 hex digits)");
@@ -100,8 +145,8 @@ impl Config {
         if !(1..=BPM_MAX).contains(&self.bpm) {
             bail!("--bpm {} must be in 1..={BPM_MAX}", self.bpm);
         }
-        if self.bar_length < 1 {
-            bail!("--bar-length must be at least 1");
+        if !(1..=BAR_LENGTH_MAX).contains(&self.bar_length) {
+            bail!("--bar-length must be in 1..={BAR_LENGTH_MAX}");
         }
         if self.heartbeat_ms < 1 || self.election_timeout_ms / 4 <= self.heartbeat_ms {
             bail!(
@@ -113,6 +158,35 @@ impl Config {
         if matches!(&self.admin_token, Some(t) if t.is_empty()) {
             bail!("--admin-token must not be empty (leave it unset to refuse tempo changes)");
         }
+        let admin_token = match &self.admin_token_file {
+            None => self.admin_token.clone(),
+            Some(path) => Some(read_token_file(path).context("--admin-token-file")?),
+        };
+        let own_addr = &peers[&self.node_id];
+        let raft_listen = self.raft_listen.clone().unwrap_or_else(|| own_addr.clone());
+        let raft_listen = if raft_listen == self.listen {
+            if peers.len() > 1 {
+                bail!(
+                    "--raft-listen ({raft_listen}) must differ from --listen: raft is served apart from the \
+                     public HTTP (and --peers names the raft addresses)"
+                );
+            }
+            None
+        } else {
+            Some(raft_listen)
+        };
+        let raft_secret = match (&self.raft_secret_file, env(RAFT_SECRET_ENV)) {
+            (Some(path), _) => SecretSource::Given(
+                GroupSecret::read_file(path).with_context(|| format!("--raft-secret-file {}", path.display()))?,
+            ),
+            (None, Some(text)) => SecretSource::Given(GroupSecret::from_text(&text).context(RAFT_SECRET_ENV)?),
+            (None, None) if peers.len() > 1 => bail!(
+                "a group of {} nodes needs a shared secret: --raft-secret-file F (BACKBEAT_RAFT_SECRET_FILE) \
+                 or the secret itself in {RAFT_SECRET_ENV}, the same on every node",
+                peers.len()
+            ),
+            (None, None) => SecretSource::GenerateInDataDir,
+        };
         let max_skip_beats = if self.max_skip_beats == 0 {
             self.bar_length.saturating_mul(5)
         } else {
@@ -121,11 +195,13 @@ impl Config {
         Ok(Settings {
             node_id: self.node_id,
             peers,
+            raft_listen,
+            raft_secret,
             data_dir: self.data_dir,
             cluster_id: self.cluster,
             bpm: self.bpm,
             bar_length: self.bar_length,
-            admin_token: self.admin_token,
+            admin_token,
             listen: self.listen,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             election_timeout: Duration::from_millis(self.election_timeout_ms),
@@ -134,6 +210,25 @@ impl Config {
             nats: self.nats,
         })
     }
+}
+
+/// The token in `path`, without surrounding whitespace; not empty, at most 4 KiB.
+fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)
+        .with_context(|| path.display().to_string())?
+        .len();
+    if size > SECRET_BYTES_MAX as u64 {
+        bail!(
+            "{} is {size} bytes; a token is at most {SECRET_BYTES_MAX}",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(token.to_string())
 }
 
 /// Parses `1=host:port,2=host:port`. Ids are unique; addresses are not checked beyond being non-empty.
@@ -174,8 +269,8 @@ mod tests {
 
     #[test]
     fn validation_names_the_flag_and_the_rule() {
-        assert!(config(&[]).validate().is_ok());
-        let error = |extra: &[&str]| config(extra).validate().unwrap_err().to_string();
+        assert!(config(&[]).validate_with_env(no_env).is_ok());
+        let error = |extra: &[&str]| format!("{:#}", config(extra).validate_with_env(no_env).unwrap_err());
         assert!(error(&["--bpm=0"]).contains("--bpm"));
         assert!(error(&["--bpm=1001"]).contains("--bpm"));
         assert!(error(&["--bar-length=0"]).contains("--bar-length"));
@@ -183,13 +278,82 @@ mod tests {
         assert!(error(&["--admin-token="]).contains("--admin-token"));
         assert!(error(&["--heartbeat-ms=100", "--election-timeout-ms=400"]).contains("--election-timeout-ms"));
         assert!(config(&["--heartbeat-ms=100", "--election-timeout-ms=404"])
-            .validate()
+            .validate_with_env(no_env)
             .is_ok());
         assert!(error(&["--node-id=2"]).contains("--node-id"));
         let big = config(&["--node-id=70000", "--peers=70000=h:1"])
-            .validate()
+            .validate_with_env(no_env)
             .unwrap_err();
         assert!(big.to_string().contains("65535"));
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn raft_has_its_own_listener_and_a_group_needs_a_secret() {
+        let group = "--peers=1=127.0.0.1:7101,2=127.0.0.1:7102";
+        // A group of one: no secret needed (generated), raft on its --peers address.
+        let single = config(&["--listen=127.0.0.1:7001"]).validate_with_env(no_env).unwrap();
+        assert_eq!(
+            single.raft_listen, None,
+            "its --peers address is its --listen: no raft listener"
+        );
+        assert!(matches!(single.raft_secret, SecretSource::GenerateInDataDir));
+        // A group of three without a secret: refused, naming both ways to give one.
+        let error = format!("{:#}", config(&[group]).validate_with_env(no_env).unwrap_err());
+        assert!(
+            error.contains("--raft-secret-file") && error.contains(RAFT_SECRET_ENV),
+            "{error}"
+        );
+        // The secret from the environment; raft on this node's --peers address.
+        let env = |name: &str| (name == RAFT_SECRET_ENV).then(|| "a shared secret of the group".to_string());
+        let settings = config(&[group]).validate_with_env(env).unwrap();
+        assert_eq!(settings.raft_listen.as_deref(), Some("127.0.0.1:7101"));
+        assert!(matches!(settings.raft_secret, SecretSource::Given(_)));
+        let short = |name: &str| (name == RAFT_SECRET_ENV).then(|| "short".to_string());
+        assert!(format!("{:#}", config(&[group]).validate_with_env(short).unwrap_err()).contains("at least 16"));
+        // Raft on the public listener: refused for a group.
+        let error = format!(
+            "{:#}",
+            config(&[group, "--listen=127.0.0.1:7101"])
+                .validate_with_env(env)
+                .unwrap_err()
+        );
+        assert!(error.contains("--raft-listen"), "{error}");
+        // From files.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a shared secret of the group\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  the-token\n").unwrap();
+        let settings = config(&[
+            group,
+            &format!("--raft-secret-file={}", secret.display()),
+            &format!("--admin-token-file={}", token.display()),
+        ])
+        .validate_with_env(no_env)
+        .unwrap();
+        assert_eq!(settings.admin_token.as_deref(), Some("the-token"));
+        assert!(matches!(settings.raft_secret, SecretSource::Given(_)));
+        std::fs::write(&token, "\n").unwrap();
+        let error = format!(
+            "{:#}",
+            config(&[&format!("--admin-token-file={}", token.display())])
+                .validate_with_env(no_env)
+                .unwrap_err()
+        );
+        assert!(
+            error.contains("--admin-token-file") && error.contains("empty"),
+            "{error}"
+        );
+        let missing = format!("--raft-secret-file={}", dir.path().join("none").display());
+        let error = format!(
+            "{:#}",
+            config(&[group, &missing]).validate_with_env(no_env).unwrap_err()
+        );
+        assert!(error.contains("--raft-secret-file"), "{error}");
     }
 
     #[test]

@@ -2,29 +2,37 @@
 //! absolute-time grid, continuing from the stream's last beat, fenced by the
 //! expected last subject sequence.
 //!
-//! The loop is the only place in BACKBEAT that reads the wall clock to make
-//! time (DESIGN: "only the pulse leader reads the wall clock"). It runs on a
-//! thread of its own so that raft, HTTP and fsyncs never delay a beat.
+//! The loop is the only place in BACKBEAT that makes time (DESIGN: "only the
+//! pulse leader reads the wall clock"); it reads it through [`PulseClock`], the
+//! monotonic clock anchored to the wall clock once, so a step of the wall clock
+//! cannot stall or rush it. It runs on a thread of its own so that raft, HTTP
+//! and fsyncs never delay a beat.
+//!
+//! It resumes only from beats its group published (authenticated: see
+//! [`crate::publisher`]): a foreign message on the beat subject moves the fence,
+//! never the next index or the HLC.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backbeat_schemas::hlc::HlcClock;
-use backbeat_schemas::message::{BeatFrame, BeatFrameType};
+use backbeat_schemas::message::{BeatFrame, BeatFrameType, BEAT_INDEX_MAX};
 use backbeat_schemas::timestamp::format_utc_ms;
 use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
 use openraft::ServerState;
 use tokio::sync::watch;
 
+use crate::clock::PulseClock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::publisher::{BeatPublisher, LastBeat, PublishFailure, PublishTimes};
+use crate::publisher::{BeatPublisher, LastBeat, PublishFailure, PublishTimes, SearchFrom, Tail};
 use crate::raft::contacts::Contacts;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::Raft;
 use crate::schedule::{interval_us, Schedule};
 use crate::state::{PulseState, Request};
+use crate::watchdog::EmitterProgress;
 
 /// The last stretch before a beat is spent spinning instead of in the timer,
 /// whose resolution is a millisecond and whose wake-up a busy machine delays by
@@ -41,13 +49,12 @@ const FOLLOW_READ_LIMIT: Duration = Duration::from_millis(200);
 const EPOCH_LEAD: Duration = Duration::from_millis(50);
 /// The longest a publish or a read of the last beat may take.
 const NATS_OP_LIMIT_MAX: Duration = Duration::from_secs(1);
-
-/// Microseconds since the Unix epoch, from the wall clock.
-pub fn now_unix_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+/// The longest a search for the last authenticated beat may take (it runs only
+/// when foreign messages follow the group's last beat).
+const SEARCH_LIMIT: Duration = Duration::from_secs(2);
+/// A beat's HLC further ahead of this node's clock than this is not merged:
+/// even an authenticated beat must not drag the clock far into the future.
+pub const HLC_AHEAD_MAX_MS: u64 = 1000;
 
 /// Everything the loop needs.
 pub struct Emitter {
@@ -58,23 +65,38 @@ pub struct Emitter {
     pub publisher: BeatPublisher,
     pub metrics: Metrics,
     pub status: Arc<crate::status::SharedStatus>,
+    pub clock: Arc<PulseClock>,
+    /// What the watchdog reads to tell a working emitter from a stalled one.
+    pub progress: Arc<EmitterProgress>,
     pub shutdown: watch::Receiver<bool>,
 }
 
 /// Where the stream stands, as far as this node knows.
 #[derive(Debug, Clone, Copy)]
 struct Position {
-    /// The stream's last beat; None when the subject holds no beat.
-    last: Option<LastBeat>,
+    tail: Tail,
 }
 
 impl Position {
-    fn min_next(&self) -> u64 {
-        self.last.map_or(0, |l| l.beat_index + 1)
+    /// The lowest index not yet taken by one of the group's beats; `Err` when
+    /// the index space (SPEC: at most 2^53−1) is used up.
+    fn min_next(&self) -> Result<u64, String> {
+        match self.tail.last_beat {
+            None => Ok(0),
+            Some(last) if last.beat_index < BEAT_INDEX_MAX => Ok(last.beat_index + 1),
+            Some(last) => Err(format!("beat {} is the last index SPEC allows", last.beat_index)),
+        }
     }
     fn expected_sequence(&self) -> u64 {
-        self.last.map_or(0, |l| l.sequence)
+        self.tail.fence_sequence
     }
+}
+
+/// The beat after `beat`, within SPEC's index space.
+fn after(beat: u64) -> Result<u64, String> {
+    (beat < BEAT_INDEX_MAX)
+        .then(|| beat + 1)
+        .ok_or_else(|| format!("beat {beat} is the last index SPEC allows"))
 }
 
 /// Why a leading stint ended.
@@ -90,11 +112,18 @@ impl Emitter {
             HlcClock::new(u16::try_from(self.settings.node_id).expect("--node-id is checked to fit 16 bits"));
         let mut metrics_rx = self.raft.metrics();
         let mut last_follow_read: Option<Instant> = None;
+        let mut known: Option<LastBeat> = None;
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
             let Some(term) = self.leading_term() else {
+                // Not responsible for any beat: nothing for the watchdog to hold against it.
+                self.progress.not_leading();
+                let step_us = self.clock.catch_up_with_wall();
+                if step_us > 0 {
+                    tracing::info!(step_us, "this node's timescale caught up with the wall clock");
+                }
                 self.metrics.is_leader.set(0);
                 self.status.update(|s| {
                     s.emitting = false;
@@ -103,7 +132,9 @@ impl Emitter {
                 });
                 if last_follow_read.is_none_or(|at| at.elapsed() >= FOLLOW_READ_INTERVAL) {
                     last_follow_read = Some(Instant::now());
-                    self.follow_stream().await;
+                    if let Some(seen) = self.follow_stream().await {
+                        known = Some(seen);
+                    }
                 }
                 tokio::select! {
                     _ = metrics_rx.changed() => {}
@@ -112,10 +143,11 @@ impl Emitter {
                 }
                 continue;
             };
-            match self.lead(term, &mut clock).await {
+            match self.lead(term, &mut clock, &mut known).await {
                 Ok(Stop::Shutdown) => break,
                 Ok(Stop::NotLeading) => tracing::info!(term, "stopped emitting: no longer leader with quorum"),
                 Err(problem) => {
+                    self.progress.failed();
                     self.metrics.is_leader.set(0);
                     tracing::warn!(term, %problem, "cannot emit yet");
                     self.status.update(|s| {
@@ -137,15 +169,18 @@ impl Emitter {
         tracing::info!("emitter stopped");
     }
 
-    /// On a node that does not lead: notes the stream's last beat and its tempo for
-    /// `/api/v1/status` and `/metrics`.
-    async fn follow_stream(&self) {
+    /// On a node that does not lead: notes the stream's last beat (the group's
+    /// own only: a foreign last message is counted and leaves it alone) and its
+    /// tempo for `/api/v1/status` and `/metrics`. Returns that beat.
+    async fn follow_stream(&self) -> Option<LastBeat> {
         if !self.publisher.is_connected() {
-            return;
+            return None;
         }
         let state = self.state_machine.current();
         let cluster_id = state.cluster_id.as_deref().unwrap_or(&self.settings.cluster_id);
-        if let Ok(Some(last)) = self.publisher.last_beat(cluster_id, FOLLOW_READ_LIMIT).await {
+        let tail = self.publisher.peek_tail(cluster_id, FOLLOW_READ_LIMIT).await.ok()?;
+        let last = tail.last_beat?;
+        {
             self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
             if let Some(schedule) = state.schedule() {
                 // The tempo gauge follows the stream on every node, not only the leader's.
@@ -154,6 +189,7 @@ impl Emitter {
                     .set(i64::from(schedule.bpm_of(last.beat_index)));
             }
         }
+        Some(last)
     }
 
     /// The term this node leads with a valid lease, if it does.
@@ -209,18 +245,44 @@ impl Emitter {
         Duration::from_micros(interval_us(bpm) as u64).min(NATS_OP_LIMIT_MAX)
     }
 
-    /// Reads the stream's last beat and merges its HLC; `Err` when NATS does not answer.
-    async fn resync(&self, cluster_id: &str, bpm: u32, clock: &mut HlcClock) -> Result<Position, String> {
-        let last = self
+    /// Reads the subject's tail: the fence, and the group's last beat (found past
+    /// foreign messages when there are some, from `known` or from a few election
+    /// timeouts back), whose HLC it merges; `Err` when NATS does not answer.
+    async fn resync(
+        &self,
+        cluster_id: &str,
+        bpm: u32,
+        clock: &mut HlcClock,
+        known: Option<LastBeat>,
+    ) -> Result<Position, String> {
+        // Far enough back to reach the previous leader's last beats: it stopped
+        // at most an election timeout or two before this node took over.
+        let interval = Duration::from_micros(interval_us(bpm).unsigned_abs());
+        let lookback = self.settings.election_timeout * 4 + interval * 4;
+        let lookback_us = i64::try_from(lookback.as_micros()).unwrap_or(i64::MAX);
+        let from = SearchFrom::UnixUs(self.clock.now_unix_us().saturating_sub(lookback_us));
+        let limit = self.nats_limit(bpm).max(SEARCH_LIMIT);
+        let tail = self
             .publisher
-            .last_beat(cluster_id, self.nats_limit(bpm))
+            .read_tail(cluster_id, known, from, limit)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(last) = last {
-            clock.receive(last.hlc, (now_unix_us() / 1000) as u64);
+        if let Some(last) = tail.last_beat {
+            self.merge_hlc(clock, last);
             self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
         }
-        Ok(Position { last })
+        Ok(Position { tail })
+    }
+
+    /// Merges a stored beat's HLC, unless it is further ahead of this node's clock
+    /// than [`HLC_AHEAD_MAX_MS`] (then the clock keeps its own time).
+    fn merge_hlc(&self, clock: &mut HlcClock, last: LastBeat) {
+        let now_ms = self.clock.now_unix_us().max(0).unsigned_abs() / 1000;
+        if last.hlc.physical_ms > now_ms.saturating_add(HLC_AHEAD_MAX_MS) {
+            tracing::warn!(hlc = %last.hlc, now_ms, "a stored beat's HLC is far ahead of this clock; not merged");
+            return;
+        }
+        clock.receive(last.hlc, now_ms);
     }
 
     /// Makes sure the grid exists and puts `min_next` within reach: a missing
@@ -228,14 +290,15 @@ impl Emitter {
     /// grid (clock trouble) re-anchors the grid at `min_next`.
     async fn ensure_grid(&self, min_next: u64) -> Result<Schedule, String> {
         let state = self.configured_state().await?;
-        let now = now_unix_us();
+        let now = self.clock.now_unix_us();
         let fits = state.schedule().is_some_and(|schedule| {
             let next = schedule.next_beat(now, min_next);
-            let ahead_us = schedule.due_unix_us(min_next) - now;
-            next - min_next <= self.settings.max_skip_beats && ahead_us <= 2 * interval_us(schedule.bpm_of(min_next))
+            let ahead_us = schedule.due_unix_us(min_next).saturating_sub(now);
+            next.saturating_sub(min_next) <= self.settings.max_skip_beats
+                && ahead_us <= 2 * interval_us(schedule.bpm_of(min_next))
         });
         if !fits {
-            let unix_us = now + EPOCH_LEAD.as_micros() as i64;
+            let unix_us = now.saturating_add(EPOCH_LEAD.as_micros() as i64);
             tracing::info!(beat = min_next, unix_us, "anchoring the beat schedule");
             self.write(Request::SetEpoch {
                 beat: min_next,
@@ -250,20 +313,20 @@ impl Emitter {
     }
 
     /// One stint as leader of `term`.
-    async fn lead(&mut self, term: u64, clock: &mut HlcClock) -> Result<Stop, String> {
+    async fn lead(&mut self, term: u64, clock: &mut HlcClock, known: &mut Option<LastBeat>) -> Result<Stop, String> {
         let state = self.configured_state().await?;
         let cluster_id = state
             .cluster_id
             .clone()
             .unwrap_or_else(|| self.settings.cluster_id.clone());
-        let mut position = self.resync(&cluster_id, state.tempo_bpm, clock).await?;
-        let schedule = self.ensure_grid(position.min_next()).await?;
-        let mut next = schedule.next_beat(now_unix_us(), position.min_next());
+        let mut position = self.resync(&cluster_id, state.tempo_bpm, clock, *known).await?;
+        let schedule = self.ensure_grid(position.min_next()?).await?;
+        let mut next = schedule.next_beat(self.clock.now_unix_us(), position.min_next()?);
         let mut need_resync = false;
         // The due time the last published frame gave for the beat after it (its
         // `deadline_at`), kept so a late-committed tempo change cannot break it.
         let mut promised: Option<(u64, i64)> = None;
-        tracing::info!(term, next, last = ?position.last, "leading: emitting beats");
+        tracing::info!(term, next, tail = ?position.tail, "leading: emitting beats");
         self.metrics.is_leader.set(1);
         self.status.update(|s| {
             s.emitting = true;
@@ -300,25 +363,27 @@ impl Emitter {
                 // A publish now would sit in the client's buffer; the schedule goes on.
                 self.unpublished(next, "NATS disconnected");
                 need_resync = true;
-                next += 1;
+                next = after(next)?;
                 continue;
             }
             if need_resync {
-                match self.resync(&cluster_id, bpm, clock).await {
+                match self.resync(&cluster_id, bpm, clock, position.tail.last_beat).await {
                     Ok(fresh) => {
                         need_resync = false;
                         position = fresh;
-                        let resumed = schedule.next_beat(now_unix_us(), position.min_next());
+                        *known = position.tail.last_beat.or(*known);
+                        let min_next = position.min_next()?;
+                        let resumed = schedule.next_beat(self.clock.now_unix_us(), min_next);
                         if resumed != next {
                             tracing::info!(planned = next, resumed, "resynchronised with the stream");
-                            if resumed - position.min_next() > self.settings.max_skip_beats {
+                            if resumed.saturating_sub(min_next) > self.settings.max_skip_beats {
                                 // A long outage: re-anchor rather than jump.
-                                self.ensure_grid(position.min_next()).await?;
+                                self.ensure_grid(min_next).await?;
                                 next = self
                                     .state_machine
                                     .current()
                                     .schedule()
-                                    .map_or(resumed, |s| s.next_beat(now_unix_us(), position.min_next()));
+                                    .map_or(resumed, |s| s.next_beat(self.clock.now_unix_us(), min_next));
                             } else {
                                 next = resumed;
                             }
@@ -327,13 +392,13 @@ impl Emitter {
                     }
                     Err(problem) => {
                         self.unpublished(next, &problem);
-                        next += 1;
+                        next = after(next)?;
                         continue;
                     }
                 }
             }
             let frame = self.frame(&cluster_id, state.bar_length, &schedule, next, clock);
-            let published_at = now_unix_us();
+            let published_at = self.clock.now_unix_us();
             let jitter_us = (published_at - due).max(0);
             match self
                 .publisher
@@ -349,23 +414,38 @@ impl Emitter {
                 .await
             {
                 Ok(sequence) => {
-                    promised = Some((next + 1, schedule.due_unix_us(next + 1)));
+                    self.progress.published();
+                    promised = Some((after(next)?, schedule.due_unix_us(after(next)?)));
                     self.metrics.jitter_seconds.observe(jitter_us as f64 / 1e6);
                     self.metrics.beats_total.inc();
                     self.metrics.current_tempo_bpm.set(i64::from(bpm));
-                    position.last = Some(LastBeat {
+                    let published = LastBeat {
                         beat_index: next,
                         sequence,
                         hlc: frame.hlc,
-                    });
+                    };
+                    position.tail = Tail {
+                        fence_sequence: sequence,
+                        last_beat: Some(published),
+                    };
+                    *known = Some(published);
                     self.status.update(|s| {
                         s.last_beat_emitted = Some(next);
                         s.last_beat_seen = Some(next);
                         s.problem = None;
                     });
-                    next += 1;
+                    next = after(next)?;
+                }
+                Err(PublishFailure::Duplicate { beat_index, sequence }) => {
+                    // The index is taken (by another leader, this node's own earlier
+                    // attempt, or a foreign message carrying its id): skip it.
+                    self.metrics.publish_failures_total.inc();
+                    tracing::warn!(beat = beat_index, sequence, "beat index already stored; skipping it");
+                    need_resync = true;
+                    next = after(next)?;
                 }
                 Err(PublishFailure::Fenced(reason)) => {
+                    self.progress.failed();
                     // Someone else appended: re-read at once and continue after it,
                     // if raft still says this node leads.
                     self.metrics.publish_failures_total.inc();
@@ -376,7 +456,7 @@ impl Emitter {
                     self.unpublished(next, &reason);
                     self.metrics.publish_failures_total.inc();
                     need_resync = true;
-                    next += 1;
+                    next = after(next)?;
                 }
             }
         }
@@ -429,6 +509,7 @@ impl Emitter {
     }
 
     fn unpublished(&self, beat: u64, reason: &str) {
+        self.progress.failed();
         self.metrics.beats_unpublished_total.inc();
         tracing::warn!(beat, reason, "beat not published");
         self.status
@@ -444,33 +525,33 @@ impl Emitter {
         beat: u64,
         clock: &mut HlcClock,
     ) -> BeatFrame {
-        let next_due_ms = schedule.due_unix_us(beat + 1).div_euclid(1000);
+        let next_due_ms = schedule.due_unix_us(beat.saturating_add(1)).div_euclid(1000);
         BeatFrame {
             kind: BeatFrameType,
             cluster_id: cluster_id.to_string(),
             beat_index: beat,
             downbeat: is_downbeat(beat, bar_length),
             phase: phase_of(beat, bar_length),
-            hlc: clock.send((now_unix_us() / 1000) as u64),
+            hlc: clock.send(self.clock.now_unix_us().max(0).unsigned_abs() / 1000),
             deadline_at: format_utc_ms(next_due_ms),
             tempo_bpm: schedule.bpm_of(beat),
             window_id: window_id(cluster_id, bar_length, window_of(beat, bar_length)),
         }
     }
 
-    /// Sleeps until the wall clock reads `due_unix_us`: the timer for most of the
-    /// way, a spin for the last stretch. Returns true when shutdown was signalled.
+    /// Sleeps until this node's clock reads `due_unix_us`: the timer for most of
+    /// the way, a spin for the last stretch. Returns true when shutdown was signalled.
     async fn sleep_until(&mut self, due_unix_us: i64) -> bool {
-        let remaining_us = due_unix_us - now_unix_us();
+        let remaining_us = due_unix_us.saturating_sub(self.clock.now_unix_us());
         let spin_us = SPIN_BEFORE_DUE.as_micros() as i64;
         if remaining_us > spin_us {
-            let wake = tokio::time::Instant::now() + Duration::from_micros((remaining_us - spin_us) as u64);
+            let wake = tokio::time::Instant::now() + Duration::from_micros((remaining_us - spin_us).unsigned_abs());
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.shutdown.changed() => return true,
             }
         }
-        while now_unix_us() < due_unix_us {
+        while self.clock.now_unix_us() < due_unix_us {
             std::hint::spin_loop();
         }
         *self.shutdown.borrow()

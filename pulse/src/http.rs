@@ -5,7 +5,11 @@
 //! will emit. A follower checks the token, then **forwards** the request to the
 //! leader and relays its answer; when it knows no leader it answers 503, and a
 //! forwarded request that reaches a node which is no longer leader gets 421
-//! with the leader it knows of (no second hop, so no forwarding loops).
+//! with the leader it knows of (no second hop, so no forwarding loops). The
+//! leader's admin address is what it told this node over raft (`/raft/info`),
+//! since `--peers` names raft addresses.
+//!
+//! Raft RPC is not served here but on `--raft-listen` ([`crate::raft::rpc`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +24,8 @@ use openraft::ServerState;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::clock::PulseClock;
 use crate::config::Settings;
-use crate::emitter::now_unix_us;
 use crate::raft::contacts::Contacts;
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{ClientWriteError, Raft};
@@ -46,6 +50,9 @@ pub struct ApiState {
     pub client: reqwest::Client,
     /// Set once the node has connected to NATS.
     pub nats: Arc<std::sync::OnceLock<async_nats::Client>>,
+    pub clock: Arc<PulseClock>,
+    /// Shown in `/api/v1/status` (the counter itself is the emitter's).
+    pub foreign_beats: prometheus::IntCounter,
 }
 
 /// `POST /api/v1/tempo`.
@@ -65,14 +72,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(json!({"error": code, "message": message.into()}))).into_response()
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+/// Compares in constant time: both sides are hashed to 32 bytes first (so
+/// neither the content nor the length of the expected token shows in the
+/// timing), then the digests compared without an early exit.
 fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
+    use sha2::{Digest as _, Sha256};
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    let diff = a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y));
+    // black_box: the fold must not be turned into an early-exit comparison.
+    std::hint::black_box(diff) == 0
 }
 
 /// `None` when the request carries the admin token, else the refusal to send.
@@ -133,7 +141,7 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
         );
     }
     let bpm = u32::try_from(request.bpm).unwrap_or(u32::MAX);
-    let now = now_unix_us();
+    let now = api.clock.now_unix_us();
     // Under the status lock: the lowest beat whose tempo the emitter has not
     // fixed yet, and the gate that holds that beat until this write is decided.
     let gated = api.status.update_with(|s| {
@@ -170,7 +178,7 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
                     ),
                 );
             }
-            let too_close = schedule.due_unix_us(next_unemitted) - now < COMMIT_MARGIN.as_micros() as i64;
+            let too_close = schedule.due_unix_us(next_unemitted).saturating_sub(now) < COMMIT_MARGIN.as_micros() as i64;
             (
                 schedule.bpm_of(next_unemitted),
                 target_beat(request.at, next_unemitted, too_close, state.bar_length),
@@ -197,8 +205,12 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
         );
     }
     let _open_on_exit = GateGuard(&api.status);
+    let change = Request::ChangeTempo { bpm, at_beat };
+    if let Err(reason) = change.check() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", reason);
+    }
     let limit = api.settings.election_timeout;
-    let write = tokio::time::timeout(limit, api.raft.client_write(Request::ChangeTempo { bpm, at_beat }));
+    let write = tokio::time::timeout(limit, api.raft.client_write(change));
     let Ok(written) = write.await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -230,12 +242,23 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
 
 /// Relays a tempo request to `leader`, once.
 async fn forward(api: &ApiState, leader: Option<u64>, headers: &HeaderMap, body: Bytes) -> Response {
-    let leader_addr = leader.and_then(|id| api.settings.peers.get(&id).cloned());
-    let (Some(leader), Some(addr)) = (leader, leader_addr) else {
+    let Some(leader) = leader else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_leader",
             "no leader is known (no quorum); retry later",
+        );
+    };
+    let leader_addr = if leader == api.settings.node_id {
+        Some(api.settings.listen.clone())
+    } else {
+        api.contacts.admin_addr(leader)
+    };
+    let Some(addr) = leader_addr else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            format!("leader {leader} has not told its admin address yet; retry later"),
         );
     };
     if headers.contains_key(FORWARDED_HEADER) || leader == api.settings.node_id {
@@ -334,7 +357,9 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
     // of the beat the grid has reached by now.
     let current_tempo = match state.schedule() {
         Some(schedule) => {
-            let grid_beat = schedule.first_beat_due_at_or_after(now_unix_us() + 1).saturating_sub(1);
+            let grid_beat = schedule
+                .first_beat_due_at_or_after(api.clock.now_unix_us().saturating_add(1))
+                .saturating_sub(1);
             schedule.bpm_of(emitter.last_beat_seen.map_or(grid_beat, |seen| seen.max(grid_beat)))
         }
         None => state.tempo_bpm,
@@ -354,6 +379,8 @@ pub fn status_json(api: &ApiState) -> serde_json::Value {
         "last_beat_emitted": emitter.last_beat_emitted,
         "next_beat": emitter.next_beat,
         "peers": api.contacts.health(&api.settings.peers),
+        "raft_listen": api.settings.raft_listen,
+        "foreign_beats": api.foreign_beats.get(),
         "raft": {
             "last_log_index": metrics.last_log_index,
             "last_applied": metrics.last_applied.map(|l| l.index),

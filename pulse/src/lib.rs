@@ -23,6 +23,8 @@
 //! fence, publish a beat index twice or out of order, emit while it has no
 //! quorum, or let a follower emit. It never reads claims and never folds.
 
+pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod emitter;
 pub mod http;
@@ -34,3 +36,4 @@ pub mod schedule;
 pub mod state;
 pub mod status;
 pub mod tempo;
+pub mod watchdog;

@@ -27,6 +27,15 @@ pub struct Metrics {
     /// Beats the schedule called for while this node led but that are not in the stream
     /// because NATS was unreachable.
     pub beats_unpublished_total: IntCounter,
+    /// Messages on the cluster's beat subject that are not the group's own
+    /// (no valid `Backbeat-Beat-Mac`): counted once each, never resumed from.
+    pub foreign_beats_total: IntCounter,
+    /// Raft requests refused for a missing, stale or wrong authenticator.
+    pub raft_auth_failures_total: IntCounter,
+    /// Committed raft entries skipped because they are out of range.
+    pub invalid_raft_entries_total: IntCounter,
+    /// Times the watchdog gave up this node's leadership (its emitter stalled or died).
+    pub watchdog_stepdowns_total: IntCounter,
 }
 
 impl Metrics {
@@ -57,6 +66,23 @@ impl Metrics {
             "Scheduled beats not published because NATS was unreachable",
         )
         .expect("metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("metric");
+        let foreign_beats_total = counter(
+            "backbeat_pulse_foreign_beats_total",
+            "Messages on the beat subject not authenticated as this group's beats (skipped)",
+        );
+        let raft_auth_failures_total = counter(
+            "backbeat_pulse_raft_auth_failures_total",
+            "Raft requests refused: missing, stale or wrong authenticator",
+        );
+        let invalid_raft_entries_total = counter(
+            "backbeat_pulse_invalid_raft_entries_total",
+            "Committed raft entries skipped because they are out of range",
+        );
+        let watchdog_stepdowns_total = counter(
+            "backbeat_pulse_watchdog_stepdowns_total",
+            "Times the watchdog gave up leadership because the emitter stalled or died",
+        );
         for collector in [
             Box::new(beats_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jitter_seconds.clone()),
@@ -65,6 +91,10 @@ impl Metrics {
             Box::new(leader_changes_total.clone()),
             Box::new(publish_failures_total.clone()),
             Box::new(beats_unpublished_total.clone()),
+            Box::new(foreign_beats_total.clone()),
+            Box::new(raft_auth_failures_total.clone()),
+            Box::new(invalid_raft_entries_total.clone()),
+            Box::new(watchdog_stepdowns_total.clone()),
         ] {
             registry.register(collector).expect("metric registered once");
         }
@@ -77,6 +107,10 @@ impl Metrics {
             leader_changes_total,
             publish_failures_total,
             beats_unpublished_total,
+            foreign_beats_total,
+            raft_auth_failures_total,
+            invalid_raft_entries_total,
+            watchdog_stepdowns_total,
         }
     }
 }

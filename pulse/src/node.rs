@@ -11,14 +11,18 @@ use backbeat_service::admin::{admin_router, serve_admin, AdminState};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
 use tokio::sync::watch;
 
-use crate::config::Settings;
+use crate::auth::GroupSecret;
+use crate::clock::PulseClock;
+use crate::config::{SecretSource, Settings, GENERATED_SECRET_FILE};
 use crate::emitter::Emitter;
 use crate::http::{self, ApiState};
 use crate::metrics::Metrics;
 use crate::publisher::BeatPublisher;
 use crate::raft;
 use crate::raft::contacts::Contacts;
+use crate::raft::network;
 use crate::status::SharedStatus;
+use crate::watchdog::{EmitterProgress, RaftIsolation, Watchdog};
 
 /// Pause between attempts to reach NATS at start-up.
 const NATS_RETRY: Duration = Duration::from_secs(1);
@@ -30,7 +34,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     run_until(settings, backbeat_service::shutdown_signal()).await
 }
 
-/// Runs the node until `shutdown` resolves (the benchmark runs nodes in-process).
+/// Runs the node until `shutdown` resolves (the benchmark runs nodes in-process),
+/// or until its emitter thread is gone (then it stops with an error, for its
+/// supervisor to restart it).
 pub async fn run_until(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -39,14 +45,28 @@ pub async fn run_until(
     metrics.current_tempo_bpm.set(i64::from(settings.bpm));
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating --data-dir {}", settings.data_dir.display()))?;
+    let secret = match &settings.raft_secret {
+        SecretSource::Given(secret) => secret.clone(),
+        SecretSource::GenerateInDataDir => {
+            let path = settings.data_dir.join(GENERATED_SECRET_FILE);
+            GroupSecret::read_or_generate(&path)
+                .with_context(|| format!("the group-of-one secret {}", path.display()))?
+        }
+    };
+    let clock = Arc::new(PulseClock::new());
+    let isolation = Arc::new(RaftIsolation::default());
+    let progress = Arc::new(EmitterProgress::new());
 
-    let started = raft::start(
-        settings.node_id,
-        &settings.peers,
-        &settings.data_dir,
-        settings.heartbeat,
-        settings.election_timeout,
-    )
+    let started = raft::start(raft::StartOptions {
+        node_id: settings.node_id,
+        peers: &settings.peers,
+        data_dir: &settings.data_dir,
+        heartbeat: settings.heartbeat,
+        election_timeout: settings.election_timeout,
+        secret: secret.clone(),
+        isolation: isolation.clone(),
+        invalid_entries: metrics.invalid_raft_entries_total.clone(),
+    })
     .await?;
     let status = Arc::new(SharedStatus::default());
     let settings = Arc::new(settings);
@@ -58,9 +78,11 @@ pub async fn run_until(
         status: status.clone(),
         client: reqwest::Client::new(),
         nats: Arc::new(std::sync::OnceLock::new()),
+        clock: clock.clone(),
+        foreign_beats: metrics.foreign_beats_total.clone(),
     };
 
-    let (http_stop_tx, mut http_stop_rx) = watch::channel(false);
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
     let ready_api = api.clone();
     let status_api = api.clone();
     let admin = AdminState::new(
@@ -68,18 +90,67 @@ pub async fn run_until(
         move || http::degraded_reason(&ready_api).map_or(Ok(()), |reason| Err(format!("degraded: {reason}"))),
         move || http::status_json(&status_api),
     );
-    let router = admin_router(admin)
-        .merge(http::router(api.clone()))
-        .merge(raft::rpc::router(started.raft.clone(), started.contacts.clone()));
+    let router = admin_router(admin).merge(http::router(api.clone()));
+    let mut stop_rx = http_stop_rx.clone();
     let (addr, http_task) = serve_admin(&settings.listen, router, async move {
-        let _ = http_stop_rx.wait_for(|stop| *stop).await;
+        let _ = stop_rx.wait_for(|stop| *stop).await;
     })
     .await?;
     tracing::info!(%addr, node_id = settings.node_id, "pulse node serving");
 
+    // Raft on its own listener: peers reach it, the public never needs to.
+    let raft_task = match &settings.raft_listen {
+        None => {
+            tracing::info!("a group of one whose raft address is its --listen: no raft listener");
+            None
+        }
+        Some(raft_listen) => {
+            let nats_slot = api.nats.clone();
+            let admin_addr = addr.to_string();
+            let node_id = settings.node_id;
+            let context = raft::rpc::RpcContext {
+                contacts: started.contacts.clone(),
+                secret: secret.clone(),
+                auth_failures: metrics.raft_auth_failures_total.clone(),
+                isolation: isolation.clone(),
+                info: Arc::new(move || raft::rpc::PeerInfo {
+                    node_id,
+                    admin_addr: admin_addr.clone(),
+                    ready: nats_slot
+                        .get()
+                        .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected),
+                }),
+            };
+            let mut stop_rx = http_stop_rx.clone();
+            let (raft_addr, task) = serve_admin(
+                raft_listen,
+                raft::rpc::router(started.raft.clone(), context),
+                async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                },
+            )
+            .await
+            .context("--raft-listen")?;
+            tracing::info!(%raft_addr, "raft RPC serving");
+            Some(task)
+        }
+    };
+
     tokio::spawn(watch_leadership(started.raft.clone(), metrics.clone()));
 
-    tokio::spawn(probe_peers(settings.clone(), started.contacts.clone()));
+    tokio::spawn(probe_peers(settings.clone(), started.contacts.clone(), secret.clone()));
+
+    let watchdog = tokio::spawn(
+        Watchdog {
+            raft: started.raft.clone(),
+            progress: progress.clone(),
+            isolation: isolation.clone(),
+            contacts: started.contacts.clone(),
+            metrics: metrics.clone(),
+            election_timeout: settings.election_timeout,
+        }
+        .run(),
+    );
 
     // The emitter runs on a thread and runtime of its own, so that nothing
     // else's work can delay a beat. Its NATS connection is made there too: the
@@ -93,16 +164,19 @@ pub async fn run_until(
     let raft = started.raft.clone();
     let state_machine = started.state_machine.clone();
     let contacts = started.contacts.clone();
+    let emitter_progress = progress.clone();
     let emitter_thread = std::thread::Builder::new()
         .name("pulse-emitter".into())
         .spawn(move || {
+            // However the thread ends (a panic included), the watchdog learns of it.
+            let _finished = FinishedGuard(emitter_progress.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("building the emitter runtime");
             runtime.block_on(async move {
                 let (nats, js, stream) = tokio::select! {
-                    connected = connect_nats(&emitter_settings) => connected,
+                    connected = connect_nats(&emitter_settings, &emitter_progress) => connected,
                     _ = shutdown_rx.wait_for(|stop| *stop) => return,
                 };
                 let _ = nats_slot.set(nats.clone());
@@ -111,9 +185,17 @@ pub async fn run_until(
                     raft,
                     state_machine,
                     contacts,
-                    publisher: BeatPublisher::new(nats.clone(), js, stream),
+                    publisher: BeatPublisher::new(
+                        nats.clone(),
+                        js,
+                        stream,
+                        secret,
+                        metrics.foreign_beats_total.clone(),
+                    ),
                     metrics,
                     status,
+                    clock,
+                    progress: emitter_progress,
                     shutdown: shutdown_rx,
                 };
                 emitter.run().await;
@@ -124,10 +206,26 @@ pub async fn run_until(
         })
         .context("starting the emitter thread")?;
 
-    shutdown.await;
+    let emitter_gone = tokio::select! {
+        _ = shutdown => false,
+        _ = watchdog => true,
+    };
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || emitter_thread.join()).await;
-    stop(started.raft, http_stop_tx, http_task).await
+    stop(started.raft, http_stop_tx, http_task, raft_task).await?;
+    if emitter_gone {
+        anyhow::bail!("the emitter thread ended; the node gave up leadership and stopped");
+    }
+    Ok(())
+}
+
+/// Tells the watchdog that the emitter thread ended, when dropped.
+struct FinishedGuard(Arc<EmitterProgress>);
+
+impl Drop for FinishedGuard {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
 }
 
 /// The orderly end: the emitter has stopped and flushed NATS; leave raft, drain HTTP.
@@ -135,15 +233,18 @@ async fn stop(
     raft: raft::Raft,
     http_stop_tx: watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    raft_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 ) -> anyhow::Result<()> {
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(%e, "raft shutdown");
     }
     let _ = http_stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(e)) => tracing::warn!(%e, "HTTP task"),
-        Err(_) => tracing::warn!("HTTP did not drain within 5 s"),
+    for task in std::iter::once(http_task).chain(raft_task) {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(e)) => tracing::warn!(%e, "HTTP task"),
+            Err(_) => tracing::warn!("HTTP did not drain within 5 s"),
+        }
     }
     tracing::info!("pulse node stopped");
     Ok(())
@@ -151,11 +252,13 @@ async fn stop(
 
 /// Connects to NATS and makes sure `BACKBEAT_EVENTS` exists, retrying until both
 /// succeed; the caller races it against the shutdown signal.
-async fn connect_nats(settings: &Settings) -> (async_nats::Client, Context, Stream) {
+async fn connect_nats(settings: &Settings, progress: &EmitterProgress) -> (async_nats::Client, Context, Stream) {
     loop {
         match try_connect_nats(settings).await {
             Ok(connected) => return connected,
             Err(e) => {
+                // Should this node lead meanwhile, it cannot emit: the watchdog hands over.
+                progress.failed();
                 tracing::warn!(error = format!("{e:#}"), "NATS not usable yet; retrying");
                 tokio::time::sleep(NATS_RETRY).await;
             }
@@ -180,9 +283,10 @@ async fn try_connect_nats(settings: &Settings) -> anyhow::Result<(async_nats::Cl
     Ok((nats, js, stream))
 }
 
-/// Asks every peer's `/health` once per heartbeat, for the peer health in `/api/v1/status`
-/// (followers exchange no raft messages with each other).
-async fn probe_peers(settings: Arc<Settings>, contacts: Arc<Contacts>) {
+/// Asks every peer's `/raft/info` once per heartbeat: for the peer health in
+/// `/api/v1/status` (followers exchange no raft messages with each other), the
+/// peers' admin addresses (tempo forwarding) and their readiness (the watchdog).
+async fn probe_peers(settings: Arc<Settings>, contacts: Arc<Contacts>, secret: GroupSecret) {
     let client = reqwest::Client::builder()
         .timeout(settings.election_timeout)
         .build()
@@ -196,12 +300,14 @@ async fn probe_peers(settings: Arc<Settings>, contacts: Arc<Contacts>) {
             .iter()
             .filter(|(id, _)| **id != settings.node_id)
             .map(|(id, addr)| {
-                let request = client.get(format!("http://{addr}/health")).send();
-                async move { (*id, request.await) }
+                let (client, secret) = (&client, &secret);
+                async move { (*id, network::probe_peer(client, secret, addr).await) }
             });
         for (id, answer) in futures::future::join_all(probes).await {
-            if answer.is_ok_and(|r| r.status().is_success()) {
-                contacts.record_health_answer(id);
+            if let Ok(info) = answer {
+                if info.node_id == id {
+                    contacts.record_info(id, info.admin_addr, info.ready);
+                }
             }
         }
     }

@@ -4,9 +4,16 @@
 //! the same state, so whichever node leads computes the same schedule. `apply`
 //! reads no clock: times in it come from the request, written by the leader.
 
+use backbeat_schemas::hlc::HLC_PHYSICAL_MAX;
+use backbeat_schemas::message::BEAT_INDEX_MAX;
+use backbeat_schemas::names::is_valid_cluster_id;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{BAR_LENGTH_MAX, BPM_MAX};
 use crate::schedule::{Schedule, TempoChange};
+
+/// The latest time an epoch may name (µs): the latest an HLC can write (year 10889).
+pub const EPOCH_UNIX_US_MAX: i64 = (HLC_PHYSICAL_MAX as i64) * 1000;
 
 /// The point the schedule grid hangs from: `beat` is due at `unix_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +52,50 @@ pub enum Request {
     ChangeTempo { bpm: u32, at_beat: u64 },
 }
 
+impl Request {
+    /// Whether every field is within SPEC's and the pulse's limits. Checked
+    /// where a request is made (HTTP, emitter) *and* where it is applied: an
+    /// entry already in the log that fails it is skipped, never applied, so
+    /// no node can be crashed by replaying it.
+    pub fn check(&self) -> Result<(), String> {
+        let bpm_ok = |bpm: &u32| (1..=BPM_MAX).contains(bpm);
+        match self {
+            Request::Configure {
+                cluster_id,
+                bar_length,
+                bpm,
+            } => {
+                if !is_valid_cluster_id(cluster_id) {
+                    return Err(format!("cluster id {cluster_id:?} is not [A-Za-z0-9_-]{{1,64}}"));
+                }
+                if !(1..=BAR_LENGTH_MAX).contains(bar_length) {
+                    return Err(format!("bar length {bar_length} is not in 1..={BAR_LENGTH_MAX}"));
+                }
+                if !bpm_ok(bpm) {
+                    return Err(format!("tempo {bpm} bpm is not in 1..={BPM_MAX}"));
+                }
+            }
+            Request::SetEpoch { beat, unix_us } => {
+                if *beat > BEAT_INDEX_MAX {
+                    return Err(format!("epoch beat {beat} is above {BEAT_INDEX_MAX}"));
+                }
+                if !(0..=EPOCH_UNIX_US_MAX).contains(unix_us) {
+                    return Err(format!("epoch time {unix_us} µs is not in 0..={EPOCH_UNIX_US_MAX}"));
+                }
+            }
+            Request::ChangeTempo { bpm, at_beat } => {
+                if !bpm_ok(bpm) {
+                    return Err(format!("tempo {bpm} bpm is not in 1..={BPM_MAX}"));
+                }
+                if *at_beat > BEAT_INDEX_MAX {
+                    return Err(format!("tempo change beat {at_beat} is above {BEAT_INDEX_MAX}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What applying a request did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -53,6 +104,8 @@ pub enum Response {
     Applied,
     /// The request was valid raft-wise but left the state alone, and why.
     Ignored(String),
+    /// The request is out of range and was not applied, and why.
+    Invalid(String),
 }
 
 impl PulseState {
@@ -71,8 +124,12 @@ impl PulseState {
         })
     }
 
-    /// Applies one committed request.
+    /// Applies one committed request; one out of range ([`Request::check`]) is
+    /// refused (`Response::Invalid`) and leaves the state alone.
     pub fn apply(&mut self, request: &Request) -> Response {
+        if let Err(reason) = request.check() {
+            return Response::Invalid(reason);
+        }
         match request {
             Request::Configure {
                 cluster_id,
@@ -231,6 +288,83 @@ mod tests {
         assert_eq!(schedule.bpm_of(6), 130);
         assert_eq!(schedule.due_unix_us(7), promised_6 + 60_000_000 / 130);
         assert_eq!(state.pending, None);
+    }
+
+    #[test]
+    fn out_of_range_requests_are_refused_and_leave_the_state_alone() {
+        let mut state = configured();
+        state.apply(&Request::SetEpoch { beat: 0, unix_us: 0 });
+        let before = state.clone();
+        for bad in [
+            Request::ChangeTempo { bpm: 0, at_beat: 4 },
+            Request::ChangeTempo { bpm: 1001, at_beat: 4 },
+            Request::ChangeTempo {
+                bpm: u32::MAX,
+                at_beat: 4,
+            },
+            Request::ChangeTempo {
+                bpm: 120,
+                at_beat: u64::MAX,
+            },
+            Request::ChangeTempo {
+                bpm: 120,
+                at_beat: BEAT_INDEX_MAX + 1,
+            },
+            Request::SetEpoch {
+                beat: u64::MAX,
+                unix_us: 0,
+            },
+            Request::SetEpoch { beat: 1, unix_us: -1 },
+            Request::SetEpoch {
+                beat: 1,
+                unix_us: i64::MAX,
+            },
+        ] {
+            assert!(matches!(state.apply(&bad), Response::Invalid(_)), "{bad:?}");
+            assert_eq!(state, before, "{bad:?} changed the state");
+        }
+        let mut fresh = PulseState::default();
+        for bad in [
+            Request::Configure {
+                cluster_id: "a.b".into(),
+                bar_length: 4,
+                bpm: 120,
+            },
+            Request::Configure {
+                cluster_id: "c".into(),
+                bar_length: 0,
+                bpm: 120,
+            },
+            Request::Configure {
+                cluster_id: "c".into(),
+                bar_length: u64::MAX,
+                bpm: 120,
+            },
+            Request::Configure {
+                cluster_id: "c".into(),
+                bar_length: 4,
+                bpm: 0,
+            },
+        ] {
+            assert!(matches!(fresh.apply(&bad), Response::Invalid(_)), "{bad:?}");
+            assert!(!fresh.is_configured());
+        }
+        // At the limits: applied.
+        assert_eq!(
+            state.apply(&Request::ChangeTempo {
+                bpm: 1000,
+                at_beat: BEAT_INDEX_MAX
+            }),
+            Response::Applied
+        );
+        assert_eq!(
+            state.apply(&Request::SetEpoch {
+                beat: BEAT_INDEX_MAX,
+                unix_us: EPOCH_UNIX_US_MAX
+            }),
+            Response::Applied
+        );
+        let _ = state.schedule().unwrap().due_unix_us(u64::MAX);
     }
 
     #[test]

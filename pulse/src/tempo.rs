@@ -36,8 +36,9 @@ pub fn check_change(current: u32, requested: u32) -> Result<(), TempoError> {
         return Err(TempoError::OutOfRange(requested));
     }
     // Integer bounds: min = ceil(0.9·c), max = floor(1.1·c), so e.g. 120 allows 108..=132.
-    let min = (current * 9).div_ceil(10);
-    let max = current * 11 / 10;
+    // In u64: `current` comes from the replicated state and must not overflow here.
+    let min = u32::try_from((u64::from(current) * 9).div_ceil(10)).unwrap_or(u32::MAX);
+    let max = u32::try_from(u64::from(current) * 11 / 10).unwrap_or(u32::MAX);
     if requested < min || requested > max {
         return Err(TempoError::StepTooLarge {
             current,
@@ -52,12 +53,13 @@ pub fn check_change(current: u32, requested: u32) -> Result<(), TempoError> {
 /// The beat a change applies at. `next_unemitted` is the lowest beat the leader
 /// has not emitted yet; when it is due sooner than the change can be committed
 /// (`too_close`), the beat after it is the earliest the change can still land on.
+/// Saturates at `u64::MAX` (which the state machine's range check then refuses).
 pub fn target_beat(at: At, next_unemitted: u64, too_close: bool, bar_length: u64) -> u64 {
-    assert!(bar_length >= 1, "bar length is at least 1");
-    let earliest = if too_close { next_unemitted + 1 } else { next_unemitted };
+    let bar_length = bar_length.max(1);
+    let earliest = next_unemitted.saturating_add(u64::from(too_close));
     match at {
         At::NextBeat => earliest,
-        At::NextDownbeat => earliest.div_ceil(bar_length) * bar_length,
+        At::NextDownbeat => earliest.div_ceil(bar_length).saturating_mul(bar_length),
     }
 }
 
@@ -87,5 +89,22 @@ mod tests {
         assert_eq!(target_beat(At::NextBeat, 8, false, 4), 8);
         assert_eq!(target_beat(At::NextBeat, 8, true, 4), 9);
         assert_eq!(target_beat(At::NextDownbeat, 0, false, 1), 0);
+    }
+
+    #[test]
+    fn extremes_never_overflow() {
+        assert_eq!(target_beat(At::NextBeat, u64::MAX, true, 4), u64::MAX);
+        assert_eq!(target_beat(At::NextDownbeat, u64::MAX, true, 3), u64::MAX);
+        assert_eq!(target_beat(At::NextDownbeat, u64::MAX - 1, false, u64::MAX), u64::MAX);
+        assert_eq!(
+            target_beat(At::NextDownbeat, 5, false, 0),
+            5,
+            "a bar length of 0 reads as 1"
+        );
+        assert!(matches!(
+            check_change(u32::MAX, 1000),
+            Err(TempoError::StepTooLarge { .. })
+        ));
+        assert_eq!(check_change(u32::MAX, u32::MAX), Err(TempoError::OutOfRange(u32::MAX)));
     }
 }

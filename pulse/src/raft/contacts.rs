@@ -17,14 +17,18 @@ use serde::Serialize;
 
 use super::NodeId;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct PeerContact {
     /// Last successful raft exchange with the peer, either direction.
     last_raft_contact: Option<Instant>,
     /// Term and send time of the latest append-entries the peer acknowledged.
     last_ack: Option<(u64, Instant)>,
-    /// Last time the peer answered a `/health` probe.
+    /// Last time the peer answered a probe (`GET /raft/info`).
     last_health_answer: Option<Instant>,
+    /// Last time the peer said it was ready to emit (connected to NATS).
+    last_ready_answer: Option<Instant>,
+    /// The peer's admin HTTP address (`--listen`), as it last told.
+    admin_addr: Option<String>,
 }
 
 /// Shared by the raft network (outgoing RPCs), the RPC handlers (incoming),
@@ -40,12 +44,15 @@ pub struct Contacts {
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerHealth {
     pub node_id: NodeId,
+    /// Its raft address (from `--peers`).
     pub addr: String,
+    /// Its admin HTTP address, once it answered a probe.
+    pub admin_addr: Option<String>,
     /// Milliseconds since the last successful raft exchange with it; None if never.
     pub last_raft_contact_ms: Option<u64>,
-    /// Milliseconds since it last answered `/health`; None if never.
+    /// Milliseconds since it last answered a probe; None if never.
     pub last_health_answer_ms: Option<u64>,
-    /// It answered `/health`, or exchanged raft messages, within the election timeout.
+    /// It answered a probe, or exchanged raft messages, within the election timeout.
     pub healthy: bool,
 }
 
@@ -82,9 +89,31 @@ impl Contacts {
         self.with_peer(peer, |contact| contact.last_raft_contact = Some(Instant::now()));
     }
 
-    /// A peer answered a `/health` probe.
-    pub fn record_health_answer(&self, peer: NodeId) {
-        self.with_peer(peer, |contact| contact.last_health_answer = Some(Instant::now()));
+    /// A peer answered a probe: its admin address and whether it could emit.
+    pub fn record_info(&self, peer: NodeId, admin_addr: String, ready: bool) {
+        self.with_peer(peer, |contact| {
+            let now = Instant::now();
+            contact.last_health_answer = Some(now);
+            if ready {
+                contact.last_ready_answer = Some(now);
+            }
+            contact.admin_addr = Some(admin_addr);
+        });
+    }
+
+    /// The admin address `peer` last told (tempo requests are forwarded there).
+    pub fn admin_addr(&self, peer: NodeId) -> Option<String> {
+        let peers = self.peers.lock().expect("contacts lock");
+        peers.get(&peer).and_then(|c| c.admin_addr.clone())
+    }
+
+    /// Whether some peer said it was ready to emit within `window`.
+    pub fn a_peer_ready_within(&self, window: Duration) -> bool {
+        let peers = self.peers.lock().expect("contacts lock");
+        peers
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .any(|(_, c)| c.last_ready_answer.is_some_and(|at| at.elapsed() < window))
     }
 
     /// Time since the last raft exchange with `peer`, if any.
@@ -121,12 +150,13 @@ impl Contacts {
             .iter()
             .filter(|(id, _)| **id != self.me)
             .map(|(id, addr)| {
-                let contact = peers.get(id).copied().unwrap_or_default();
+                let contact = peers.get(id).cloned().unwrap_or_default();
                 let raft = since(contact.last_raft_contact);
                 let answer = since(contact.last_health_answer);
                 PeerHealth {
                     node_id: *id,
                     addr: addr.clone(),
+                    admin_addr: contact.admin_addr.clone(),
                     last_raft_contact_ms: raft.map(|d| d.as_millis() as u64),
                     last_health_answer_ms: answer.map(|d| d.as_millis() as u64),
                     healthy: [raft, answer].into_iter().flatten().any(|d| d < self.health_window),

@@ -1,5 +1,6 @@
 //! The raft group: openraft's type configuration, the durable stores, the HTTP
-//! transport, and start-up (including the one-time initialisation).
+//! transport (its own listener, every request authenticated), and start-up
+//! (including the one-time initialisation).
 
 pub mod contacts;
 pub mod durable;
@@ -75,16 +76,36 @@ pub struct Started {
     pub contacts: Arc<contacts::Contacts>,
 }
 
+/// What starting a node needs.
+pub struct StartOptions<'a> {
+    pub node_id: NodeId,
+    /// Node id → raft address.
+    pub peers: &'a BTreeMap<NodeId, String>,
+    pub data_dir: &'a std::path::Path,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// Signs this node's raft requests.
+    pub secret: crate::auth::GroupSecret,
+    /// The watchdog's off switch for the transport.
+    pub isolation: Arc<crate::watchdog::RaftIsolation>,
+    /// Counts committed entries skipped as out of range.
+    pub invalid_entries: prometheus::IntCounter,
+}
+
 /// Opens the stores under `data_dir`, starts the raft node, and initialises the
 /// group when this node has the lowest id and an empty log. A node with state
 /// never initialises again, and "already initialised" is not an error.
-pub async fn start(
-    node_id: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-    data_dir: &std::path::Path,
-    heartbeat: Duration,
-    election_timeout: Duration,
-) -> anyhow::Result<Started> {
+pub async fn start(options: StartOptions<'_>) -> anyhow::Result<Started> {
+    let StartOptions {
+        node_id,
+        peers,
+        data_dir,
+        heartbeat,
+        election_timeout,
+        secret,
+        isolation,
+        invalid_entries,
+    } = options;
     let timing = RaftTiming::new(heartbeat, election_timeout);
     let config = openraft::Config {
         cluster_name: "backbeat-pulse".into(),
@@ -96,14 +117,14 @@ pub async fn start(
     let config = Arc::new(config.validate().context("raft configuration")?);
     let log_store = log_store::FileLogStore::open(&data_dir.join("raft-log")).context("opening the raft log")?;
     let log_was_empty = log_store.is_empty();
-    let state_machine =
-        state_machine::StateMachineStore::open(&data_dir.join("state")).context("opening the state machine")?;
+    let state_machine = state_machine::StateMachineStore::open(&data_dir.join("state"), invalid_entries)
+        .context("opening the state machine")?;
     let contacts = Arc::new(contacts::Contacts::new(
         node_id,
         timing.leader_lease(),
         election_timeout,
     ));
-    let network = network::HttpNetwork::new(contacts.clone());
+    let network = network::HttpNetwork::new(contacts.clone(), secret, isolation);
     let raft = openraft::Raft::new(node_id, config, network, log_store, state_machine.clone())
         .await
         .context("starting raft")?;

@@ -1,4 +1,5 @@
-//! Raft RPC client: JSON over HTTP to the peers' `/raft/*` routes (see [`super::rpc`]).
+//! Raft RPC client: JSON over HTTP to the peers' `/raft/*` routes on their raft
+//! listeners (see [`super::rpc`]), every request signed with the group secret.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::contacts::Contacts;
+use super::rpc::PeerInfo;
 use super::{NodeId, RaftError, RpcError, TypeConfig};
+use crate::auth::{GroupSecret, RAFT_AUTH_HEADER};
+use crate::clock::wall_unix_us;
+use crate::watchdog::RaftIsolation;
 
 /// Connect timeout for raft RPCs; a peer that does not accept within it is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -24,17 +29,42 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct HttpNetwork {
     client: reqwest::Client,
     contacts: Arc<Contacts>,
+    secret: GroupSecret,
+    isolation: Arc<RaftIsolation>,
 }
 
 impl HttpNetwork {
-    pub fn new(contacts: Arc<Contacts>) -> HttpNetwork {
+    pub fn new(contacts: Arc<Contacts>, secret: GroupSecret, isolation: Arc<RaftIsolation>) -> HttpNetwork {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .build()
             .expect("building an HTTP client with static options");
-        HttpNetwork { client, contacts }
+        HttpNetwork {
+            client,
+            contacts,
+            secret,
+            isolation,
+        }
     }
+}
+
+/// Asks the peer at raft address `addr` for its [`PeerInfo`] (`GET /raft/info`, signed).
+pub async fn probe_peer(
+    client: &reqwest::Client,
+    secret: &GroupSecret,
+    addr: &str,
+) -> Result<PeerInfo, reqwest::Error> {
+    let path = "/raft/info";
+    let auth = secret.raft_auth("GET", path, wall_unix_us() / 1000, b"");
+    client
+        .get(format!("http://{addr}{path}"))
+        .header(RAFT_AUTH_HEADER, auth)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -63,13 +93,24 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{route}", self.addr);
+        if self.network.isolation.is_isolated() {
+            let cut = std::io::Error::other("this node is out of raft for a moment (watchdog)");
+            return Err(RpcError::Unreachable(Unreachable::new(&cut)));
+        }
+        let path = format!("/raft/{route}");
+        let body = serde_json::to_vec(request).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let auth = self
+            .network
+            .secret
+            .raft_auth("POST", &path, wall_unix_us() / 1000, &body);
         let response = self
             .network
             .client
-            .post(url)
+            .post(format!("http://{}{path}", self.addr))
             .timeout(option.hard_ttl())
-            .json(request)
+            .header(RAFT_AUTH_HEADER, auth)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| {

@@ -41,11 +41,14 @@ pub struct StateMachineStore {
     inner: Arc<Mutex<Persisted>>,
     snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     changes: watch::Sender<PulseState>,
+    /// Counts committed entries refused by [`crate::state::Request::check`].
+    invalid_entries: prometheus::IntCounter,
 }
 
 impl StateMachineStore {
     /// Opens (creating if needed) the state machine under `dir`.
-    pub fn open(dir: &Path) -> std::io::Result<StateMachineStore> {
+    /// `invalid_entries` counts committed entries that are out of range (skipped).
+    pub fn open(dir: &Path, invalid_entries: prometheus::IntCounter) -> std::io::Result<StateMachineStore> {
         std::fs::create_dir_all(dir)?;
         let persisted: Persisted = durable::read_json(&dir.join("state.json"))?.unwrap_or_default();
         let snapshot: Option<StoredSnapshot> = durable::read_json(&dir.join("snapshot.json"))?;
@@ -55,6 +58,7 @@ impl StateMachineStore {
             inner: Arc::new(Mutex::new(persisted)),
             snapshot: Arc::new(Mutex::new(snapshot)),
             changes,
+            invalid_entries,
         })
     }
 
@@ -121,7 +125,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             next.last_applied = Some(entry.log_id);
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(request) => next.state.apply(request),
+                EntryPayload::Normal(request) => {
+                    let response = next.state.apply(request);
+                    if let Response::Invalid(reason) = &response {
+                        // Skipped, not applied: every node skips it the same way,
+                        // and a restart replays it without harm.
+                        self.invalid_entries.inc();
+                        tracing::error!(log_id = %entry.log_id, ?request, %reason, "skipping an out-of-range raft entry");
+                    }
+                    response
+                }
                 EntryPayload::Membership(membership) => {
                     next.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                     Response::None

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
+use backbeat_pulse::auth::{GroupSecret, BEAT_MAC_HEADER};
 use backbeat_schemas::message::BeatFrame;
 use backbeat_schemas::names::{subject, SubjectKind};
 use backbeat_schemas::validate::validate_beat;
@@ -18,6 +19,8 @@ use serde_json::Value;
 pub const HEARTBEAT_MS: u64 = 50;
 pub const ELECTION_TIMEOUT_MS: u64 = 600;
 pub const TOKEN: &str = "test-admin-token";
+/// The group secret every node of a test group reads from its file.
+pub const SECRET: &str = "the pulse integration tests' group secret";
 /// The generous bound for things that should happen within a second or two.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -44,7 +47,10 @@ impl GroupOptions {
 /// One pulse node; its process is `None` while it is down.
 pub struct PulseNode {
     pub id: u64,
+    /// Its public HTTP (`--listen`).
     pub addr: String,
+    /// Its raft RPC (`--raft-listen`, the address `--peers` names).
+    pub raft_addr: String,
     pub process: Option<ChildGuard>,
     command: Vec<String>,
     log: PathBuf,
@@ -62,34 +68,50 @@ pub struct PulseGroup {
 impl PulseGroup {
     /// Starts every node against `nats_url`.
     pub fn start(nats_url: &str, options: GroupOptions) -> anyhow::Result<PulseGroup> {
+        PulseGroup::start_with_nats(|_| nats_url.to_string(), options)
+    }
+
+    /// Starts every node, node `id` against `nats_url_of(id)`.
+    pub fn start_with_nats(nats_url_of: impl Fn(u64) -> String, options: GroupOptions) -> anyhow::Result<PulseGroup> {
         let dir = tempfile::Builder::new().prefix("backbeat-pulse-it-").tempdir()?;
-        let addrs: BTreeMap<u64, String> = (1..=options.size)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+        let addrs: BTreeMap<u64, (String, String)> = (1..=options.size)
+            .map(|id| {
+                let addr = format!("127.0.0.1:{}", free_port());
+                (id, (addr, format!("127.0.0.1:{}", free_port())))
+            })
             .collect();
         let peers = addrs
             .iter()
-            .map(|(id, addr)| format!("{id}={addr}"))
+            .map(|(id, (_, raft_addr))| format!("{id}={raft_addr}"))
             .collect::<Vec<_>>()
             .join(",");
+        // Secrets from files, as an operator should give them (never on the command line).
+        let secret_file = dir.path().join("raft-secret");
+        std::fs::write(&secret_file, format!("{SECRET}\n"))?;
+        let token_file = dir.path().join("admin-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n"))?;
         let mut nodes = BTreeMap::new();
-        for (id, addr) in &addrs {
+        for (id, (addr, raft_addr)) in &addrs {
             let data_dir = dir.path().join(format!("node-{id}"));
             let command = vec![
                 format!("--node-id={id}"),
                 format!("--peers={peers}"),
                 format!("--listen={addr}"),
+                format!("--raft-listen={raft_addr}"),
+                format!("--raft-secret-file={}", secret_file.display()),
                 format!("--data-dir={}", data_dir.display()),
-                format!("--nats={nats_url}"),
+                format!("--nats={}", nats_url_of(*id)),
                 format!("--cluster={}", options.cluster),
                 format!("--bpm={}", options.bpm),
                 format!("--bar-length={}", options.bar_length),
-                format!("--admin-token={TOKEN}"),
+                format!("--admin-token-file={}", token_file.display()),
                 format!("--heartbeat-ms={HEARTBEAT_MS}"),
                 format!("--election-timeout-ms={ELECTION_TIMEOUT_MS}"),
             ];
             let node = PulseNode {
                 id: *id,
                 addr: addr.clone(),
+                raft_addr: raft_addr.clone(),
                 process: None,
                 command,
                 log: dir.path().join(format!("node-{id}.log")),
@@ -218,13 +240,17 @@ pub struct StoredBeat {
     pub msg_id: String,
 }
 
-/// Reads the beats of one cluster from `BACKBEAT_EVENTS`.
+/// Reads the beats of one cluster from `BACKBEAT_EVENTS`: the group's own
+/// (their `Backbeat-Beat-Mac` verifies with [`SECRET`]); other messages on the
+/// beat subject (a test's forgeries) are only counted.
 pub struct BeatLog {
     stream: Stream,
     cluster: String,
     bar_length: u64,
     beats: Vec<StoredBeat>,
     read_up_to: u64,
+    /// Messages on the beat subject that are not the group's.
+    pub foreign: usize,
 }
 
 impl BeatLog {
@@ -243,6 +269,7 @@ impl BeatLog {
             bar_length,
             beats: Vec::new(),
             read_up_to: 0,
+            foreign: 0,
         })
     }
 
@@ -258,6 +285,12 @@ impl BeatLog {
                 Err(_) => continue,
             };
             if message.subject.as_str() != beat_subject {
+                continue;
+            }
+            let mac = message.headers.get(BEAT_MAC_HEADER).map(|v| v.to_string());
+            let secret = GroupSecret::from_text(SECRET)?;
+            if !mac.is_some_and(|mac| secret.beat_mac_matches(&beat_subject, &message.payload, &mac)) {
+                self.foreign += 1;
                 continue;
             }
             let frame = validate_beat(&message.payload, &self.cluster, self.bar_length)
@@ -328,5 +361,57 @@ pub fn assert_strictly_increasing(beats: &[StoredBeat], cluster: &str) {
     }
     for beat in beats {
         assert_eq!(beat.msg_id, format!("{cluster}:{}", beat.frame.beat_index));
+    }
+}
+
+/// A TCP relay to a local port that a test can cut, as a network partition
+/// between one pulse node and NATS would: open connections are dropped and new
+/// ones closed at once.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Relays `127.0.0.1:{port}` (a free port) to `127.0.0.1:{target_port}`.
+    pub async fn start(target_port: u16) -> anyhow::Result<TcpProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *cut_rx.borrow() {
+                    continue;
+                }
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(TcpProxy { port, cut, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
     }
 }

@@ -4,5 +4,7 @@ mod failover;
 mod fence;
 mod harness;
 mod nats_outage;
+mod security;
 mod single;
 mod tempo;
+mod watchdog;

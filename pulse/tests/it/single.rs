@@ -103,6 +103,10 @@ fn help_lists_every_flag_with_its_environment_variable() {
         ("--bpm", "BACKBEAT_BPM"),
         ("--bar-length", "BACKBEAT_BAR_LENGTH"),
         ("--admin-token", "BACKBEAT_ADMIN_TOKEN"),
+        ("--admin-token-file", "BACKBEAT_ADMIN_TOKEN_FILE"),
+        ("--raft-listen", "BACKBEAT_RAFT_LISTEN"),
+        ("--raft-secret-file", "BACKBEAT_RAFT_SECRET_FILE"),
+        ("--raft-secret-file", "BACKBEAT_RAFT_SECRET"),
         ("--heartbeat-ms", "BACKBEAT_HEARTBEAT_MS"),
         ("--election-timeout-ms", "BACKBEAT_ELECTION_TIMEOUT_MS"),
     ] {
