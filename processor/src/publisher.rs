@@ -142,8 +142,10 @@ impl BarPublisher {
         let mut backoff = Duration::from_millis(50);
         let mut failing = false;
         let mut fences_lost = 0u32;
+        // Cleared once a foreign message is found holding the report's id.
+        let mut with_message_id = true;
         loop {
-            match self.try_publish(report, &payload).await {
+            match self.try_publish(report, &payload, &mut with_message_id).await {
                 Ok(outcome) => {
                     if failing {
                         tracing::info!(cluster = %report.cluster_id, window = report.window_index, "report published again");
@@ -205,10 +207,17 @@ impl BarPublisher {
         Ok(stream)
     }
 
-    async fn try_publish(&mut self, report: &BarReport, payload: &bytes::Bytes) -> anyhow::Result<PublishOutcome> {
+    async fn try_publish(
+        &mut self,
+        report: &BarReport,
+        payload: &bytes::Bytes,
+        with_message_id: &mut bool,
+    ) -> anyhow::Result<PublishOutcome> {
         let cluster_id = report.cluster_id.as_str();
         let mut state = self.subjects.get(cluster_id).copied().unwrap_or_default();
-        let result = self.try_publish_with(report, payload, &mut state).await;
+        let result = self
+            .try_publish_with(report, payload, &mut state, with_message_id)
+            .await;
         self.subjects.insert(cluster_id.to_string(), state);
         result
     }
@@ -218,6 +227,7 @@ impl BarPublisher {
         report: &BarReport,
         payload: &bytes::Bytes,
         state: &mut SubjectState,
+        with_message_id: &mut bool,
     ) -> anyhow::Result<PublishOutcome> {
         let stream = self.stream().await?;
         let bar_subject = subject(&report.cluster_id, SubjectKind::Bar);
@@ -230,7 +240,8 @@ impl BarPublisher {
             }
         }
         let fence = state.last_seq.unwrap_or(state.examined_seq);
-        let ack = self.send(&bar_subject, payload, Some(&report.window_id), fence).await?;
+        let message_id = with_message_id.then_some(report.window_id.as_str());
+        let ack = self.send(&bar_subject, payload, message_id, fence).await?;
         let seq = if ack.duplicate {
             // The id is held: by this very report (an earlier try stored
             // it), or by a foreign message within the duplicate window.
@@ -245,6 +256,7 @@ impl BarPublisher {
                 return Ok(PublishOutcome::AlreadyPublished(ack.sequence));
             }
             self.msg_id_taken += 1;
+            *with_message_id = false;
             tracing::warn!(
                 cluster = %report.cluster_id, window = report.window_index, foreign_seq = ack.sequence,
                 "a foreign message holds the report's message id; publishing it without one"

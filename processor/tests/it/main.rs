@@ -11,12 +11,16 @@
 //!   reports after the duplicate window: every report exactly once.
 //! - `lease`: one `run` per `--name`: a second one waits untouching and takes
 //!   over on SIGTERM or after the holder's kill -9; a stolen lease stops its holder.
+//! - `hostile` (issue 16): garbage and forged reports on the bar subject and
+//!   forged beats while `run` works (reports = fold of the export, forged
+//!   ones counted), `/ready` red while the bars stream refuses writes, each cap.
 //! - `replay`: `replay` starts from the newest checkpoint `run` kept before the
 //!   window, with the published bytes; the history keeps only the newest ones.
 
 mod conformance;
 mod crash;
 mod golden;
+mod hostile;
 mod lease;
 mod live;
 mod live_support;
