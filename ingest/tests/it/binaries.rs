@@ -48,11 +48,12 @@ fn assert_help_documents_env(binary: &str) {
     }
 }
 
-fn spawn_ingest(nats_url: &str, port: u16) -> ChildGuard {
+fn spawn_ingest(nats_url: &str, port: u16, args: &[&str]) -> ChildGuard {
     ChildGuard::spawn(
         "backbeat-ingest",
         Command::new(bin_path("backbeat-ingest"))
             .args(["--nats", nats_url, "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "warn"),
     )
     .expect("backbeat-ingest starts")
@@ -74,7 +75,11 @@ async fn the_gateway_binary_documents_its_flags_serves_admin_and_stops_on_sigter
     assert_help_documents_env("backbeat-agent-sim");
     let server = start_server();
     let port = free_port();
-    let mut ingest = spawn_ingest(&server.url(), port);
+    let mut ingest = spawn_ingest(
+        &server.url(),
+        port,
+        &["--clusters", "zeta,eta", "--inbox-prefixes", "_INBOX,_AGENTS"],
+    );
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
     assert_eq!(reqwest::get(format!("{base}/health")).await.unwrap().status(), 200);
@@ -85,24 +90,41 @@ async fn the_gateway_binary_documents_its_flags_serves_admin_and_stops_on_sigter
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&answer.payload).starts_with(r#"{"ok":true,"seq":"#));
+    // --clusters: another cluster is refused.
+    let answer = client
+        .request("backbeat.omega.intake", claim("a", None, 1, 0x10).into())
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer.payload).contains(r#""reason":"cluster_not_allowed""#),
+        "{answer:?}"
+    );
+    // --inbox-prefixes: a client with the custom prefix is answered.
+    let custom = async_nats::ConnectOptions::new()
+        .custom_inbox_prefix("_AGENTS")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let answer = custom
+        .request("backbeat.eta.intake", claim("b", None, 1, 0x10).into())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer.payload).starts_with(r#"{"ok":true,"seq":"#));
 
     let metrics = crate::support::metrics_text(&base).await;
     for name in [
-        "backbeat_ingest_claims_received_total{source=\"nats\"} 1",
-        "backbeat_ingest_claims_accepted_total 1",
+        "backbeat_ingest_claims_received_total{source=\"nats\"} 3",
+        "backbeat_ingest_claims_accepted_total 2",
+        "backbeat_ingest_claims_rejected_total{reason=\"cluster_not_allowed\"} 1",
         "backbeat_ingest_claims_duplicate_total 0",
-        "backbeat_ingest_publish_latency_seconds_count 1",
+        "backbeat_ingest_replies_refused_total{reason=\"not_an_inbox\"} 0",
+        "backbeat_ingest_publish_latency_seconds_count 3",
         "backbeat_ingest_acks_in_flight 0",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    let status: serde_json::Value = reqwest::get(format!("{base}/api/v1/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["claims"]["accepted"], 1);
+    let status = crate::support::status_json(&base).await;
+    assert_eq!(status["claims"]["accepted"], 2);
 
     ingest.signal(Signal::Term).unwrap();
     let exit = tokio::task::spawn_blocking(move || ingest.wait_exit(Duration::from_secs(15)))
@@ -167,7 +189,7 @@ async fn assert_foldable(client: &async_nats::Client, cluster: &str) -> (usize, 
 async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousand_agents() {
     let server = start_server();
     let port = free_port();
-    let _ingest = spawn_ingest(&server.url(), port);
+    let _ingest = spawn_ingest(&server.url(), port, &[]);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&base).await;
     let client = crate::support::client(&server).await;
@@ -267,7 +289,7 @@ async fn the_simulator_sends_valid_claims_over_nats_and_http_and_runs_ten_thousa
 async fn the_example_agent_runs_its_task_to_done() {
     let server = start_server();
     let port = free_port();
-    let _ingest = spawn_ingest(&server.url(), port);
+    let _ingest = spawn_ingest(&server.url(), port, &[]);
     wait_ready(&format!("http://127.0.0.1:{port}")).await;
     let client = crate::support::client(&server).await;
     let _beats = BeatEmitter::start(client.clone(), "example", 300, 120);

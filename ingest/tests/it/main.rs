@@ -11,14 +11,19 @@
 //! - `outage`: nats-server killed and restarted under load; every claim
 //!   answered `ok` is in the stream exactly once.
 //! - `client`: beat following (prediction, free-running), BarReports.
+//! - `inboxes`: answers go to inboxes only (`_INBOX.` and configured custom
+//!   prefixes); a reply subject on a stream gets nothing, and is counted.
+//! - `clusters`: the allow-list (`--clusters`) over NATS and HTTP.
 //! - `binaries`: `backbeat-ingest` (help, readiness, metrics, SIGTERM) and
 //!   `backbeat-agent-sim` against it over NATS and HTTP, claims valid for the fold.
 
 mod backpressure;
 mod binaries;
 mod client;
+mod clusters;
 mod corpus;
 mod duplicates;
 mod http_batch;
+mod inboxes;
 mod outage;
 mod support;

@@ -222,3 +222,13 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// The JSON of `/api/v1/status`.
+pub async fn status_json(http_base: &str) -> serde_json::Value {
+    reqwest::get(format!("{http_base}/api/v1/status"))
+        .await
+        .expect("GET /api/v1/status")
+        .json()
+        .await
+        .expect("status JSON")
+}
