@@ -2,32 +2,27 @@
 //!
 //! `serde_json` accepts documents SPEC §2 calls `invalid_json` (duplicate keys),
 //! and erases the difference between `3` and `3.0`, which SPEC §2 keeps (`3.0`
-//! is not an integer). This reader returns a borrowed tree that keeps each
-//! number's source text, so every rule of §2 can be checked exactly, and it
-//! borrows unescaped strings from the input so a claim costs few allocations.
+//! is not an integer). This reader keeps each number's source text, so every
+//! rule of §2 can be checked exactly, and borrows unescaped strings from the
+//! input so a claim costs few allocations.
 //!
-//! Admission does not need the tree: [`scan_object`] reads the same grammar with
-//! the same checks (and the same errors) in one pass, keeping only the
-//! top-level members it is asked for. Both share one reader of objects and
-//! arrays, so the rules cannot drift apart.
+//! [`scan_object`] is what the validators use: it reads a whole document with
+//! every rule in one pass, keeping only where the top-level members it is asked
+//! for stand. The tree-building reader (`tree`, [`parse`] and `Value`) reads
+//! the same grammar through the same reader of objects, arrays, strings and
+//! numbers; it exists for tests and benchmarks and is compiled only for them
+//! (`cfg(test)` or the `tree` feature).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+#[cfg(any(test, feature = "tree"))]
+pub mod tree;
+#[cfg(any(test, feature = "tree"))]
+pub use tree::{parse, Value};
+
 /// Nesting deeper than this many levels is `invalid_json` (SPEC §2).
 pub const NESTING_DEPTH_MAX: usize = 128;
-
-/// A parsed JSON value borrowing from its source text.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value<'a> {
-    Null,
-    Bool(bool),
-    Number(Number<'a>),
-    String(Cow<'a, str>),
-    Array(Vec<Value<'a>>),
-    /// Members in document order; keys are unique (a duplicate is an error).
-    Object(Vec<(Cow<'a, str>, Value<'a>)>),
-}
 
 /// A JSON number as written in the document.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,20 +53,6 @@ impl Number<'_> {
     }
 }
 
-impl<'a> Value<'a> {
-    /// The JSON type's name, for error messages.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Bool(_) => "boolean",
-            Value::Number(_) => "number",
-            Value::String(_) => "string",
-            Value::Array(_) => "array",
-            Value::Object(_) => "object",
-        }
-    }
-}
-
 /// Why a document is not JSON, with the byte offset where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonError {
@@ -83,11 +64,6 @@ impl std::fmt::Display for JsonError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} at byte {}", self.message, self.offset)
     }
-}
-
-/// Parses one complete JSON document (surrounding whitespace allowed).
-pub fn parse(bytes: &[u8]) -> Result<Value<'_>, JsonError> {
-    document(bytes, |parser| parser.value(1))
 }
 
 /// A value as [`scan_object`] keeps it: scalars whole, arrays and objects
@@ -103,7 +79,7 @@ pub enum Shallow<'a> {
 }
 
 impl Shallow<'_> {
-    /// The JSON type's name, for error messages (as [`Value::type_name`]).
+    /// The JSON type's name, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
             Shallow::Null => "null",
@@ -386,20 +362,6 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
-        match self.peek() {
-            None => Err(self.error("unexpected end of document")),
-            Some(b'{') => self.object(depth),
-            Some(b'[') => self.array(depth),
-            Some(b'"') => Ok(Value::String(self.string()?)),
-            Some(b't') => self.expect_literal("true").map(|()| Value::Bool(true)),
-            Some(b'f') => self.expect_literal("false").map(|()| Value::Bool(false)),
-            Some(b'n') => self.expect_literal("null").map(|()| Value::Null),
-            Some(b'-' | b'0'..=b'9') => Ok(Value::Number(self.number()?)),
-            Some(_) => Err(self.error("unexpected character")),
-        }
-    }
-
     fn enter(&self, depth: usize) -> Result<(), JsonError> {
         if depth > NESTING_DEPTH_MAX {
             Err(self.error("nesting deeper than 128 levels"))
@@ -454,21 +416,6 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
-        let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(10);
-        let mut names = ObjectNames::default();
-        self.object_members(depth, |parser, key, key_offset| {
-            if !names.insert(key.clone()) {
-                return Err(duplicate_key(key_offset));
-            }
-            parser.name_separator()?;
-            let value = parser.value(depth + 1)?;
-            members.push((key, value));
-            Ok(())
-        })?;
-        Ok(Value::Object(members))
-    }
-
     /// Reads an array's brackets and commas; `item` reads each element.
     fn array_items(
         &mut self,
@@ -495,15 +442,6 @@ impl<'a> Parser<'a> {
                 _ => return Err(self.error("expected ',' or ']'")),
             }
         }
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Value<'a>, JsonError> {
-        let mut items = Vec::new();
-        self.array_items(depth, |parser| {
-            items.push(parser.value(depth + 1)?);
-            Ok(())
-        })?;
-        Ok(Value::Array(items))
     }
 
     /// Reads a value with every rule `value` applies without building it:
