@@ -75,6 +75,9 @@ pub struct Emitter {
 #[derive(Debug, Clone, Copy)]
 struct Position {
     tail: Tail,
+    /// A lowest next index from elsewhere than the group's own beats (see
+    /// [`Emitter::lead`]: a group's very first start over an older stream).
+    floor: u64,
 }
 
 impl Position {
@@ -82,8 +85,8 @@ impl Position {
     /// the index space (SPEC: at most 2^53−1) is used up.
     fn min_next(&self) -> Result<u64, String> {
         match self.tail.last_beat {
-            None => Ok(0),
-            Some(last) if last.beat_index < BEAT_INDEX_MAX => Ok(last.beat_index + 1),
+            None => Ok(self.floor),
+            Some(last) if last.beat_index < BEAT_INDEX_MAX => Ok((last.beat_index + 1).max(self.floor)),
             Some(last) => Err(format!("beat {} is the last index SPEC allows", last.beat_index)),
         }
     }
@@ -271,7 +274,7 @@ impl Emitter {
             self.merge_hlc(clock, last);
             self.status.update(|s| s.last_beat_seen = Some(last.beat_index));
         }
-        Ok(Position { tail })
+        Ok(Position { tail, floor: 0 })
     }
 
     /// Merges a stored beat's HLC, unless it is further ahead of this node's clock
@@ -320,6 +323,25 @@ impl Emitter {
             .clone()
             .unwrap_or_else(|| self.settings.cluster_id.clone());
         let mut position = self.resync(&cluster_id, state.tempo_bpm, clock, *known).await?;
+        if state.epoch.is_none() && position.tail.last_beat.is_none() && position.tail.fence_sequence > 0 {
+            // The group's very first stint, over a stream whose beats it cannot
+            // authenticate (an older pulse's, or a group with another secret):
+            // continue after the last one if it is a well-formed beat of this
+            // cluster and bar, rather than start again at 0 below it. Once the
+            // grid exists, only the group's own beats and the grid count.
+            let limit = self.nats_limit(state.tempo_bpm);
+            if let Some(index) = self
+                .publisher
+                .last_well_formed_beat(&cluster_id, state.bar_length, limit)
+                .await
+            {
+                tracing::warn!(
+                    index,
+                    "first start over beats this group did not sign: continuing after the last well-formed one"
+                );
+                position.floor = after(index)?;
+            }
+        }
         let schedule = self.ensure_grid(position.min_next()?).await?;
         let mut next = schedule.next_beat(self.clock.now_unix_us(), position.min_next()?);
         let mut need_resync = false;

@@ -27,6 +27,7 @@ use backbeat_schemas::hlc::Hlc;
 use backbeat_schemas::message::{BeatFrame, BEAT_INDEX_MAX};
 use backbeat_schemas::names::{beat_msg_id, subject, SubjectKind};
 use backbeat_schemas::timestamp::format_utc_ms;
+use backbeat_schemas::validate::validate_beat;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use prometheus::IntCounter;
@@ -218,6 +219,16 @@ impl BeatPublisher {
             fence_sequence: message.sequence,
             last_beat,
         })
+    }
+
+    /// The index of the last message on the beat subject when it is a valid
+    /// SPEC beat of `cluster_id` with `bar_length` (whoever wrote it); `None` otherwise.
+    pub async fn last_well_formed_beat(&self, cluster_id: &str, bar_length: u64, limit: Duration) -> Option<u64> {
+        let beat_subject = subject(cluster_id, SubjectKind::Beat);
+        let read = tokio::time::timeout(limit, self.stream.get_last_raw_message_by_subject(&beat_subject));
+        let message = read.await.ok()?.ok()?;
+        let frame = validate_beat(&message.payload, cluster_id, bar_length).ok()?;
+        (frame.beat_index < BEAT_INDEX_MAX).then_some(frame.beat_index)
     }
 
     /// The tail, with the last beat of this group's found even when foreign

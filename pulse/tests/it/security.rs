@@ -209,3 +209,58 @@ async fn raft_is_private_and_signed_and_tempo_is_range_checked() {
         Some(0.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_over_unsigned_beats_continues_after_them_and_signs_its_own() {
+    use backbeat_schemas::message::{BeatFrame, BeatFrameType};
+    use backbeat_schemas::timestamp::format_utc_ms;
+    use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
+    use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
+
+    let nats = NatsServer::start().expect("nats-server");
+    let options = GroupOptions::new(1, 600, 4);
+    // An older pulse's beats (no MAC), as a stream kept across an upgrade holds them.
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    ensure_stream(&js, events_config(StreamOptions::default()))
+        .await
+        .unwrap();
+    let now_ms = wall_unix_us() / 1000;
+    for beat in 500..504u64 {
+        let frame = BeatFrame {
+            kind: BeatFrameType,
+            cluster_id: options.cluster.clone(),
+            beat_index: beat,
+            downbeat: is_downbeat(beat, options.bar_length),
+            phase: phase_of(beat, options.bar_length),
+            hlc: Hlc::new(now_ms as u64, 0, 7),
+            deadline_at: format_utc_ms(now_ms + 100),
+            tempo_bpm: 600,
+            window_id: window_id(
+                &options.cluster,
+                options.bar_length,
+                window_of(beat, options.bar_length),
+            ),
+        };
+        let subject = subject(&options.cluster, SubjectKind::Beat);
+        js.publish(subject, serde_json::to_vec(&frame).unwrap().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let group = PulseGroup::start(&nats.url(), options.clone()).expect("pulse group");
+    group.wait_for_leader().await.unwrap();
+    let mut log = BeatLog::open(&nats.url(), &options.cluster, options.bar_length)
+        .await
+        .unwrap();
+    let first = log.wait_for_more(1).await.unwrap();
+    assert_eq!(
+        first.frame.beat_index,
+        504,
+        "continues after the older beats\n{}",
+        group.logs()
+    );
+    log.wait_for_more(3).await.unwrap();
+    assert_strictly_increasing(log.read().await.unwrap(), &options.cluster);
+    assert_eq!(log.foreign, 4, "the older beats are not the group's own");
+}
