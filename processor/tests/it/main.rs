@@ -1,6 +1,9 @@
 //! The processor's integration tests: one binary (links once).
 //!
 //! - `conformance`: the hand-worked logs of `../shared/conformance`, byte for byte.
+//! - `fence`: a deposed checkpoint writer's late manifest write is refused
+//!   and its late chunks change nothing its successor reads; the successor
+//!   resumes to the bytes of a fold never interrupted.
 //! - `golden`: one scenario per rule under `tests/golden/`, byte for byte, and
 //!   each folded as stop-after-event-k + resume-from-checkpoint for every k.
 //! - `live`: `backbeat-processor run` as a child process on a real
@@ -19,6 +22,7 @@
 
 mod conformance;
 mod crash;
+mod fence;
 mod golden;
 mod hostile;
 mod lease;
