@@ -27,6 +27,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backbeat-target}"
 NATS_PORT=4222; NATS_MONITOR=8222
 PROCESSOR=127.0.0.1:8081; INGEST=127.0.0.1:8082
 PULSE_PORTS=(7001 7002 7003)
+# Raft between the pulse nodes, apart from their public HTTP above.
+PULSE_RAFT_PORTS=(7101 7102 7103)
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -34,7 +36,7 @@ say "nats-server"
 bash deploy/install-nats.sh
 command -v nats-server >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
-for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${PULSE_PORTS[@]}"; do
+for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${PULSE_PORTS[@]}" "${PULSE_RAFT_PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is in use: is another stack running? stop it first" >&2
         exit 1
@@ -53,7 +55,17 @@ mkdir -p "$STATE/logs"
 if [[ ! -s "$STATE/admin-token" ]]; then
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/admin-token")
 fi
-TOKEN="$(cat "$STATE/admin-token")"
+# The pulse group's shared secret: signs raft requests and the beats it publishes.
+if [[ ! -s "$STATE/raft-secret" ]]; then
+    if [[ -d "$STATE/pulse-1" ]]; then
+        # A pulse group from before raft moved to its own port and secret: its
+        # raft log names the old addresses. Start the group afresh (the beats in
+        # the stream stay; the new group continues after the last one).
+        say "the pulse state in $STATE predates --raft-listen: starting the pulse group afresh"
+        rm -rf "$STATE"/pulse-[0-9]*
+    fi
+    (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/raft-secret")
+fi
 
 PIDS=()
 NAMES=()
@@ -91,11 +103,12 @@ wait_ready nats-server "http://127.0.0.1:$NATS_MONITOR/healthz"
 NATS="nats://127.0.0.1:$NATS_PORT"
 
 say "starting the pulse group (3 nodes), the gateway and the processor"
-PEERS="1=127.0.0.1:${PULSE_PORTS[0]},2=127.0.0.1:${PULSE_PORTS[1]},3=127.0.0.1:${PULSE_PORTS[2]}"
+PEERS="1=127.0.0.1:${PULSE_RAFT_PORTS[0]},2=127.0.0.1:${PULSE_RAFT_PORTS[1]},3=127.0.0.1:${PULSE_RAFT_PORTS[2]}"
 for i in 1 2 3; do
     start "pulse-$i" "$BIN/backbeat-pulse" --nats "$NATS" --node-id "$i" --peers "$PEERS" \
-        --listen "127.0.0.1:${PULSE_PORTS[$((i-1))]}" --data-dir "$STATE/pulse-$i" \
-        --cluster "$CLUSTER" --bpm "$BPM" --bar-length "$BAR" --admin-token "$TOKEN"
+        --listen "127.0.0.1:${PULSE_PORTS[$((i-1))]}" --raft-listen "127.0.0.1:${PULSE_RAFT_PORTS[$((i-1))]}" \
+        --raft-secret-file "$STATE/raft-secret" --data-dir "$STATE/pulse-$i" \
+        --cluster "$CLUSTER" --bpm "$BPM" --bar-length "$BAR" --admin-token-file "$STATE/admin-token"
 done
 start ingest "$BIN/backbeat-ingest" --nats "$NATS" --listen "$INGEST"
 start processor "$BIN/backbeat-processor" run --nats "$NATS" --listen "$PROCESSOR" --bar-length "$BAR" --lateness "$LATENESS"
@@ -109,7 +122,8 @@ start agent-sim "$BIN/backbeat-agent-sim" --nats "$NATS" --cluster "$CLUSTER" --
 cat <<INFO
 
 BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to look:
-  pulse       http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/status   (nodes :${PULSE_PORTS[0]} :${PULSE_PORTS[1]} :${PULSE_PORTS[2]})
+  pulse       http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/status   (nodes :${PULSE_PORTS[0]} :${PULSE_PORTS[1]} :${PULSE_PORTS[2]};
+              raft on :${PULSE_RAFT_PORTS[0]} :${PULSE_RAFT_PORTS[1]} :${PULSE_RAFT_PORTS[2]}, signed with $STATE/raft-secret)
   tempo       curl -H "Authorization: Bearer \$(cat $STATE/admin-token)" \\
                 -d '{"bpm":126,"at":"next_downbeat"}' http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/tempo
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
