@@ -411,10 +411,10 @@ impl Publisher {
         slot: AckSlot,
     ) -> BoxFuture<'static, ()> {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_REASON, header_value(reason).as_str());
-        headers.insert(HEADER_ERROR, header_value(message).as_str());
+        headers.insert(HEADER_REASON, header_value(reason, HEADER_VALUE_BYTES_MAX).as_str());
+        headers.insert(HEADER_ERROR, header_value(message, HEADER_VALUE_BYTES_MAX).as_str());
         headers.insert(HEADER_SOURCE, source.as_str());
-        headers.insert(HEADER_SUBJECT, header_value(origin).as_str());
+        headers.insert(HEADER_SUBJECT, header_value(origin, HEADER_VALUE_BYTES_MAX).as_str());
         // An input larger than a message may be is kept as its prefix, saying
         // so, rather than lost to a refused publish.
         if let Some(full_len) = body.truncated_from_bytes {
@@ -422,7 +422,8 @@ impl Publisher {
             self.metrics.dead_letters_truncated.inc();
         }
         if let Some(lines) = &body.lines {
-            headers.insert(HEADER_LINES, header_value(&lines.listed).as_str());
+            // Bounded with the payload, by the dead letter's size limit.
+            headers.insert(HEADER_LINES, header_value(&lines.listed, usize::MAX).as_str());
             headers.insert(HEADER_LINES_REFUSED, lines.refused.to_string().as_str());
         }
         let payload_len = body.payload.len();
@@ -449,10 +450,22 @@ impl Publisher {
     }
 }
 
+/// The most bytes of a reason, message or origin a dead letter's header
+/// keeps: an HTTP path can be tens of kilobytes, and is kept whole nowhere.
+const HEADER_VALUE_BYTES_MAX: usize = 1024;
+
 /// A NATS header value cannot hold CR or LF (the client panics on them), and
 /// control characters would confuse readers of the dead letter: replace them.
-fn header_value(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+/// At most `bytes_max` bytes of `s` are kept (whole characters).
+fn header_value(s: &str, bytes_max: usize) -> String {
+    let mut value = String::with_capacity(s.len().min(bytes_max));
+    for c in s.chars() {
+        if value.len() + c.len_utf8() > bytes_max {
+            break;
+        }
+        value.push(if c.is_control() { '?' } else { c });
+    }
+    value
 }
 
 /// One ack in flight; gives its slot back (and lowers the gauge) when dropped.
@@ -483,6 +496,16 @@ mod tests {
 
     #[test]
     fn header_values_lose_control_characters() {
-        assert_eq!(header_value("a\r\nb\tc é"), "a??b?c é");
+        assert_eq!(header_value("a\r\nb\tc é", 100), "a??b?c é");
+    }
+
+    #[test]
+    fn header_values_are_bounded_on_a_character_boundary() {
+        assert_eq!(header_value("abcdef", 4), "abcd");
+        assert_eq!(header_value("aéb", 2), "a");
+        assert_eq!(
+            header_value(&"x".repeat(60_000), HEADER_VALUE_BYTES_MAX).len(),
+            HEADER_VALUE_BYTES_MAX
+        );
     }
 }
