@@ -17,11 +17,15 @@
 //! is degraded: no NATS, no quorum, or a leader that cannot emit), `/metrics`,
 //! `GET /api/v1/status`, `POST /api/v1/tempo` (bearer `--admin-token`;
 //! `{"bpm":N,"at":"next_downbeat"|"next_beat"}`; at most ±10% per request;
-//! a follower forwards it to the leader), and the raft RPC under `/raft/*`.
+//! a follower forwards it to the leader). Raft RPC is on a listener of its own
+//! (`--raft-listen`), every request signed with the group secret ([`auth`]).
 //!
 //! What this crate must never do: publish a beat without the expected-sequence
 //! fence, publish a beat index twice or out of order, emit while it has no
-//! quorum, or let a follower emit. It never reads claims and never folds.
+//! quorum, or let a follower emit; resume from, or move its clock by, a message
+//! on the beat subject that is not its group's own (authenticated) beat; apply
+//! a raft command out of range; serve raft unauthenticated or on `--listen`.
+//! It never reads claims and never folds.
 
 pub mod auth;
 pub mod clock;
