@@ -31,7 +31,12 @@ pub struct HttpNetwork {
     contacts: Arc<Contacts>,
     secret: GroupSecret,
     isolation: Arc<RaftIsolation>,
+    /// When a peer's 401 was last logged (logged at most every [`REFUSED_LOG_INTERVAL`]).
+    refused_logged: Arc<std::sync::Mutex<Option<Instant>>>,
 }
+
+/// A peer refusing every request would otherwise log once per heartbeat.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl HttpNetwork {
     pub fn new(contacts: Arc<Contacts>, secret: GroupSecret, isolation: Arc<RaftIsolation>) -> HttpNetwork {
@@ -45,6 +50,20 @@ impl HttpNetwork {
             contacts,
             secret,
             isolation,
+            refused_logged: Arc::default(),
+        }
+    }
+
+    /// Says (now and then) that a peer refuses this node's signature.
+    fn warn_refused(&self, peer: NodeId) {
+        let mut last = self.refused_logged.lock().expect("refused-log lock");
+        if last.is_none_or(|at| at.elapsed() >= REFUSED_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::error!(
+                peer,
+                "the peer refused this node's raft request as unauthenticated (401): \
+                 is the group secret the same on every node, and are the clocks within 30 s?"
+            );
         }
     }
 }
@@ -121,6 +140,9 @@ impl PeerConnection {
                     RpcError::Network(NetworkError::new(&e))
                 }
             })?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            self.network.warn_refused(self.target);
+        }
         let result: Result<Resp, RaftError<E>> = response
             .error_for_status()
             .map_err(|e| RpcError::Network(NetworkError::new(&e)))?
