@@ -178,6 +178,19 @@ async fn forged_and_garbage_bar_messages_neither_stall_nor_fool_the_processor() 
         &fold_of_export(&url, work.path(), &["--bar-length", "4"]),
     );
     assert_eq!(stream_messages(&js, BARS_STREAM).await, 5 + forged.len() as u64);
+    // replay compares with what is stored, forged messages among it, and agrees.
+    let replayed = run_tool(&[
+        "replay",
+        "--nats",
+        &url,
+        "--cluster",
+        CLUSTER,
+        "--from-window",
+        "0",
+        "--bar-length",
+        "4",
+    ]);
+    assert_same_lines("replay among forged reports", &replayed, &published);
 }
 
 #[tokio::test]
