@@ -253,7 +253,10 @@ async fn a_new_group_over_unsigned_beats_continues_after_them_and_signs_its_own(
     let mut log = BeatLog::open(&nats.url(), &options.cluster, options.bar_length)
         .await
         .unwrap();
-    let first = log.wait_for_more(1).await.unwrap();
+    let first = log
+        .wait_for("the group's first beat", PATIENCE, |_| true)
+        .await
+        .unwrap();
     assert_eq!(
         first.frame.beat_index,
         504,
