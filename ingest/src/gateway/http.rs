@@ -48,6 +48,17 @@ struct HttpIntake {
     limits: HttpLimits,
 }
 
+impl HttpIntake {
+    /// Counts a request refused whole (`reason`: one of [`super::metrics::REQUEST_REFUSALS`]).
+    fn refused(&self, reason: &str) {
+        self.publisher
+            .metrics()
+            .requests_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
 /// The claims route, to merge into the admin router.
 pub fn claims_router(publisher: Arc<Publisher>, limits: HttpLimits) -> Router {
     Router::new()
@@ -108,14 +119,15 @@ async fn post_claims(
     // gets the 413 instead of a reset connection.
     let discard_max = limit.saturating_add(DISCARD_BYTES_MAX);
     if declared_len.is_some_and(|len| len > discard_max as u64) {
-        return body_too_large(limit);
+        return body_too_large(&intake, limit);
     }
     // The admin router's default body limit does not apply to a raw `Body`:
     // this route reads it with its own, larger one.
     let bytes = match read_body(body, limit, discard_max).await {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return body_too_large(limit),
+        Ok(None) => return body_too_large(&intake, limit),
         Err(e) => {
+            intake.refused("invalid_body");
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_body",
@@ -154,6 +166,7 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
     let lines = match ndjson_lines(&body, intake.limits.batch_lines_max) {
         Ok(lines) => lines,
         Err(TooManyLines { lines_max }) => {
+            intake.refused("too_many_lines");
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
@@ -162,6 +175,7 @@ async fn post_batch(intake: &HttpIntake, cluster: String, origin: String, body: 
         }
     };
     if lines.is_empty() {
+        intake.refused("empty_batch");
         return error_response(StatusCode::BAD_REQUEST, REASON_EMPTY_BATCH, "the batch holds no claim");
     }
     // Every line is submitted before any ack is awaited: the publishes are pipelined.
@@ -212,7 +226,8 @@ fn with_retry_after(status: StatusCode, body: impl IntoResponse, retry_after_sec
     response
 }
 
-fn body_too_large(limit: usize) -> Response {
+fn body_too_large(intake: &HttpIntake, limit: usize) -> Response {
+    intake.refused("body_too_large");
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "too_large",

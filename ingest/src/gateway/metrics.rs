@@ -5,6 +5,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 use super::reply::RefusedReply;
 
+/// The reasons of `backbeat_ingest_requests_refused_total`.
+pub const REQUEST_REFUSALS: [&str; 4] = ["body_too_large", "too_many_lines", "empty_batch", "invalid_body"];
+
 /// Counters, gauges and histograms, registered in [`GatewayMetrics::registry`].
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -28,6 +31,9 @@ pub struct GatewayMetrics {
     /// NATS requests answered with nothing because their reply subject is not
     /// an inbox, by `reason` ([`super::reply::RefusedReply`]); their claim is still taken.
     pub replies_refused: IntCounterVec,
+    /// HTTP requests refused whole, before any claim in them was looked at, by
+    /// `reason` ([`REQUEST_REFUSALS`]): limits hit by a body, not by a claim.
+    pub requests_refused: IntCounterVec,
     /// From sending a publish to its JetStream ack.
     pub publish_latency: Histogram,
     /// JetStream publishes (claims and dead letters) awaiting their ack.
@@ -88,6 +94,17 @@ impl GatewayMetrics {
         for reason in RefusedReply::ALL {
             replies_refused.with_label_values(&[reason.as_str()]);
         }
+        let requests_refused = IntCounterVec::new(
+            Opts::new(
+                "backbeat_ingest_requests_refused_total",
+                "HTTP requests refused whole (body over --batch-bytes-max, more lines than --batch-lines-max, no line, unreadable body), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in REQUEST_REFUSALS {
+            requests_refused.with_label_values(&[reason]);
+        }
         let publish_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "backbeat_ingest_publish_latency_seconds",
@@ -112,6 +129,7 @@ impl GatewayMetrics {
             Box::new(dead_letters_failed.clone()),
             Box::new(dead_letters_truncated.clone()),
             Box::new(replies_refused.clone()),
+            Box::new(requests_refused.clone()),
             Box::new(publish_latency.clone()),
             Box::new(acks_in_flight.clone()),
         ] {
@@ -128,6 +146,7 @@ impl GatewayMetrics {
             dead_letters_failed,
             dead_letters_truncated,
             replies_refused,
+            requests_refused,
             publish_latency,
             acks_in_flight,
         }

@@ -283,6 +283,10 @@ impl Publisher {
         self.limits
     }
 
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
     /// The clusters this gateway takes.
     pub fn clusters(&self) -> &AllowedClusters {
         &self.clusters

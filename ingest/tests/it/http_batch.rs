@@ -5,7 +5,7 @@
 use backbeat_ingest::gateway::{BatchReply, GatewayConfig, Reply, NDJSON_CONTENT_TYPE};
 use reqwest::StatusCode;
 
-use crate::support::{claim, claims_stored, dead_letters, start_server, Running};
+use crate::support::{claim, claims_stored, dead_letters, metric, metrics_text, start_server, Running};
 
 async fn post_batch(http: &reqwest::Client, url: &str, body: String) -> (StatusCode, bytes::Bytes) {
     let response = http
@@ -133,6 +133,17 @@ async fn batches_answer_line_by_line_within_their_limits() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let reply: Reply = serde_json::from_slice(&answer).unwrap();
     assert_eq!(reply.error.unwrap().reason, "too_large");
+    // Each request refused whole is counted by its reason.
+    let text = metrics_text(&gateway.http_base).await;
+    for (reason, count) in [
+        ("empty_batch", 1.0),
+        ("too_many_lines", 2.0),
+        ("body_too_large", 1.0),
+        ("invalid_body", 0.0),
+    ] {
+        let sample = format!("backbeat_ingest_requests_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &sample), Some(count), "{sample}");
+    }
     // One oversize line in a batch is refused alone.
     let oversize = good_1.replace(
         "\"progress\":0.5",
