@@ -27,7 +27,10 @@ use super::dead_letter::{DeadLetterBody, RefusedLine, HEADER_LINES, HEADER_LINES
 use super::metrics::GatewayMetrics;
 use crate::answer::Outcome;
 
-/// Dead-letter header: the SPEC reason string, e.g. `invalid_field:progress`.
+/// Dead-letter header: the SPEC reason string, e.g. `invalid_field:progress`
+/// (or the gateway's own: `invalid_cluster`, `cluster_not_allowed`). A batch's
+/// dead letter: its first refused line's, as `Backbeat-Error` is
+/// ([`super::dead_letter`] has the batch's other headers).
 pub const HEADER_REASON: &str = "Backbeat-Reason";
 /// Dead-letter header: the message for people naming the field and the rule.
 pub const HEADER_ERROR: &str = "Backbeat-Error";
@@ -139,17 +142,13 @@ impl Publisher {
             } => {
                 self.count_rejected(&reason);
                 let body = DeadLetterBody::single(input.payload, self.limits.dead_letter_bytes_max);
-                let kept = self
-                    .publish_dead_letter(
-                        reject_subject,
-                        &reason,
-                        &message,
-                        input.source,
-                        &input.origin,
-                        body,
-                        slot,
-                    )
-                    .await;
+                let about = DeadLetterAbout {
+                    reason: &reason,
+                    message: &message,
+                    source: input.source,
+                    origin: &input.origin,
+                };
+                let kept = self.publish_dead_letter(reject_subject, about, body, slot).await;
                 // The sender is told why even when the dead letter was not
                 // stored: retrying a bad claim cannot make it good.
                 async move {
@@ -220,10 +219,13 @@ impl Publisher {
                 }
                 let first = &refused[0];
                 let body = DeadLetterBody::batch(&refused, self.limits.dead_letter_bytes_max);
-                kept = Some(
-                    self.publish_dead_letter(subject, &first.reason, &first.message, Source::Http, origin, body, slot)
-                        .await,
-                );
+                let about = DeadLetterAbout {
+                    reason: &first.reason,
+                    message: &first.message,
+                    source: Source::Http,
+                    origin,
+                };
+                kept = Some(self.publish_dead_letter(subject, about, body, slot).await);
             }
         }
         let refused_outcomes: Vec<Outcome> = refused
@@ -403,22 +405,27 @@ impl Publisher {
 
     /// Keeps `body` in `BACKBEAT_REJECTS`; the returned future resolves once
     /// JetStream answered. A dead letter JetStream refuses is logged and counted.
-    #[allow(clippy::too_many_arguments)]
     async fn publish_dead_letter(
         &self,
         subject: String,
-        reason: &str,
-        message: &str,
-        source: Source,
-        origin: &str,
+        about: DeadLetterAbout<'_>,
         body: DeadLetterBody,
         slot: AckSlot,
     ) -> BoxFuture<'static, ()> {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_REASON, header_value(reason, HEADER_VALUE_BYTES_MAX).as_str());
-        headers.insert(HEADER_ERROR, header_value(message, HEADER_VALUE_BYTES_MAX).as_str());
-        headers.insert(HEADER_SOURCE, source.as_str());
-        headers.insert(HEADER_SUBJECT, header_value(origin, HEADER_VALUE_BYTES_MAX).as_str());
+        headers.insert(
+            HEADER_REASON,
+            header_value(about.reason, HEADER_VALUE_BYTES_MAX).as_str(),
+        );
+        headers.insert(
+            HEADER_ERROR,
+            header_value(about.message, HEADER_VALUE_BYTES_MAX).as_str(),
+        );
+        headers.insert(HEADER_SOURCE, about.source.as_str());
+        headers.insert(
+            HEADER_SUBJECT,
+            header_value(about.origin, HEADER_VALUE_BYTES_MAX).as_str(),
+        );
         // An input larger than a message may be is kept as its prefix, saying
         // so, rather than lost to a refused publish.
         if let Some(full_len) = body.truncated_from_bytes {
@@ -457,6 +464,18 @@ impl Publisher {
 /// The most bytes of a reason, message or origin a dead letter's header
 /// keeps: an HTTP path can be tens of kilobytes, and is kept whole nowhere.
 const HEADER_VALUE_BYTES_MAX: usize = 1024;
+
+/// What a dead letter's common headers say about its input.
+struct DeadLetterAbout<'a> {
+    /// `Backbeat-Reason`.
+    reason: &'a str,
+    /// `Backbeat-Error`.
+    message: &'a str,
+    /// `Backbeat-Source`.
+    source: Source,
+    /// `Backbeat-Subject`.
+    origin: &'a str,
+}
 
 /// A NATS header value cannot hold CR or LF (the client panics on them), and
 /// control characters would confuse readers of the dead letter: replace them.
