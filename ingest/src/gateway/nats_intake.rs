@@ -69,7 +69,11 @@ pub async fn serve_nats_intake(
             Ok(()) => true,
             Err(refused) => {
                 metrics.replies_refused.with_label_values(&[refused.as_str()]).inc();
-                tracing::debug!(reply = %reply.escape_debug(), reason = refused.as_str(), "no answer to a reply subject that is not an inbox");
+                tracing::debug!(
+                    reply = %reply.escape_debug(),
+                    reason = refused.as_str(),
+                    "no answer to a reply subject that is not an inbox"
+                );
                 false
             }
         });
