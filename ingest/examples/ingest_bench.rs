@@ -202,8 +202,13 @@ async fn main() -> anyhow::Result<()> {
     let gateway =
         backbeat_ingest::gateway::Gateway::start_with(gateway_client, gateway_publish_client, GatewayConfig::default())
             .await?;
-    let (addr, _http) =
-        backbeat_service::serve_admin("127.0.0.1:0", gateway.router(), futures::future::pending()).await?;
+    let (addr, _http) = backbeat_service::serve_http(
+        "127.0.0.1:0",
+        gateway.router(),
+        futures::future::pending(),
+        gateway.http_limits(),
+    )
+    .await?;
     let base = format!("http://{addr}");
     let claims = payloads(n);
 

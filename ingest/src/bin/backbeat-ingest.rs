@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backbeat_ingest::gateway::{Gateway, GatewayConfig};
-use backbeat_service::{init_logging, serve_admin, shutdown_signal, LogFormat, NatsArgs};
+use backbeat_service::{init_logging, serve_http, shutdown_signal, LogFormat, NatsArgs};
 use clap::Parser;
 
 /// BACKBEAT claim gateway: validates status claims (NATS intake and HTTP) and
@@ -105,10 +105,10 @@ async fn main() -> anyhow::Result<()> {
     // One signal stops both the HTTP server (its graceful shutdown lets the
     // requests in progress get their answers) and, after it, the NATS intake.
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr, http) = serve_admin(&config.listen, gateway.router(), async move {
+    let shutdown = async move {
         let _ = http_stop_rx.await;
-    })
-    .await?;
+    };
+    let (addr, http) = serve_http(&config.listen, gateway.router(), shutdown, gateway.http_limits()).await?;
     tracing::info!(%addr, "backbeat-ingest ready");
 
     shutdown_signal().await;

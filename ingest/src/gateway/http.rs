@@ -32,6 +32,13 @@ pub const REASON_EMPTY_BATCH: &str = "empty_batch";
 /// its sender gets the 413.
 const DISCARD_BYTES_MAX: usize = 1024 * 1024;
 
+/// The most of a request body the claims route ever reads: the HTTP
+/// listener's own body limit must not be below it, or a sender over the limit
+/// would not get the claims route's own 413.
+pub(crate) fn body_bytes_read_max(batch_bytes_max: usize) -> usize {
+    batch_bytes_max.saturating_add(DISCARD_BYTES_MAX)
+}
+
 /// Limits of HTTP intake.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
@@ -117,7 +124,7 @@ async fn post_claims(
     // A body far beyond the limit is refused before it is read; one a little
     // over it is read (and dropped) first, so the client, still sending it,
     // gets the 413 instead of a reset connection.
-    let discard_max = limit.saturating_add(DISCARD_BYTES_MAX);
+    let discard_max = body_bytes_read_max(limit);
     if declared_len.is_some_and(|len| len > discard_max as u64) {
         return body_too_large(&intake, limit);
     }

@@ -233,6 +233,18 @@ impl Gateway {
         })
     }
 
+    /// What the gateway's HTTP listener allows (serve [`Gateway::router`] with
+    /// it): the service defaults, a body limit that lets the claims route read
+    /// a whole batch and the slack past it that gets its sender a 413, and the
+    /// listener's metrics in the gateway's registry.
+    pub fn http_limits(&self) -> backbeat_service::HttpLimits {
+        backbeat_service::HttpLimits {
+            body_bytes_max: http::body_bytes_read_max(self.config.batch_bytes_max),
+            registry: Some(self.metrics.registry.clone()),
+            ..Default::default()
+        }
+    }
+
     /// The claims route and the admin routes (`/health`, `/ready`, `/metrics`, `/api/v1/status`).
     pub fn router(&self) -> Router {
         let claims = http::claims_router(

@@ -35,11 +35,13 @@ impl Running {
             .await
             .expect("gateway starts");
         let (http_stop, stop_rx) = oneshot::channel::<()>();
-        let (addr, http) = backbeat_service::serve_admin("127.0.0.1:0", gateway.router(), async move {
+        let shutdown = async move {
             let _ = stop_rx.await;
-        })
-        .await
-        .expect("HTTP listens");
+        };
+        let (addr, http) =
+            backbeat_service::serve_http("127.0.0.1:0", gateway.router(), shutdown, gateway.http_limits())
+                .await
+                .expect("HTTP listens");
         Running {
             gateway,
             client,
