@@ -3,5 +3,7 @@
 
 mod auth;
 mod cli;
+mod hostile;
 mod pipeline;
+mod stack;
 mod streams;
