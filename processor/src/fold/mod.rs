@@ -406,6 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn a_client_minting_ids_cannot_grow_the_state_past_the_caps() {
+        let mut config = FoldConfig::with_bar_length(BAR);
+        config.max_tasks_per_agent = 3;
+        config.max_agents_per_cluster = 2;
+        let minted: Vec<(String, String)> = (0..5_000)
+            .map(|t| ("a".to_string(), format!("task-{t}")))
+            .chain((0..5_000).map(|a| (format!("agent-{a}"), "t".to_string())))
+            .collect();
+        let (report, fold) = fold_claims(config, &minted);
+        assert_eq!(report.claims_accepted, 4, "a's first three tasks, agent-0's first");
+        assert_eq!(report.claims_rejected, 9_996);
+        assert_issue(
+            &report,
+            r#"{"code":"rejected_claims","count":9996,"sample":["too_many_tasks","too_many_agents"]}"#,
+        );
+        let status = fold.cluster_status("c").unwrap();
+        assert_eq!((status.agents, status.tasks), (2, 4));
+        // The state is that of the four claims applied (but for the sequence numbers' width).
+        let accepted = [&minted[..3], &minted[5_000..5_001]].concat();
+        let (_, bounded) = fold_claims(config, &accepted);
+        let (capped_bytes, bounded_bytes) = (fold.to_checkpoint().len(), bounded.to_checkpoint().len());
+        assert!(
+            capped_bytes <= bounded_bytes + 8,
+            "{capped_bytes} vs {bounded_bytes} bytes"
+        );
+    }
+
+    #[test]
     fn caps_below_one_are_refused() {
         let mut config = FoldConfig::with_bar_length(BAR);
         config.max_tasks_per_agent = 0;
