@@ -6,7 +6,8 @@
 //! checkpoint is the truth about the position: on start the durable consumer is
 //! re-created at the checkpoint's sequence + 1, so a kill -9 at any point loses
 //! nothing and re-derives at most what followed the checkpoint (whose reports
-//! are then recognised as already published).
+//! are then recognised, byte for byte, among what the bar subject holds
+//! after the last report the checkpoint names: [`crate::publisher`]).
 //!
 //! One process per name folds at a time: `run` first takes the name's lease
 //! ([`crate::lease`]), waiting while another process holds it, and stops at
