@@ -11,6 +11,8 @@ use backbeat_service::{LogFormat, NatsArgs};
 
 use crate::auth::{GroupSecret, SECRET_BYTES_MAX};
 
+/// The longest election timeout accepted (every timer derived from it stays far from overflow).
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600_000;
 /// The environment variable that may hold the raft secret itself (never a flag:
 /// a command line is visible to every user of the machine).
 pub const RAFT_SECRET_ENV: &str = "BACKBEAT_RAFT_SECRET";
@@ -148,6 +150,9 @@ impl Config {
         if !(1..=BAR_LENGTH_MAX).contains(&self.bar_length) {
             bail!("--bar-length must be in 1..={BAR_LENGTH_MAX}");
         }
+        if self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+            bail!("--election-timeout-ms must be at most {ELECTION_TIMEOUT_MS_MAX} (10 minutes)");
+        }
         if self.heartbeat_ms < 1 || self.election_timeout_ms / 4 <= self.heartbeat_ms {
             bail!(
                 "--election-timeout-ms ({}) must be more than 4 × --heartbeat-ms ({}), and both positive",
@@ -281,6 +286,8 @@ mod tests {
             .validate_with_env(no_env)
             .is_ok());
         assert!(error(&["--node-id=2"]).contains("--node-id"));
+        assert!(error(&["--election-timeout-ms=600001"]).contains("--election-timeout-ms"));
+        assert!(error(&[&format!("--election-timeout-ms={}", u64::MAX)]).contains("--election-timeout-ms"));
         let big = config(&["--node-id=70000", "--peers=70000=h:1"])
             .validate_with_env(no_env)
             .unwrap_err();

@@ -209,6 +209,9 @@ impl Emitter {
 
     /// Writes through raft (this node is leader); an error is a reason not to emit.
     async fn write(&self, request: Request) -> Result<(), String> {
+        request
+            .check()
+            .map_err(|reason| format!("not writing an out-of-range request: {reason}"))?;
         // A leader cut off from its followers would wait for the commit forever
         // (and not see a shutdown); give up after an election timeout and retry.
         let limit = self.settings.election_timeout;

@@ -51,6 +51,8 @@ pub struct PulseNode {
     pub addr: String,
     /// Its raft RPC (`--raft-listen`, the address `--peers` names).
     pub raft_addr: String,
+    /// Its `--data-dir`.
+    pub data_dir: PathBuf,
     pub process: Option<ChildGuard>,
     command: Vec<String>,
     log: PathBuf,
@@ -112,6 +114,7 @@ impl PulseGroup {
                 id: *id,
                 addr: addr.clone(),
                 raft_addr: raft_addr.clone(),
+                data_dir: data_dir.clone(),
                 process: None,
                 command,
                 log: dir.path().join(format!("node-{id}.log")),

@@ -267,3 +267,61 @@ async fn a_new_group_over_unsigned_beats_continues_after_them_and_signs_its_own(
     assert_strictly_increasing(log.read().await.unwrap(), &options.cluster);
     assert_eq!(log.foreign, 4, "the older beats are not the group's own");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_range_entry_already_in_the_log_is_skipped_at_replay_not_applied() {
+    use backbeat_pulse::raft::TypeConfig;
+    use backbeat_pulse::state::Request;
+    use openraft::{Entry, EntryPayload, LogId};
+
+    let nats = NatsServer::start().expect("nats-server");
+    let options = GroupOptions::new(1, 600, 4);
+    let mut group = PulseGroup::start(&nats.url(), options.clone()).expect("pulse group");
+    group.wait_for_leader().await.unwrap();
+    let mut log = BeatLog::open(&nats.url(), &options.cluster, options.bar_length)
+        .await
+        .unwrap();
+    log.wait_for_more(3).await.unwrap();
+    group.kill(1);
+
+    // An entry no pulse would write (a buggy or hostile one might have): a
+    // tempo of 0 at the last beat index there is, appended to the log on disk.
+    let entries = group.node(1).data_dir.join("raft-log").join("entries");
+    let last_path = std::fs::read_dir(&entries)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .max()
+        .unwrap();
+    let last: Entry<TypeConfig> = serde_json::from_slice(&std::fs::read(&last_path).unwrap()).unwrap();
+    let index = last.log_id.index + 1;
+    let bad = Entry::<TypeConfig> {
+        log_id: LogId::new(last.log_id.leader_id, index),
+        payload: EntryPayload::Normal(Request::ChangeTempo {
+            bpm: 0,
+            at_beat: u64::MAX,
+        }),
+    };
+    std::fs::write(
+        entries.join(format!("{index:020}.json")),
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .unwrap();
+
+    // The node replays it at restart: skipped and counted, and the pulse goes on.
+    group.launch(1).unwrap();
+    group.wait_for_leader().await.unwrap();
+    wait_until_async("the bad entry to be replayed and skipped", PATIENCE, || async {
+        (group.metric(1, "backbeat_pulse_invalid_raft_entries_total").await? == 1.0).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", group.logs()))
+    .unwrap();
+    log.wait_for_more(3).await.unwrap();
+    let beats = log.read().await.unwrap().to_vec();
+    assert_strictly_increasing(&beats, &options.cluster);
+    assert!(beats.iter().all(|b| b.frame.tempo_bpm == 600));
+    let status = group.status(1).await.unwrap();
+    assert_eq!(status["tempo_bpm"], 600, "{status}");
+    assert_eq!(status["pending_change"], Value::Null, "{status}");
+}
