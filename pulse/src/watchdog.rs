@@ -8,7 +8,7 @@
 //! emitting; the followers hear no heartbeat and elect one of themselves; when
 //! the isolation ends the old leader meets the higher term and becomes a
 //! follower. A dead emitter thread is worse: the node cannot ever emit again,
-//! so it also stops (non-zero exit) for its supervisor to restart it.
+//! so it stops (non-zero exit; leader or not) for its supervisor to restart it.
 //!
 //! It steps down only when a peer reported itself ready (connected to NATS)
 //! within an election timeout: when NATS is down for everyone, handing the
@@ -95,19 +95,20 @@ pub enum Verdict {
     Fine,
     /// The emitter has not published for longer than an election timeout; another node is ready.
     StepDown,
-    /// The emitter thread is gone: step down and stop.
+    /// The emitter thread is gone: step down (if leading) and stop.
     EmitterDead,
 }
 
 /// The rule, pure: `leader_for` is how long raft has called this node leader
 /// (None: it does not lead), `peer_ready` whether a peer could take over.
 fn verdict(progress: Snapshot, leader_for: Option<Duration>, peer_ready: bool, election_timeout: Duration) -> Verdict {
-    let Some(leader_for) = leader_for else {
-        return Verdict::Fine;
-    };
+    // Without its emitter a node can never do its job, leader or not.
     if progress.finished {
         return Verdict::EmitterDead;
     }
+    let Some(leader_for) = leader_for else {
+        return Verdict::Fine;
+    };
     let failing_long = progress.failing_for.is_some_and(|failing| failing > election_timeout);
     // A fresh leader gets a whole election timeout to resync and publish.
     if leader_for > election_timeout && failing_long && peer_ready {
@@ -188,7 +189,9 @@ impl Watchdog {
                 }
                 Verdict::EmitterDead => {
                     tracing::error!("the emitter thread is gone; giving up leadership and stopping");
-                    self.step_down();
+                    if leader_for.is_some() {
+                        self.step_down();
+                    }
                     return;
                 }
             }
@@ -242,7 +245,7 @@ mod tests {
     fn a_dead_emitter_is_dead_whoever_is_ready() {
         let short = Some(Duration::from_millis(1));
         assert_eq!(verdict(progress(None, true), short, false, E), Verdict::EmitterDead);
-        assert_eq!(verdict(progress(Some(1500), true), None, false, E), Verdict::Fine);
+        assert_eq!(verdict(progress(Some(1500), true), None, false, E), Verdict::EmitterDead);
     }
 
     #[test]
