@@ -245,7 +245,10 @@ mod tests {
     fn a_dead_emitter_is_dead_whoever_is_ready() {
         let short = Some(Duration::from_millis(1));
         assert_eq!(verdict(progress(None, true), short, false, E), Verdict::EmitterDead);
-        assert_eq!(verdict(progress(Some(1500), true), None, false, E), Verdict::EmitterDead);
+        assert_eq!(
+            verdict(progress(Some(1500), true), None, false, E),
+            Verdict::EmitterDead
+        );
     }
 
     #[test]

@@ -117,6 +117,31 @@ async fn foreign_messages_on_the_beat_subject_neither_halt_nor_move_the_pulse() 
         assert_eq!(group.ready(id).await, Some(200), "node {id}: {status}");
     }
     assert_eq!(group.ready(leader).await, Some(200));
+
+    // "The leader is elsewhere" names the leader's admin address (not its raft one):
+    // a request already forwarded once gets 421 instead of a second hop.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let http = reqwest::Client::new();
+    let answer = wait_until_async("the follower to name the leader's admin address", PATIENCE, || async {
+        let response = http
+            .post(group.url(follower, "/api/v1/tempo"))
+            .bearer_auth(TOKEN)
+            .header(backbeat_pulse::http::FORWARDED_HEADER, "9")
+            .json(&json!({"bpm": 610}))
+            .send()
+            .await
+            .ok()?;
+        (response.status().as_u16() == 421).then_some(())?;
+        response.json::<Value>().await.ok()
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer["leader_id"], leader);
+    assert_eq!(
+        answer["leader_url"],
+        format!("http://{}/api/v1/tempo", group.nodes[&leader].addr),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
