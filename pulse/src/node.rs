@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::Context;
-use backbeat_service::admin::{admin_router, serve_admin, AdminState};
+use backbeat_service::admin::{admin_router, serve_admin, serve_http, AdminState, HttpLimits};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
 use tokio::sync::watch;
 
@@ -122,15 +122,18 @@ pub async fn run_until(
                 }),
             };
             let mut stop_rx = http_stop_rx.clone();
-            let (raft_addr, task) = serve_admin(
-                raft_listen,
-                raft::rpc::router(started.raft.clone(), context),
-                async move {
-                    let _ = stop_rx.wait_for(|stop| *stop).await;
-                },
-            )
-            .await
-            .context("--raft-listen")?;
+            // Raft's own body limit; the rest (timeouts, connection caps) as every listener.
+            let limits = HttpLimits {
+                body_bytes_max: raft::rpc::RAFT_BODY_BYTES_MAX,
+                ..HttpLimits::default()
+            };
+            let router = raft::rpc::router(started.raft.clone(), context);
+            let stopped = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            let (raft_addr, task) = serve_http(raft_listen, router, stopped, limits)
+                .await
+                .context("--raft-listen")?;
             tracing::info!(%raft_addr, "raft RPC serving");
             Some(task)
         }
