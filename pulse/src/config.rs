@@ -58,7 +58,7 @@ pub struct Config {
     /// Initial tempo in beats per minute (1..=1000); later changes go through POST /api/v1/tempo.
     #[arg(long, env = "BACKBEAT_BPM", default_value_t = 120)]
     pub bpm: u32,
-    /// Beats per bar (window), at least 1. Fixed for the life of a cluster.
+    /// Beats per bar (window), 1..=1000000. Fixed for the life of a cluster.
     #[arg(long, env = "BACKBEAT_BAR_LENGTH", default_value_t = 120)]
     pub bar_length: u64,
     /// Bearer token guarding tempo changes; without it (or --admin-token-file) tempo

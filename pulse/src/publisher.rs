@@ -115,25 +115,41 @@ pub struct BeatPublisher {
 #[derive(Clone)]
 struct ForeignCount {
     counter: IntCounter,
-    seen: Arc<Mutex<BTreeSet<u64>>>,
+    seen: Arc<Mutex<ForeignSeen>>,
 }
+
+#[derive(Default)]
+struct ForeignSeen {
+    sequences: BTreeSet<u64>,
+    /// When one was last logged: a flood is logged once a second, not once a message.
+    logged_at: Option<std::time::Instant>,
+}
+
+/// Foreign messages are logged at most this often (each one is counted).
+const FOREIGN_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl ForeignCount {
     fn count(&self, sequence: u64, subject: &str) {
         let mut seen = self.seen.lock().expect("foreign set lock");
-        let forgotten = seen.len() >= FOREIGN_REMEMBERED_MAX && seen.first().is_some_and(|low| sequence < *low);
-        if forgotten || !seen.insert(sequence) {
+        let sequences = &mut seen.sequences;
+        let forgotten =
+            sequences.len() >= FOREIGN_REMEMBERED_MAX && sequences.first().is_some_and(|low| sequence < *low);
+        if forgotten || !sequences.insert(sequence) {
             return;
         }
-        if seen.len() > FOREIGN_REMEMBERED_MAX {
-            seen.pop_first();
+        if sequences.len() > FOREIGN_REMEMBERED_MAX {
+            sequences.pop_first();
         }
         self.counter.inc();
-        tracing::warn!(
-            sequence,
-            subject,
-            "a message on the beat subject is not this group's beat; skipped"
-        );
+        if seen.logged_at.is_none_or(|at| at.elapsed() >= FOREIGN_LOG_INTERVAL) {
+            seen.logged_at = Some(std::time::Instant::now());
+            tracing::warn!(
+                sequence,
+                subject,
+                total = self.counter.get(),
+                "a message on the beat subject is not this group's beat; skipped"
+            );
+        }
     }
 }
 
