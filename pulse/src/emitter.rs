@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backbeat_schemas::hlc::HlcClock;
+use backbeat_schemas::hlc::{Hlc, HlcClock, HLC_PHYSICAL_MAX};
 use backbeat_schemas::message::{BeatFrame, BeatFrameType, BEAT_INDEX_MAX};
 use backbeat_schemas::timestamp::format_utc_ms;
 use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
@@ -93,6 +93,16 @@ impl Position {
     fn expected_sequence(&self) -> u64 {
         self.tail.fence_sequence
     }
+}
+
+/// `remote` with its physical time at most [`HLC_AHEAD_MAX_MS`] past `now_ms`.
+fn bounded_remote(remote: Hlc, now_ms: u64) -> Hlc {
+    let bound_ms = now_ms.saturating_add(HLC_AHEAD_MAX_MS);
+    if remote.physical_ms <= bound_ms {
+        return remote;
+    }
+    tracing::warn!(hlc = %remote, now_ms, "a stored beat's HLC is far ahead of this clock; merged only up to the bound");
+    Hlc::new(bound_ms.min(HLC_PHYSICAL_MAX), 0, remote.node)
 }
 
 /// The beat after `beat`, within SPEC's index space.
@@ -280,15 +290,13 @@ impl Emitter {
         Ok(Position { tail, floor: 0 })
     }
 
-    /// Merges a stored beat's HLC, unless it is further ahead of this node's clock
-    /// than [`HLC_AHEAD_MAX_MS`] (then the clock keeps its own time).
+    /// Merges a stored beat's HLC, bounded: a physical time further ahead of this
+    /// node's clock than [`HLC_AHEAD_MAX_MS`] is taken as that bound, so that no
+    /// stored beat (the group's own, from a node whose clock ran far ahead) can
+    /// drag this clock into the future; within the bound, the usual HLC rule.
     fn merge_hlc(&self, clock: &mut HlcClock, last: LastBeat) {
         let now_ms = self.clock.now_unix_us().max(0).unsigned_abs() / 1000;
-        if last.hlc.physical_ms > now_ms.saturating_add(HLC_AHEAD_MAX_MS) {
-            tracing::warn!(hlc = %last.hlc, now_ms, "a stored beat's HLC is far ahead of this clock; not merged");
-            return;
-        }
-        clock.receive(last.hlc, now_ms);
+        clock.receive(bounded_remote(last.hlc, now_ms), now_ms);
     }
 
     /// Makes sure the grid exists and puts `min_next` within reach: a missing
@@ -580,5 +588,27 @@ impl Emitter {
             std::hint::spin_loop();
         }
         *self.shutdown.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_hlc_is_merged_only_up_to_the_bound() {
+        let now_ms = 1_700_000_000_000;
+        let near = Hlc::new(now_ms + HLC_AHEAD_MAX_MS, 7, 2);
+        assert_eq!(bounded_remote(near, now_ms), near);
+        let far = Hlc::new(0xffff_ffff_ffff, 0xffff, 0xffff);
+        let mut clock = HlcClock::new(1);
+        let merged = clock.receive(bounded_remote(far, now_ms), now_ms);
+        assert_eq!(merged.physical_ms, now_ms + HLC_AHEAD_MAX_MS);
+        assert!(merged.logical <= 1, "{merged}");
+        // And at the very end of the HLC's range, still no overflow.
+        let _ = bounded_remote(far, u64::MAX);
+        assert_eq!(after(BEAT_INDEX_MAX - 1), Ok(BEAT_INDEX_MAX));
+        assert!(after(BEAT_INDEX_MAX).is_err());
+        assert!(after(u64::MAX).is_err());
     }
 }
