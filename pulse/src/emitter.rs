@@ -52,7 +52,7 @@ const NATS_OP_LIMIT_MAX: Duration = Duration::from_secs(1);
 /// The longest a search for the last authenticated beat may take (it runs only
 /// when foreign messages follow the group's last beat).
 const SEARCH_LIMIT: Duration = Duration::from_secs(2);
-/// A beat's HLC further ahead of this node's clock than this is not merged:
+/// A stored beat's HLC is merged only up to this far ahead of this node's clock:
 /// even an authenticated beat must not drag the clock far into the future.
 pub const HLC_AHEAD_MAX_MS: u64 = 1000;
 
@@ -400,7 +400,10 @@ impl Emitter {
                 continue;
             }
             if need_resync {
-                match self.resync(&cluster_id, bpm, clock, position.tail.last_beat).await {
+                match self
+                    .resync(&cluster_id, bpm, clock, position.tail.last_beat.or(*known))
+                    .await
+                {
                     Ok(fresh) => {
                         need_resync = false;
                         position = fresh;
