@@ -31,7 +31,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fold::{Fold, FoldConfig};
+use backbeat_fold::{Fold, FoldConfig};
 
 /// The bucket holding every processor's checkpoints.
 pub const CHECKPOINT_BUCKET: &str = "BACKBEAT_CHECKPOINTS";

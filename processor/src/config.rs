@@ -1,6 +1,6 @@
 //! Command-line configuration shared by the processor's subcommands.
 
-use crate::fold::FoldConfig;
+use backbeat_fold::FoldConfig;
 
 /// The fold's flags (SPEC §5), the same on `fold`, `run` and `replay`.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,11 +22,11 @@ pub struct FoldArgs {
     pub task_ttl: u64,
     /// Cap: task entries one agent may hold; a claim that would add one more is rejected
     /// (rejected_claims, reason too_many_tasks). At least 1.
-    #[arg(long, env = "BACKBEAT_MAX_TASKS_PER_AGENT", default_value_t = crate::fold::MAX_TASKS_PER_AGENT_DEFAULT)]
+    #[arg(long, env = "BACKBEAT_MAX_TASKS_PER_AGENT", default_value_t = backbeat_fold::MAX_TASKS_PER_AGENT_DEFAULT)]
     pub max_tasks_per_agent: u64,
     /// Cap: agents one cluster's state may hold; a claim of one more agent is rejected
     /// (rejected_claims, reason too_many_agents). At least 1.
-    #[arg(long, env = "BACKBEAT_MAX_AGENTS_PER_CLUSTER", default_value_t = crate::fold::MAX_AGENTS_PER_CLUSTER_DEFAULT)]
+    #[arg(long, env = "BACKBEAT_MAX_AGENTS_PER_CLUSTER", default_value_t = backbeat_fold::MAX_AGENTS_PER_CLUSTER_DEFAULT)]
     pub max_agents_per_cluster: u64,
 }
 

@@ -1,4 +1,4 @@
-//! `run`: the live fold on JetStream — a thin shell around [`crate::fold`].
+//! `run`: the live fold on JetStream — a thin shell around the fold ([`backbeat_fold`]).
 //!
 //! It reads `BACKBEAT_EVENTS` in stream order through a durable pull consumer,
 //! feeds every message to the fold, publishes each report exactly once
@@ -27,13 +27,13 @@ use backbeat_schemas::names::{subject, SubjectKind};
 use futures::{FutureExt as _, StreamExt as _};
 
 use crate::checkpoint::{CheckpointStore, Fenced, OtherFormat};
-use crate::fold::{Fold, FoldConfig};
 use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::publisher::{BarPublisher, PublishHealth, PublishOutcome};
 use crate::status::SharedStatus;
 use crate::status::REFUSED_CLUSTERS_SHOWN;
 use crate::worker::{self, Request};
+use backbeat_fold::{Fold, FoldConfig};
 
 /// What `run` needs, validated.
 #[derive(Debug, Clone)]
@@ -304,6 +304,7 @@ async fn fold_live(
                             continue;
                         }
                     };
+                    // A redelivery: the fold would skip it too (`Fold::apply`); it is not sent.
                     if seq <= dispatched_seq {
                         continue;
                     }

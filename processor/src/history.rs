@@ -17,7 +17,7 @@ use backbeat_schemas::{format_line, BarReport};
 use futures::StreamExt as _;
 
 use crate::driver::filter_subjects;
-use crate::fold::{Fold, FoldConfig};
+use backbeat_fold::{Fold, FoldConfig};
 
 /// One stored message.
 pub struct StoredEvent<'a> {

@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use anyhow::Context as _;
 use backbeat_schemas::LogEntry;
 
-use crate::fold::{Fold, FoldConfig};
+use backbeat_fold::{Fold, FoldConfig};
 
 /// Folds the log read from `input` and writes each BarReport to `output` as one
 /// JSON line (SPEC §2 serialization), nothing else. A line that is not a log

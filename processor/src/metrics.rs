@@ -5,7 +5,7 @@ use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::fold::Outcome;
+use backbeat_fold::Outcome;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -211,7 +211,7 @@ impl Metrics {
                 continue;
             }
             match outcome {
-                Outcome::Ignored => {}
+                Outcome::Ignored | Outcome::AlreadyApplied => {}
                 Outcome::ClusterRefused => self.cluster_cap_events.inc_by(n),
                 Outcome::BeatApplied | Outcome::BeatStale | Outcome::BeatRejected => {
                     self.beats_processed.with_label_values(&[outcome.as_str()]).inc_by(n)

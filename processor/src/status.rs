@@ -8,8 +8,8 @@ use backbeat_schemas::window::{from_beat, to_beat, window_id};
 use backbeat_schemas::BarReport;
 use serde::Serialize;
 
-use crate::fold::{ClusterStatus, Fold};
 use crate::lease::LeaseStatus;
+use backbeat_fold::{ClusterStatus, Fold};
 
 /// Refused clusters the status names at most (all are counted).
 pub const REFUSED_CLUSTERS_SHOWN: usize = 32;

@@ -19,7 +19,7 @@ use backbeat_schemas::BarReport;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::fold::{ClusterStatus, Fold, FoldConfig, Outcome};
+use backbeat_fold::{ClusterStatus, Fold, FoldConfig, Outcome};
 
 /// One message of the stream.
 #[derive(Debug, Clone)]
@@ -109,9 +109,7 @@ fn work(mut fold: Fold, mut requests: mpsc::Receiver<Request>, outputs: mpsc::Se
                     ..Output::default()
                 };
                 for event in &events {
-                    if event.seq <= fold.last_seq() {
-                        continue;
-                    }
+                    // An event at or below the fold's position is skipped by the fold itself.
                     let outcome = fold.apply(event.seq, event.subject.as_str(), &event.payload, &mut output.reports);
                     output.outcomes[outcome as usize] += 1;
                     if outcome == Outcome::ClusterRefused && refused.len() < REFUSED_CLUSTERS_MAX {
@@ -161,4 +159,87 @@ fn checkpoint_output(fold: &Fold) -> Output {
 /// Every cluster's position.
 pub fn views(fold: &Fold) -> Vec<ClusterStatus> {
     fold.cluster_ids().filter_map(|id| fold.cluster_status(id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead as _;
+
+    use backbeat_schemas::logfile::format_line;
+    use backbeat_schemas::LogEntry;
+
+    use super::*;
+
+    /// Every golden scenario's events with each event but the first followed
+    /// by a stranger at the same sequence (the next event's subject and
+    /// payload), and the very first repeated last: what a redelivery or a
+    /// hand-edited log could hold.
+    fn with_repeats(events: &[LogEntry]) -> Vec<LogEntry> {
+        let mut repeated = Vec::new();
+        for pair in events.windows(2) {
+            repeated.push(pair[0].clone());
+            repeated.push(LogEntry {
+                seq: pair[0].seq,
+                ..pair[1].clone()
+            });
+        }
+        repeated.extend(events.last().cloned());
+        repeated.extend(events.first().cloned());
+        repeated
+    }
+
+    /// `run`'s fold (this worker, fed as the driver feeds it) and `fold --log`
+    /// give the same reports for a log with repeated sequences: those of the
+    /// log without them. The rule is the fold's own, not a shell's.
+    #[test]
+    fn run_and_fold_log_agree_on_a_repeated_sequence() {
+        let config = FoldConfig::with_bar_length(4);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/tasks/events.jsonl");
+        let events: Vec<LogEntry> = std::io::BufReader::new(std::fs::File::open(path).unwrap())
+            .lines()
+            .enumerate()
+            .map(|(n, line)| LogEntry::parse_line(&line.unwrap(), n as u64 + 1).unwrap().unwrap())
+            .collect();
+        let once: Vec<String> = crate::fold_all(
+            config,
+            events.iter().map(|e| (e.seq, e.subject.as_str(), e.payload.as_slice())),
+        )
+        .iter()
+        .map(BarReport::to_json)
+        .collect();
+        assert!(once.len() >= 3, "the scenario closes windows");
+        let repeated = with_repeats(&events);
+
+        let log: String = repeated
+            .iter()
+            .map(|e| format_line(e.seq, &e.subject, &e.payload) + "\n")
+            .collect();
+        let mut folded = Vec::new();
+        crate::logfold::fold_log(config, log.as_bytes(), &mut folded).unwrap();
+        let folded: Vec<String> = String::from_utf8(folded).unwrap().lines().map(String::from).collect();
+        assert_eq!(folded, once, "fold --log");
+
+        let (requests, mut outputs) = spawn(Fold::new(config));
+        let sent = repeated
+            .iter()
+            .map(|e| Event {
+                seq: e.seq,
+                subject: e.subject.clone().into(),
+                payload: e.payload.clone().into(),
+            })
+            .collect();
+        requests
+            .blocking_send(Request::Events {
+                events: sent,
+                pending: 0,
+                arrived: Instant::now(),
+            })
+            .unwrap();
+        let output = outputs.blocking_recv().unwrap();
+        // One stranger after each event but the last, and the first again.
+        let skipped = output.outcomes[Outcome::AlreadyApplied as usize];
+        assert_eq!(skipped, (repeated.len() - events.len()) as u64);
+        let live: Vec<String> = output.reports.iter().map(BarReport::to_json).collect();
+        assert_eq!(live, once, "run");
+    }
 }

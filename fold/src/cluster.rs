@@ -65,6 +65,11 @@ impl ClusterFold {
         &self.cluster_id
     }
 
+    /// The lowest window not yet reported (0 before the first beat).
+    pub(super) fn next_to_close(&self) -> u64 {
+        self.next_to_close
+    }
+
     pub(super) fn status(&self) -> ClusterStatus {
         ClusterStatus {
             cluster_id: self.cluster_id.clone(),

@@ -5,6 +5,11 @@
 //! an output: the same events in the same order always give the same reports,
 //! byte for byte. The state serializes ([`Fold::to_checkpoint`]) so a fold can
 //! stop after any event and resume with the same results.
+//!
+//! This crate must never depend on an async runtime, NATS, HTTP or logging:
+//! its dependencies are `backbeat-schemas` and pure data crates, so the rules
+//! above are kept by Cargo, not by convention. Where the events come from and
+//! where the reports go is the shell's business (`backbeat-processor`).
 
 mod accumulator;
 mod cluster;
@@ -52,6 +57,18 @@ fn default_max_tasks_per_agent() -> u64 {
 
 fn default_max_agents_per_cluster() -> u64 {
     MAX_AGENTS_PER_CLUSTER_DEFAULT
+}
+
+/// A checkpoint the fold cannot resume from.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The bytes are not a fold state of this version.
+    #[error("the fold state is not readable: {0}")]
+    Unreadable(#[source] postcard::Error),
+    /// The state is readable but its configuration is not one the fold can
+    /// run with (it was not written by a fold, or was damaged).
+    #[error("the fold state holds an invalid configuration: {0}")]
+    InvalidConfig(#[source] ConfigError),
 }
 
 /// A configuration the fold cannot run with.
@@ -118,11 +135,14 @@ pub enum Outcome {
     ClaimRejected,
     /// An event of a cluster beyond [`Fold::set_max_clusters`]: not folded.
     ClusterRefused,
+    /// An event at or below the last applied sequence (a redelivery, a
+    /// repeated log line): skipped, nothing changed.
+    AlreadyApplied,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`outcome as usize` indexes it).
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ignored,
         Outcome::BeatApplied,
         Outcome::BeatStale,
@@ -131,6 +151,7 @@ impl Outcome {
         Outcome::ClaimLate,
         Outcome::ClaimRejected,
         Outcome::ClusterRefused,
+        Outcome::AlreadyApplied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +164,7 @@ impl Outcome {
             Outcome::ClaimLate => "late",
             Outcome::ClaimRejected => "rejected",
             Outcome::ClusterRefused => "cluster_refused",
+            Outcome::AlreadyApplied => "already_applied",
         }
     }
 }
@@ -218,7 +240,14 @@ impl Fold {
 
     /// Takes one message of the stream, in stream order. Reports it closes are
     /// appended to `out`, ascending by window.
+    ///
+    /// An event at or below the last applied sequence is skipped
+    /// ([`Outcome::AlreadyApplied`]): every shell (the live run, a log file,
+    /// a replay) gets the same answer for a repeated or redelivered event.
     pub fn apply(&mut self, seq: u64, subject: &str, payload: &[u8], out: &mut Vec<BarReport>) -> Outcome {
+        if seq <= self.last_seq {
+            return Outcome::AlreadyApplied;
+        }
         self.last_seq = seq;
         let (index, kind) = match &self.last_subject {
             // `backbeat.{cluster}.{kind}`, already checked and found.
@@ -240,10 +269,32 @@ impl Fold {
             },
         };
         let cluster = &mut self.clusters[index];
-        match kind {
+        let (next_before, reports_before) = (cluster.next_to_close(), out.len());
+        let outcome = match kind {
             SubjectKind::Beat => cluster.apply_beat(&self.config, seq, payload, out),
             _ => cluster.apply_claim(&self.config, seq, payload),
-        }
+        };
+        // The fold's invariants, checked in debug builds: windows close in
+        // order, each once, and `next_to_close` never moves back.
+        debug_assert!(cluster.next_to_close() >= next_before, "next_to_close moved back");
+        debug_assert!(
+            out[reports_before..].iter().all(|report| report.seq_last <= seq),
+            "a report holds no event after the one that closed it"
+        );
+        debug_assert!(
+            out[reports_before..]
+                .iter()
+                .zip(out[reports_before..].iter().skip(1))
+                .all(|(a, b)| a.window_index + 1 == b.window_index),
+            "reports of one event are consecutive windows"
+        );
+        debug_assert!(
+            out[reports_before..]
+                .last()
+                .is_none_or(|last| last.window_index + 1 == cluster.next_to_close()),
+            "the last report closed is the window before next_to_close"
+        );
+        outcome
     }
 
     /// Where cluster `cluster_id` is in `clusters`, or where it would go.
@@ -275,9 +326,13 @@ impl Fold {
         postcard::to_stdvec(self).expect("fold state always serializes")
     }
 
-    /// A fold resumed from [`Fold::to_checkpoint`] bytes.
-    pub fn from_checkpoint(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
+    /// A fold resumed from [`Fold::to_checkpoint`] bytes. The configuration
+    /// inside is validated as [`Fold::new`] validates it: a state with a bar
+    /// length of 0 is refused here, not divided by later.
+    pub fn from_checkpoint(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let fold: Fold = postcard::from_bytes(bytes).map_err(CheckpointError::Unreadable)?;
+        fold.config.validate().map_err(CheckpointError::InvalidConfig)?;
+        Ok(fold)
     }
 }
 
@@ -441,6 +496,61 @@ mod tests {
         config.max_tasks_per_agent = 1;
         config.max_agents_per_cluster = 0;
         assert_eq!(config.validate(), Err(ConfigError::MaxAgentsPerCluster));
+    }
+
+    #[test]
+    fn an_event_at_or_below_the_last_applied_sequence_is_skipped() {
+        let events: Vec<(u64, &str, Vec<u8>)> = vec![
+            (1, "backbeat.c.beat", beat("c", 0)),
+            (2, "backbeat.c.claim", claim("a", "t", 0)),
+            (3, "backbeat.c.beat", beat("c", 1)),
+            (5, "backbeat.c.beat", beat("c", BAR)),
+        ];
+        let mut fold = Fold::new(FoldConfig::with_bar_length(BAR));
+        let mut out = Vec::new();
+        for (seq, subject, payload) in &events[..3] {
+            fold.apply(*seq, subject, payload, &mut out);
+        }
+        // Again at its own sequence and below it, even with other contents:
+        // nothing changes, not even the position.
+        for seq in [3, 2, 0] {
+            let outcome = fold.apply(seq, "backbeat.c.claim", &claim("b", "u", 1), &mut out);
+            assert_eq!(outcome, Outcome::AlreadyApplied, "seq {seq}");
+            assert_eq!(fold.last_seq(), 3);
+        }
+        let (seq, subject, payload) = &events[3];
+        fold.apply(*seq, subject, payload, &mut out);
+        let once = fold_all(
+            FoldConfig::with_bar_length(BAR),
+            events
+                .iter()
+                .map(|(seq, subject, payload)| (*seq, *subject, payload.as_slice())),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to_json(), once[0].to_json());
+        assert_eq!(out[0].agents_reporting, 1, "only agent a");
+    }
+
+    #[test]
+    fn a_checkpoint_with_an_invalid_config_is_refused() {
+        let mut fold = Fold::new(FoldConfig::with_bar_length(BAR));
+        let mut out = Vec::new();
+        fold.apply(1, "backbeat.c.beat", &beat("c", 0), &mut out);
+        // A bar length of 0 is an error here, not a division by zero at the next beat.
+        let invalid: [(fn(&mut FoldConfig), ConfigError); 2] = [
+            (|config| config.bar_length = 0, ConfigError::BarLength),
+            (|config| config.max_jump = 0, ConfigError::MaxJump),
+        ];
+        for (spoil, error) in invalid {
+            let mut spoiled = fold.clone();
+            spoil(&mut spoiled.config);
+            match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+                Err(CheckpointError::InvalidConfig(refused)) => assert_eq!(refused, error),
+                other => panic!("{error:?}: {other:?}"),
+            }
+        }
+        let unreadable = Fold::from_checkpoint(&[0xff; 3]).unwrap_err();
+        assert!(matches!(unreadable, CheckpointError::Unreadable(_)), "{unreadable:?}");
     }
 
     #[test]
