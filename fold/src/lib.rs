@@ -537,7 +537,8 @@ mod tests {
         let mut out = Vec::new();
         fold.apply(1, "backbeat.c.beat", &beat("c", 0), &mut out);
         // A bar length of 0 is an error here, not a division by zero at the next beat.
-        let invalid: [(fn(&mut FoldConfig), ConfigError); 2] = [
+        type Spoil = fn(&mut FoldConfig);
+        let invalid: [(Spoil, ConfigError); 2] = [
             (|config| config.bar_length = 0, ConfigError::BarLength),
             (|config| config.max_jump = 0, ConfigError::MaxJump),
         ];
