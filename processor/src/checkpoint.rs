@@ -166,20 +166,18 @@ impl CheckpointStore {
         history_keep: usize,
     ) -> anyhow::Result<Self> {
         let chunk_bytes = max_payload.saturating_sub(8 * 1024).clamp(64 * 1024, CHUNK_BYTES_MAX);
-        let kv = match js.get_key_value(CHECKPOINT_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: CHECKPOINT_BUCKET.to_string(),
-                    description: "BACKBEAT processor checkpoints: fold state and stream position".into(),
-                    history: 1,
-                    num_replicas: replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .context("creating the checkpoint bucket")?,
-        };
+        let kv = backbeat_service::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: CHECKPOINT_BUCKET.to_string(),
+                description: "BACKBEAT processor checkpoints: fold state and stream position".into(),
+                history: 1,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         let mut clusters = clusters.to_vec();
         clusters.sort();
         clusters.dedup();
@@ -427,7 +425,7 @@ pub async fn replay_start(
     config: &FoldConfig,
     window: u64,
 ) -> anyhow::Result<Option<(Manifest, Fold)>> {
-    let Ok(kv) = js.get_key_value(CHECKPOINT_BUCKET).await else {
+    let Some(kv) = backbeat_service::kv::open(js, CHECKPOINT_BUCKET).await? else {
         return Ok(None);
     };
     let mut candidates = read_history(&kv, name).await?;

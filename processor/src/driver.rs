@@ -10,7 +10,7 @@
 //! after the last report the checkpoint names: [`crate::publisher`]).
 //!
 //! One process per name folds at a time: `run` first takes the name's lease
-//! ([`crate::lease`]), waiting while another process holds it, and stops at
+//! ([`crate::lease`], [`backbeat_service::lease`]), waiting while another process holds it, and stops at
 //! once (an error) if it loses it, so two processes never fight over the
 //! durable consumer and the checkpoint.
 //!
@@ -23,17 +23,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, consumer, AckKind};
+use backbeat_fold::{Fold, FoldConfig};
 use backbeat_schemas::names::{subject, SubjectKind};
+use backbeat_service::lease::{lease_key, Holder, LeaseState, Leases, LEASE_BUCKET};
 use futures::{FutureExt as _, StreamExt as _};
+use tokio::sync::watch;
 
 use crate::checkpoint::{CheckpointStore, Fenced, OtherFormat};
-use crate::lease::Leases;
+use crate::lease::{self, LEASE_BUCKET_DESCRIPTION};
 use crate::metrics::Metrics;
 use crate::publisher::{BarPublisher, PublishHealth, PublishOutcome};
-use crate::status::SharedStatus;
-use crate::status::REFUSED_CLUSTERS_SHOWN;
+use crate::status::{LeaseStatus, SharedStatus, REFUSED_CLUSTERS_SHOWN};
 use crate::worker::{self, Request};
-use backbeat_fold::{Fold, FoldConfig};
 
 /// What `run` needs, validated.
 #[derive(Debug, Clone)]
@@ -97,10 +98,50 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let shutdown = shutdown.shared();
     let js = jetstream::new(client.clone());
-    let leases = Leases::open(&js, config.lease_ttl, config.replicas).await?;
-    // Nothing of this name (consumer, checkpoint) is touched before this.
+    let leases = Leases::open(&js, LEASE_BUCKET_DESCRIPTION, config.lease_ttl, config.replicas).await?;
+    let holder = Holder::this_process();
+    status.update(|s| {
+        s.lease = LeaseStatus {
+            bucket: LEASE_BUCKET.into(),
+            key: lease_key(&config.name),
+            ttl_ms: leases.ttl().as_millis() as u64,
+            holder: Some(holder.clone()),
+            ..LeaseStatus::default()
+        }
+    });
+    let (lease_state, lease_states) = watch::channel(LeaseState::Acquiring);
+    let follower = lease::follow(lease_states, status.clone(), metrics.clone());
+    let result = run_leased(
+        client,
+        &leases,
+        &holder,
+        lease_state,
+        &config,
+        metrics,
+        status,
+        shutdown,
+    )
+    .await;
+    // The lease is gone (released, lost or never taken): its last state is in the status.
+    let _ = follower.await;
+    result
+}
+
+/// Takes the lease (nothing of this name, consumer or checkpoint, is touched
+/// before), folds while it is held, then releases it.
+#[allow(clippy::too_many_arguments)]
+async fn run_leased(
+    client: async_nats::Client,
+    leases: &Leases,
+    holder: &Holder,
+    lease_state: watch::Sender<LeaseState>,
+    config: &RunConfig,
+    metrics: Metrics,
+    status: SharedStatus,
+    shutdown: impl std::future::Future<Output = ()> + Clone,
+) -> anyhow::Result<()> {
     let Some(mut lease) = leases
-        .acquire(&config.name, &metrics, &status, shutdown.clone())
+        .acquire(&config.name, holder, lease_state, shutdown.clone())
         .await?
     else {
         tracing::info!("stopped while waiting for the lease");
@@ -110,10 +151,11 @@ pub async fn run(
     let result = tokio::select! {
         biased;
         lost = lease.lost() => {
-            tracing::error!(error = %format!("{lost:#}"), "lease lost: stopping at once");
-            return Err(lost.context(format!("processor {:?} stopped: it no longer holds its lease", config.name)));
+            tracing::error!(error = %lost, "lease lost: stopping at once");
+            return Err(anyhow::Error::new(lost)
+                .context(format!("processor {:?} stopped: it no longer holds its lease", config.name)));
         }
-        result = fold_live(client, &config, instance, metrics, status, shutdown) => result,
+        result = fold_live(client, config, instance, metrics, status, shutdown) => result,
     };
     // Stopped (or failed) on our own: the fold is dropped, so a successor may start now.
     lease.release().await;

@@ -8,8 +8,8 @@ use backbeat_schemas::window::{from_beat, to_beat, window_id};
 use backbeat_schemas::BarReport;
 use serde::Serialize;
 
-use crate::lease::LeaseStatus;
 use backbeat_fold::{ClusterStatus, Fold};
+use backbeat_service::lease::{Holder, LeaseState};
 
 /// Refused clusters the status names at most (all are counted).
 pub const REFUSED_CLUSTERS_SHOWN: usize = 32;
@@ -51,7 +51,7 @@ pub struct ProcessorStatus {
     pub reports_published: u64,
     pub started: bool,
     pub error: Option<String>,
-    /// The single-writer lease of this name ([`crate::lease`]).
+    /// The single-writer lease of this name ([`crate::lease`] copies it here).
     pub lease: LeaseStatus,
     /// While reports cannot be published: why (then `/ready` answers 503).
     pub publish_error: Option<String>,
@@ -68,6 +68,59 @@ pub struct ProcessorStatus {
     /// The first clusters refused by `--max-clusters` (at most [`REFUSED_CLUSTERS_SHOWN`]).
     pub refused_clusters: Vec<String>,
     pub clusters: BTreeMap<String, ClusterView>,
+}
+
+/// What `/api/v1/status` shows about the lease.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LeaseStatus {
+    /// `acquiring`, `waiting`, `held`, `released` or `lost` ([`LeaseState::name`]).
+    pub state: String,
+    pub bucket: String,
+    pub key: String,
+    /// The TTL in force (the bucket's `max_age`).
+    pub ttl_ms: u64,
+    /// This process.
+    pub holder: Option<Holder>,
+    /// While waiting: who holds it.
+    pub held_by: Option<Holder>,
+    /// The key's revision while held.
+    pub revision: u64,
+    /// While lost: why.
+    pub lost: Option<String>,
+}
+
+impl LeaseStatus {
+    /// Takes in what the lease says now.
+    pub fn copy(&mut self, state: &LeaseState) {
+        self.state = state.name().to_string();
+        match state {
+            LeaseState::Acquiring | LeaseState::Released => {}
+            LeaseState::Waiting { held_by } => self.held_by = held_by.clone(),
+            LeaseState::Held { revision } => {
+                self.held_by = None;
+                self.revision = *revision;
+            }
+            LeaseState::Lost { reason } => self.lost = Some(reason.clone()),
+        }
+    }
+
+    /// The `/ready` answer while the lease is not held (None when it is).
+    pub fn not_ready_reason(&self) -> Option<String> {
+        match self.state.as_str() {
+            "held" | "released" | "" => None,
+            "waiting" => Some(match &self.held_by {
+                Some(holder) => format!("waiting for lease {}/{} held by {holder}", self.bucket, self.key),
+                None => format!("waiting for lease {}/{}", self.bucket, self.key),
+            }),
+            "lost" => Some(format!(
+                "lost lease {}/{}: {}",
+                self.bucket,
+                self.key,
+                self.lost.as_deref().unwrap_or("")
+            )),
+            _ => Some(format!("acquiring lease {}/{}", self.bucket, self.key)),
+        }
+    }
 }
 
 /// Shared between the fold loop (writer) and HTTP handlers (readers).

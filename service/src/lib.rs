@@ -1,11 +1,14 @@
 //! What every BACKBEAT service binary shares, so each behaves the same to an operator:
 //! NATS connection flags (credentials, TLS), JetStream stream set-up per SPEC §1,
 //! the admin HTTP server (`/health`, `/ready`, `/metrics`, `/api/v1/status`),
-//! structured logging, and graceful shutdown on SIGTERM.
+//! structured logging, graceful shutdown on SIGTERM, key-value buckets created
+//! when missing, and the single-writer lease a service holds per name.
 //!
 //! It holds no BACKBEAT logic: nothing here folds, validates or schedules.
 
 pub mod admin;
+pub mod kv;
+pub mod lease;
 pub mod logging;
 pub mod nats;
 pub mod streams;
