@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use backbeat_fold::Outcome;
+use backbeat_service::metrics::{boxed, register_all};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -30,7 +31,7 @@ pub struct Metrics {
     pub checkpoints_kept: IntCounter,
     pub checkpoint_bytes: IntGauge,
     pub last_seq: IntGauge,
-    /// 1 while this process holds its name's lease ([`crate::lease`]).
+    /// 1 while this process holds its name's lease (copied by [`crate::lease::follow`]).
     pub lease_held: IntGauge,
     pub lease_lost: IntCounter,
     /// Messages on a bar subject that are not this processor's reports (read, counted once, skipped).
@@ -176,31 +177,35 @@ impl Metrics {
             .unwrap(),
             registry,
         };
-        let r = &m.registry;
-        r.register(Box::new(m.agents_reporting.clone())).unwrap();
-        r.register(Box::new(m.on_time_reviews.clone())).unwrap();
-        r.register(Box::new(m.windows_completed.clone())).unwrap();
-        r.register(Box::new(m.window_processing.clone())).unwrap();
-        r.register(Box::new(m.claims_processed.clone())).unwrap();
-        r.register(Box::new(m.beats_processed.clone())).unwrap();
-        r.register(Box::new(m.consumer_lag.clone())).unwrap();
-        r.register(Box::new(m.rollup_latency.clone())).unwrap();
-        r.register(Box::new(m.reports_published.clone())).unwrap();
-        r.register(Box::new(m.reports_skipped.clone())).unwrap();
-        r.register(Box::new(m.report_mismatches.clone())).unwrap();
-        r.register(Box::new(m.checkpoints.clone())).unwrap();
-        r.register(Box::new(m.checkpoints_kept.clone())).unwrap();
-        r.register(Box::new(m.checkpoint_bytes.clone())).unwrap();
-        r.register(Box::new(m.last_seq.clone())).unwrap();
-        r.register(Box::new(m.lease_held.clone())).unwrap();
-        r.register(Box::new(m.lease_lost.clone())).unwrap();
-        r.register(Box::new(m.foreign_bars.clone())).unwrap();
-        r.register(Box::new(m.report_msg_id_taken.clone())).unwrap();
-        r.register(Box::new(m.publish_failing.clone())).unwrap();
-        r.register(Box::new(m.publish_failures.clone())).unwrap();
-        r.register(Box::new(m.clusters.clone())).unwrap();
-        r.register(Box::new(m.cluster_cap_events.clone())).unwrap();
-        r.register(Box::new(m.clusters_refused.clone())).unwrap();
+        register_all(
+            &m.registry,
+            [
+                boxed(&m.agents_reporting),
+                boxed(&m.on_time_reviews),
+                boxed(&m.windows_completed),
+                boxed(&m.window_processing),
+                boxed(&m.claims_processed),
+                boxed(&m.beats_processed),
+                boxed(&m.consumer_lag),
+                boxed(&m.rollup_latency),
+                boxed(&m.reports_published),
+                boxed(&m.reports_skipped),
+                boxed(&m.report_mismatches),
+                boxed(&m.checkpoints),
+                boxed(&m.checkpoints_kept),
+                boxed(&m.checkpoint_bytes),
+                boxed(&m.last_seq),
+                boxed(&m.lease_held),
+                boxed(&m.lease_lost),
+                boxed(&m.foreign_bars),
+                boxed(&m.report_msg_id_taken),
+                boxed(&m.publish_failing),
+                boxed(&m.publish_failures),
+                boxed(&m.clusters),
+                boxed(&m.cluster_cap_events),
+                boxed(&m.clusters_refused),
+            ],
+        );
         m
     }
 

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod kv;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod nats;
 pub mod streams;
 

@@ -1,6 +1,7 @@
 //! The gateway's Prometheus metrics. Every limit the gateway enforces shows up
 //! here when it is hit (unavailable answers, failed dead letters).
 
+use backbeat_service::metrics::{boxed, register_all};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::reply::RefusedReply;
@@ -120,21 +121,22 @@ impl GatewayMetrics {
             "JetStream publishes awaiting their ack.",
         )
         .expect("valid metric");
-        for collector in [
-            Box::new(claims_received.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(claims_accepted.clone()),
-            Box::new(claims_rejected.clone()),
-            Box::new(claims_duplicate.clone()),
-            Box::new(claims_unavailable.clone()),
-            Box::new(dead_letters_failed.clone()),
-            Box::new(dead_letters_truncated.clone()),
-            Box::new(replies_refused.clone()),
-            Box::new(requests_refused.clone()),
-            Box::new(publish_latency.clone()),
-            Box::new(acks_in_flight.clone()),
-        ] {
-            registry.register(collector).expect("metric names are unique");
-        }
+        register_all(
+            &registry,
+            [
+                boxed(&claims_received),
+                boxed(&claims_accepted),
+                boxed(&claims_rejected),
+                boxed(&claims_duplicate),
+                boxed(&claims_unavailable),
+                boxed(&dead_letters_failed),
+                boxed(&dead_letters_truncated),
+                boxed(&replies_refused),
+                boxed(&requests_refused),
+                boxed(&publish_latency),
+                boxed(&acks_in_flight),
+            ],
+        );
         GatewayMetrics {
             registry,
             claims_received,
