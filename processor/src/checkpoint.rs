@@ -25,13 +25,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use backbeat_fold::{Fold, FoldConfig};
+use backbeat_service::kv::KvError;
 
 /// The bucket holding every processor's checkpoints.
 pub const CHECKPOINT_BUCKET: &str = "BACKBEAT_CHECKPOINTS";
@@ -121,6 +121,75 @@ pub struct Fenced {
     pub expected: u64,
 }
 
+/// What can go wrong with a checkpoint, as a caller acts on it: another
+/// format (fold again from the stream's start when it is whole), fenced (stop
+/// at once), the store unavailable (retry later), or a checkpoint that is not
+/// this processor's to resume (stop and say why).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    OtherFormat(#[from] OtherFormat),
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+    #[error(transparent)]
+    Bucket(#[from] KvError),
+    /// The key-value store did not answer as it should (unavailable, or a
+    /// write refused for another reason than a fence).
+    #[error("{what}")]
+    Store {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{what} is not readable")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("checkpoint state is not readable")]
+    State(#[from] backbeat_fold::CheckpointError),
+    #[error("checkpoint chunk {key} is missing")]
+    MissingChunk { key: String },
+    #[error("checkpoint generation {generation} does not match its digest")]
+    Digest { generation: u64 },
+    #[error("checkpoint {name:?} keeps moving while it is claimed: another process writes it")]
+    KeepsMoving { name: String },
+    #[error(
+        "checkpoint {name:?} folds clusters {have:?} (empty: every cluster), not {want:?}: give each cluster \
+         filter its own --name"
+    )]
+    OtherClusters {
+        name: String,
+        have: Vec<String>,
+        want: Vec<String>,
+    },
+    /// A write before [`CheckpointStore::load`] (a bug of the caller).
+    #[error("checkpoint key {key} written before it was claimed (load first)")]
+    NotClaimed { key: String },
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `.store(|| what)`: a key-value error as [`CheckpointError::Store`].
+trait OrStore<T> {
+    fn store(self, what: impl FnOnce() -> String) -> Result<T, CheckpointError>;
+}
+
+impl<T, E: Into<BoxError>> OrStore<T> for Result<T, E> {
+    fn store(self, what: impl FnOnce() -> String) -> Result<T, CheckpointError> {
+        self.map_err(|e| CheckpointError::Store {
+            what: what(),
+            source: e.into(),
+        })
+    }
+}
+
+/// Our own documents always serialize.
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a checkpoint document always serializes")
+}
+
 /// What a writer puts in the manifest key when it claims a name that has no
 /// checkpoint yet (read back as "no checkpoint").
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,7 +233,7 @@ impl CheckpointStore {
         replicas: usize,
         max_payload: usize,
         history_keep: usize,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, CheckpointError> {
         let chunk_bytes = max_payload.saturating_sub(8 * 1024).clamp(64 * 1024, CHUNK_BYTES_MAX);
         let kv = backbeat_service::kv::open_or_create(
             js,
@@ -203,7 +272,7 @@ impl CheckpointStore {
     /// The latest checkpoint, checked against its digest; `None` when there
     /// is none. Claims the checkpoint for this writer first (see the module
     /// doc), so a late write of a deposed one is refused from now on.
-    pub async fn load(&mut self) -> anyhow::Result<Option<(Manifest, Fold)>> {
+    pub async fn load(&mut self) -> Result<Option<(Manifest, Fold)>, CheckpointError> {
         let mut attempt = 0;
         let raw = loop {
             attempt += 1;
@@ -212,10 +281,11 @@ impl CheckpointStore {
                 None if attempt < CLAIM_ATTEMPTS_MAX => {
                     tracing::warn!("the checkpoint moved while it was claimed (a deposed writer's late write); again");
                 }
-                None => bail!(
-                    "checkpoint {:?} keeps moving while it is claimed: another process writes it",
-                    self.name
-                ),
+                None => {
+                    return Err(CheckpointError::KeepsMoving {
+                        name: self.name.clone(),
+                    })
+                }
             }
         };
         let next_generation = self.history.iter().map(|m| m.generation).max().unwrap_or(0) + 1;
@@ -223,7 +293,10 @@ impl CheckpointStore {
         let Some(raw) = raw.filter(|raw| serde_json::from_slice::<Claim>(raw).is_err()) else {
             return Ok(None);
         };
-        let manifest: Manifest = serde_json::from_slice(&raw).context("checkpoint manifest is not readable")?;
+        let manifest: Manifest = serde_json::from_slice(&raw).map_err(|source| CheckpointError::Unreadable {
+            what: "checkpoint manifest".into(),
+            source,
+        })?;
         self.next_generation = self.next_generation.max(manifest.generation + 1);
         if manifest.format != FORMAT {
             let error = OtherFormat {
@@ -236,15 +309,13 @@ impl CheckpointStore {
         }
         let state = read_state(&self.kv, &self.name, &manifest).await?;
         if manifest.clusters != self.clusters {
-            bail!(
-                "checkpoint {:?} folds clusters {:?} (empty: every cluster), not {:?}: give each cluster filter \
-                 its own --name",
-                self.name,
-                manifest.clusters,
-                self.clusters
-            );
+            return Err(CheckpointError::OtherClusters {
+                name: self.name.clone(),
+                have: manifest.clusters,
+                want: self.clusters.clone(),
+            });
         }
-        let fold = Fold::from_checkpoint(&state).context("checkpoint state is not readable")?;
+        let fold = Fold::from_checkpoint(&state)?;
         self.current = Some(manifest.clone());
         Ok(Some((manifest, fold)))
     }
@@ -253,13 +324,13 @@ impl CheckpointStore {
     /// revision read (a key not there is created: an empty history, a
     /// [`Claim`] in the manifest's place). Some(manifest bytes, None when
     /// there is none) once both are claimed; None when one moved meanwhile.
-    async fn claim(&mut self) -> anyhow::Result<Option<Option<Bytes>>> {
+    async fn claim(&mut self) -> Result<Option<Option<Bytes>>, CheckpointError> {
         let history_key = history_key(&self.name);
         let history_entry = self
             .kv
             .entry(&history_key)
             .await
-            .context("reading the checkpoint history")?;
+            .store(|| "reading the checkpoint history".into())?;
         let history_raw = put_value(&history_entry);
         // Kept checkpoints outlive a removed latest one, and new generations
         // must not reuse their chunks' keys.
@@ -271,7 +342,7 @@ impl CheckpointStore {
                 Vec::new()
             }
         };
-        let history_value = Bytes::from(serde_json::to_vec(&self.history)?);
+        let history_value = Bytes::from(to_json(&self.history));
         let Some(history_revision) =
             claim_key(&self.kv, &history_key, history_entry.map(|e| e.revision), history_value).await?
         else {
@@ -282,7 +353,7 @@ impl CheckpointStore {
             .kv
             .entry(&manifest_key)
             .await
-            .context("reading checkpoint manifest")?;
+            .store(|| "reading checkpoint manifest".into())?;
         let raw = put_value(&entry);
         // A manifest is written again naming this process as its holder: a
         // deposed writer that finds the key moved can tell it is not its own.
@@ -294,12 +365,12 @@ impl CheckpointStore {
                 manifest
             });
         let value = match (&raw, &claimed) {
-            (_, Some(manifest)) => Bytes::from(serde_json::to_vec(manifest)?),
+            (_, Some(manifest)) => Bytes::from(to_json(manifest)),
             // Not readable: written back as it is (load says why).
             (Some(raw), None) => raw.clone(),
-            (None, None) => Bytes::from(serde_json::to_vec(&Claim {
+            (None, None) => Bytes::from(to_json(&Claim {
                 claimed_by: self.instance.clone(),
-            })?),
+            })),
         };
         let Some(manifest_revision) = claim_key(&self.kv, &manifest_key, entry.map(|e| e.revision), value).await?
         else {
@@ -323,7 +394,7 @@ impl CheckpointStore {
         next_to_close: BTreeMap<String, u64>,
         last_reports: BTreeMap<String, u64>,
         keep: bool,
-    ) -> anyhow::Result<Manifest> {
+    ) -> Result<Manifest, CheckpointError> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let mut chunks = 0u32;
@@ -332,7 +403,7 @@ impl CheckpointStore {
             self.kv
                 .put(&key, Bytes::copy_from_slice(chunk))
                 .await
-                .with_context(|| format!("writing checkpoint chunk {key}"))?;
+                .store(|| format!("writing checkpoint chunk {key}"))?;
             chunks += 1;
         }
         let manifest = Manifest {
@@ -353,13 +424,7 @@ impl CheckpointStore {
         let revision = self.manifest_revision;
         let instance = self.instance.as_str();
         let ours = |raw: &[u8]| serde_json::from_slice::<Manifest>(raw).is_ok_and(|m| m.holder == instance);
-        let written = write_fenced(
-            &self.kv,
-            &manifest_key,
-            revision,
-            serde_json::to_vec(&manifest)?.into(),
-            ours,
-        );
+        let written = write_fenced(&self.kv, &manifest_key, revision, to_json(&manifest).into(), ours);
         self.manifest_revision = Some(written.await?);
         let mut unused = Vec::new();
         if let Some(previous) = self.current.replace(manifest.clone()) {
@@ -373,7 +438,7 @@ impl CheckpointStore {
             unused.extend(self.history.drain(..excess));
             // The list is one message: with many clusters (each manifest names
             // every cluster's position) the oldest leave early to keep it one.
-            let mut list = serde_json::to_vec(&self.history)?;
+            let mut list = to_json(&self.history);
             while list.len() > self.chunk_bytes && self.history.len() > 1 {
                 tracing::warn!(
                     kept = self.history.len(),
@@ -381,7 +446,7 @@ impl CheckpointStore {
                     "the checkpoint history is too large for one message; the oldest kept checkpoint leaves it"
                 );
                 unused.push(self.history.remove(0));
-                list = serde_json::to_vec(&self.history)?;
+                list = to_json(&self.history);
             }
             // Written before the chunks of those that left it are removed: the
             // history never names a checkpoint whose chunks are gone.
@@ -424,7 +489,7 @@ pub async fn replay_start(
     cluster_id: &str,
     config: &FoldConfig,
     window: u64,
-) -> anyhow::Result<Option<(Manifest, Fold)>> {
+) -> Result<Option<(Manifest, Fold)>, CheckpointError> {
     let Some(kv) = backbeat_service::kv::open(js, CHECKPOINT_BUCKET).await? else {
         return Ok(None);
     };
@@ -432,7 +497,7 @@ pub async fn replay_start(
     if let Some(latest) = kv
         .get(manifest_key(name))
         .await
-        .context("reading checkpoint manifest")?
+        .store(|| "reading checkpoint manifest".into())?
     {
         if let Ok(latest) = serde_json::from_slice::<Manifest>(&latest) {
             candidates.push(latest);
@@ -447,7 +512,7 @@ pub async fn replay_start(
         let Ok(state) = read_state(&kv, name, &manifest).await else {
             continue;
         };
-        let mut fold = Fold::from_checkpoint(&state).context("checkpoint state is not readable")?;
+        let mut fold = Fold::from_checkpoint(&state)?;
         fold.keep_only(cluster_id);
         return Ok(Some((manifest, fold)));
     }
@@ -483,21 +548,29 @@ fn put_value(entry: &Option<kv::Entry>) -> Option<Bytes> {
 
 /// Writes `key` again at `revision` (creates it when there is none): the new
 /// revision, or None when the key moved meanwhile.
-async fn claim_key(kv: &kv::Store, key: &str, revision: Option<u64>, value: Bytes) -> anyhow::Result<Option<u64>> {
+async fn claim_key(
+    kv: &kv::Store,
+    key: &str,
+    revision: Option<u64>,
+    value: Bytes,
+) -> Result<Option<u64>, CheckpointError> {
     let result = match revision {
         Some(revision) => kv.update(key, value, revision).await.map_err(|e| {
             let moved = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
-            (moved, anyhow::Error::new(e))
+            (moved, BoxError::from(e))
         }),
         None => kv.create(key, value).await.map_err(|e| {
             let moved = e.kind() == kv::CreateErrorKind::AlreadyExists;
-            (moved, anyhow::Error::new(e))
+            (moved, BoxError::from(e))
         }),
     };
     match result {
         Ok(revision) => Ok(Some(revision)),
         Err((true, _)) => Ok(None),
-        Err((false, e)) => Err(e.context(format!("claiming checkpoint key {key}"))),
+        Err((false, source)) => Err(CheckpointError::Store {
+            what: format!("claiming checkpoint key {key}"),
+            source,
+        }),
     }
 }
 
@@ -511,16 +584,19 @@ async fn write_fenced(
     revision: Option<u64>,
     value: Bytes,
     is_ours: impl Fn(&[u8]) -> bool,
-) -> anyhow::Result<u64> {
+) -> Result<u64, CheckpointError> {
     let Some(mut revision) = revision else {
-        bail!("checkpoint key {key} written before it was claimed (load first)");
+        return Err(CheckpointError::NotClaimed { key: key.to_string() });
     };
     let mut adopted = false;
     loop {
         match kv.update(key, value.clone(), revision).await {
             Ok(revision) => return Ok(revision),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                let entry = kv.entry(key).await.context("reading a checkpoint key that moved")?;
+                let entry = kv
+                    .entry(key)
+                    .await
+                    .store(|| "reading a checkpoint key that moved".into())?;
                 match entry {
                     Some(entry) if !adopted && entry.operation == kv::Operation::Put && is_ours(&entry.value) => {
                         adopted = true;
@@ -535,40 +611,42 @@ async fn write_fenced(
                     }
                 }
             }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("writing checkpoint key {key}"))),
+            Err(e) => return Err(e).store(|| format!("writing checkpoint key {key}")),
         }
     }
 }
 
 /// Processor `name`'s kept checkpoints, oldest first (none when it keeps none).
-async fn read_history(kv: &kv::Store, name: &str) -> anyhow::Result<Vec<Manifest>> {
+async fn read_history(kv: &kv::Store, name: &str) -> Result<Vec<Manifest>, CheckpointError> {
     match kv
         .get(history_key(name))
         .await
-        .context("reading the checkpoint history")?
+        .store(|| "reading the checkpoint history".into())?
     {
-        Some(raw) => serde_json::from_slice(&raw).context("the checkpoint history is not readable"),
+        Some(raw) => serde_json::from_slice(&raw).map_err(|source| CheckpointError::Unreadable {
+            what: "the checkpoint history".into(),
+            source,
+        }),
         None => Ok(Vec::new()),
     }
 }
 
 /// The state bytes a manifest names, checked against its digest.
-async fn read_state(kv: &kv::Store, name: &str, manifest: &Manifest) -> anyhow::Result<Vec<u8>> {
+async fn read_state(kv: &kv::Store, name: &str, manifest: &Manifest) -> Result<Vec<u8>, CheckpointError> {
     let mut state = Vec::with_capacity(manifest.bytes as usize);
     for index in 0..manifest.chunks {
         let key = chunk_key(name, &manifest.writer, manifest.generation, index);
         let chunk = kv
             .get(&key)
             .await
-            .with_context(|| format!("reading checkpoint chunk {key}"))?
-            .with_context(|| format!("checkpoint chunk {key} is missing"))?;
+            .store(|| format!("reading checkpoint chunk {key}"))?
+            .ok_or_else(|| CheckpointError::MissingChunk { key: key.clone() })?;
         state.extend_from_slice(&chunk);
     }
     if sha256_hex(&state) != manifest.sha256 {
-        bail!(
-            "checkpoint generation {} does not match its digest",
-            manifest.generation
-        );
+        return Err(CheckpointError::Digest {
+            generation: manifest.generation,
+        });
     }
     Ok(state)
 }

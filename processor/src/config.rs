@@ -1,6 +1,6 @@
 //! Command-line configuration shared by the processor's subcommands.
 
-use backbeat_fold::FoldConfig;
+use backbeat_fold::{ConfigError, FoldConfig};
 
 /// The fold's flags (SPEC §5), the same on `fold`, `run` and `replay`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,7 +32,7 @@ pub struct FoldArgs {
 
 impl FoldArgs {
     /// The validated fold configuration.
-    pub fn to_config(&self) -> anyhow::Result<FoldConfig> {
+    pub fn to_config(&self) -> Result<FoldConfig, ConfigError> {
         let config = FoldConfig {
             bar_length: self.bar_length,
             lateness: self.lateness,

@@ -29,7 +29,7 @@ use backbeat_service::lease::{lease_key, Holder, LeaseState, Leases, LEASE_BUCKE
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 
-use crate::checkpoint::{CheckpointStore, Fenced, OtherFormat};
+use crate::checkpoint::{CheckpointError, CheckpointStore};
 use crate::lease::{self, LEASE_BUCKET_DESCRIPTION};
 use crate::metrics::Metrics;
 use crate::publisher::{BarPublisher, PublishHealth, PublishOutcome};
@@ -192,21 +192,22 @@ async fn fold_live(
 
     let loaded = match store.load().await {
         Ok(loaded) => loaded,
-        Err(e) => match e.downcast_ref::<OtherFormat>() {
-            // Folding the whole stream again gives the very state the
-            // checkpoint held (and the reports already published are skipped),
-            // so an upgrade needs no one's hand. A stream missing events could
-            // not give it: then an operator decides.
-            Some(other) if stream_is_whole(&mut events.clone()).await? => {
-                tracing::warn!(
-                    format = other.format,
-                    "checkpoint of another format; the events stream holds every event since its start, \
-                     so folding it again from there"
-                );
-                None
+        // Folding the whole stream again gives the very state the checkpoint
+        // held (and the reports already published are skipped), so an
+        // upgrade needs no one's hand. A stream missing events could not
+        // give it: then an operator decides.
+        Err(CheckpointError::OtherFormat(other)) => {
+            if !stream_is_whole(&mut events.clone()).await? {
+                return Err(CheckpointError::OtherFormat(other).into());
             }
-            _ => return Err(e),
-        },
+            tracing::warn!(
+                format = other.format,
+                "checkpoint of another format; the events stream holds every event since its start, \
+                 so folding it again from there"
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     let mut last_reports = Default::default();
     let mut fold = match loaded {
@@ -518,7 +519,7 @@ impl Shell {
 
     /// Stores a checkpoint. A failed write costs only re-folding time after
     /// a restart and is retried later; a write refused because another
-    /// process wrote the checkpoint ([`Fenced`]) stops the processor.
+    /// process wrote the checkpoint ([`CheckpointError::Fenced`]) stops the processor.
     async fn save(&mut self, checkpoint: worker::CheckpointState) -> anyhow::Result<()> {
         self.last_checkpoint = Instant::now();
         let history_every = self.config.history_every;
@@ -550,10 +551,12 @@ impl Shell {
                     s.kept_checkpoint_seqs = kept;
                 });
             }
-            Err(e) if e.downcast_ref::<Fenced>().is_some() => {
-                return Err(e.context("stopping: another process writes this processor's checkpoint"));
+            Err(e @ CheckpointError::Fenced(_)) => {
+                return Err(
+                    anyhow::Error::new(e).context("stopping: another process writes this processor's checkpoint")
+                );
             }
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; will retry"),
+            Err(e) => tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "checkpoint failed; will retry"),
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, kv};
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
     /// Looking the bucket up failed for another reason than its absence.
-    #[error("opening key-value bucket {bucket}: {source}")]
+    #[error("opening key-value bucket {bucket}")]
     Open {
         bucket: String,
         #[source]
@@ -23,7 +23,7 @@ pub enum KvError {
     },
     /// The bucket was missing and creating it failed (and no one else had
     /// created it meanwhile).
-    #[error("creating key-value bucket {bucket}: {source}")]
+    #[error("creating key-value bucket {bucket}")]
     Create {
         bucket: String,
         #[source]

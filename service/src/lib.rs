@@ -7,6 +7,7 @@
 //! It holds no BACKBEAT logic: nothing here folds, validates or schedules.
 
 pub mod admin;
+mod error;
 pub mod kv;
 pub mod lease;
 pub mod logging;
@@ -15,6 +16,7 @@ pub mod nats;
 pub mod streams;
 
 pub use admin::{serve_admin, serve_http, AdminState, HttpLimits};
+pub use error::ServiceError;
 pub use logging::{init_logging, LogFormat};
 pub use nats::NatsArgs;
 

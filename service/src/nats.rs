@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::ServiceError;
 
 /// NATS flags, flattened into each binary's `Config` (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
@@ -60,7 +60,7 @@ impl NatsArgs {
 
     /// Connects, naming the connection `name` (visible in the server's monitoring).
     /// The client reconnects by itself forever; a first connection that fails is an error.
-    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ServiceError> {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -77,7 +77,10 @@ impl NatsArgs {
             options = options
                 .credentials_file(path)
                 .await
-                .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+                .map_err(|source| ServiceError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?;
         }
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.clone());
@@ -102,11 +105,18 @@ impl NatsArgs {
         let client = options
             .connect(urls.as_slice())
             .await
-            .with_context(|| format!("connecting to NATS at {}", self.url))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            .map_err(|source| ServiceError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let timeout = Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + timeout;
         while client.connection_state() != async_nats::connection::State::Connected {
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("could not connect to NATS at {} within 30 s", self.url);
+                return Err(ServiceError::ConnectTimeout {
+                    url: self.url.clone(),
+                    timeout,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

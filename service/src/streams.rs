@@ -4,12 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use backbeat_schemas::names::{
     BARS_STREAM, BARS_SUBJECTS, EVENTS_DUPLICATE_WINDOW_MIN, EVENTS_STREAM, EVENTS_SUBJECTS, REJECTS_STREAM,
     REJECTS_SUBJECTS,
 };
+
+use crate::ServiceError;
 
 /// How many replicas new streams get (1 for a single server, 3 for a cluster).
 #[derive(Debug, Clone, Copy)]
@@ -73,14 +74,14 @@ pub fn rejects_config(options: StreamOptions) -> stream::Config {
 
 /// Creates the stream when missing; when present, warns about settings that
 /// differ from `wanted` and uses it as it is. Returns the stream handle.
-pub async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<stream::Stream> {
+pub async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> Result<stream::Stream, ServiceError> {
     let name = wanted.name.clone();
     match js.get_stream(&name).await {
         Ok(mut existing) => {
-            let info = existing
-                .info()
-                .await
-                .with_context(|| format!("reading stream {name}"))?;
+            let info = existing.info().await.map_err(|source| ServiceError::StreamInfo {
+                name: name.clone(),
+                source,
+            })?;
             let have = &info.config;
             let mut subjects_have = have.subjects.clone();
             let mut subjects_want = wanted.subjects.clone();
@@ -106,14 +107,14 @@ pub async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> a
         {
             js.create_stream(wanted)
                 .await
-                .with_context(|| format!("creating stream {name}"))
+                .map_err(|source| ServiceError::CreateStream { name, source })
         }
-        Err(e) => Err(e).with_context(|| format!("looking up stream {name}")),
+        Err(source) => Err(ServiceError::GetStream { name, source }),
     }
 }
 
 /// Ensures the three streams of SPEC §1.
-pub async fn ensure_all_streams(js: &jetstream::Context, options: StreamOptions) -> anyhow::Result<()> {
+pub async fn ensure_all_streams(js: &jetstream::Context, options: StreamOptions) -> Result<(), ServiceError> {
     ensure_stream(js, events_config(options)).await?;
     ensure_stream(js, bars_config(options)).await?;
     ensure_stream(js, rejects_config(options)).await?;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
-use backbeat_processor::checkpoint::{CheckpointStore, Fenced, Manifest, CHECKPOINT_BUCKET};
+use backbeat_processor::checkpoint::{CheckpointError, CheckpointStore, Manifest, CHECKPOINT_BUCKET};
 use backbeat_processor::{Fold, FoldConfig};
 use backbeat_schemas::{BarReport, LogEntry};
 use backbeat_tests::NatsServer;
@@ -22,7 +22,7 @@ async fn store(js: &jetstream::Context, name: &str, instance: &str) -> Checkpoin
 }
 
 /// Writes `fold`'s state as the checkpoint of `store`.
-async fn save(store: &mut CheckpointStore, fold: &Fold) -> anyhow::Result<Manifest> {
+async fn save(store: &mut CheckpointStore, fold: &Fold) -> Result<Manifest, CheckpointError> {
     store
         .save_state(
             fold.last_seq(),
@@ -41,9 +41,9 @@ fn apply(fold: &mut Fold, entries: &[LogEntry], out: &mut Vec<BarReport>) {
     }
 }
 
-fn assert_fenced(result: anyhow::Result<Manifest>) {
+fn assert_fenced(result: Result<Manifest, CheckpointError>) {
     let error = result.expect_err("a deposed writer's manifest write must be refused");
-    assert!(error.downcast_ref::<Fenced>().is_some(), "{error:#}");
+    assert!(matches!(error, CheckpointError::Fenced(_)), "{error:#}");
 }
 
 /// A golden scenario: its fold config and events.
