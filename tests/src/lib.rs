@@ -1,7 +1,8 @@
 //! Test support for every BACKBEAT crate: real `nats-server` processes (one
 //! node or a 3-node JetStream cluster) on free loopback ports with temporary
 //! stores, child processes of the project's own binaries that are killed on
-//! drop, and waiting on conditions instead of sleeping.
+//! drop, waiting on conditions instead of sleeping, and the seeded random
+//! generator of the randomized tests.
 //!
 //! What this crate must never do: mock JetStream, skip a test silently when
 //! `nats-server` is missing (it fails, saying how to install it), or leave a
@@ -10,11 +11,13 @@
 mod http;
 mod nats;
 mod process;
+mod rng;
 mod wait;
 
 pub use http::http_get;
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, NatsServerOptions};
 pub use process::{bin_path, free_port, ChildGuard, Signal};
+pub use rng::{seed_from_env, TestRng};
 pub use wait::{wait_until, wait_until_async};
 
 /// The workspace root (the directory holding `Cargo.toml` of the workspace).

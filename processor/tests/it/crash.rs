@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream;
 use backbeat_schemas::LogEntry;
-use backbeat_tests::NatsServer;
+use backbeat_tests::{seed_from_env, NatsServer, TestRng};
 
 use crate::live_support::{
     beat_payload, claim_payload, ensure_streams, entry, publish_entries, reference_reports, stored_events,
@@ -18,27 +18,11 @@ use crate::support::config_from_args;
 const FOLD_ARGS: &str = "--bar-length 8 --task-ttl 3";
 const CLUSTERS: [&str; 3] = ["alpha", "beta", "gamma"];
 
-/// xorshift64*: deterministic and dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A log of `beats` beats per cluster, interleaved, each followed by claims of
 /// a dozen agents: tasks delivered on time or late, help promises, failed
 /// secret rotations, late and future claims, invalid input and missing beats.
 /// Every event has its own SPEC §8 message id, so the stream stores all of them.
-fn generate(rng: &mut Rng, beats: u64) -> Vec<LogEntry> {
+fn generate(rng: &mut TestRng, beats: u64) -> Vec<LogEntry> {
     let mut entries = Vec::new();
     let mut beat_of: BTreeMap<&str, u64> = CLUSTERS.iter().map(|c| (*c, 0)).collect();
     for _ in 0..beats {
@@ -91,12 +75,8 @@ fn generate(rng: &mut Rng, beats: u64) -> Vec<LogEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_leaves_every_report_exactly_once() {
-    let seed = std::env::var("BACKBEAT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0fc0_ffee_u64);
-    eprintln!("crash test seed {seed} (BACKBEAT_CRASH_SEED={seed} reproduces it)");
-    let mut rng = Rng(seed | 1);
+    let seed = seed_from_env("BACKBEAT_CRASH_SEED", 0x5eed_0fc0_ffee_u64);
+    let mut rng = TestRng::new(seed);
     let entries = generate(&mut rng, 300);
     let total = entries.len() as u64;
     assert!(total > 3000, "a long log: {total} events");
@@ -279,7 +259,7 @@ async fn a_restart_from_behind_its_reports_publishes_nothing_twice_after_the_dup
     let server = NatsServer::start().expect("nats-server");
     let js = jetstream::new(server.client().await.unwrap());
     bars_without_server_dedup(&js).await;
-    let mut rng = Rng(7);
+    let mut rng = TestRng::new(7);
     let entries = generate(&mut rng, 40);
     let expected = reference_reports(config_from_args(FOLD_ARGS), &entries);
     let last_seq = publish_entries(&js, &entries).await.unwrap();

@@ -1,5 +1,9 @@
 //! DESIGN "Binaries: one set of conventions": every flag of every binary is
 //! described in `--help` and reads an environment variable `BACKBEAT_…`.
+//!
+//! The flags and the subcommands are clap's own lists, read from each
+//! `--help` (its "Options:" and "Commands:" sections), not lists kept here:
+//! a new flag or subcommand is checked the day it is added.
 
 use std::process::Command;
 
@@ -29,26 +33,65 @@ fn option_entries(help: &str) -> Vec<String> {
     entries
 }
 
+/// The subcommands a clap `--help` lists in its "Commands:" section (each
+/// entry's first word, at the section's indentation), but `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut in_commands = false;
+    for line in help.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            in_commands = line == "Commands:";
+            continue;
+        }
+        let entry = line.strip_prefix("  ").filter(|rest| !rest.starts_with(' '));
+        if let Some(name) = entry
+            .filter(|_| in_commands)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            if name != "help" {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// `binary args… --help`.
+fn help_of(binary: &str, args: &[String]) -> String {
+    let output = Command::new(bin_path(binary))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{binary} {args:?} --help failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn the_subcommands_are_read_from_the_help() {
+    let help = "Usage: x <COMMAND>\n\nCommands:\n  fold    Fold a log\n          more words\n  run     Run\n  help    Print this message\n\nOptions:\n  -h, --help  Print help\n";
+    assert_eq!(subcommands(help), ["fold", "run"]);
+}
+
 #[test]
 fn every_flag_of_every_binary_is_described_and_reads_an_environment_variable() {
-    let commands: [(&str, &[&str]); 7] = [
-        ("backbeat-pulse", &[]),
-        ("backbeat-ingest", &[]),
-        ("backbeat-agent-sim", &[]),
-        ("backbeat-processor", &["fold"]),
-        ("backbeat-processor", &["run"]),
-        ("backbeat-processor", &["export"]),
-        ("backbeat-processor", &["replay"]),
-    ];
     let mut failures = Vec::new();
-    for (binary, args) in commands {
-        let output = Command::new(bin_path(binary))
-            .args(args)
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{binary} {args:?} --help failed");
-        let help = String::from_utf8(output.stdout).unwrap();
+    let mut commands: Vec<(&str, Vec<String>)> = [
+        "backbeat-pulse",
+        "backbeat-ingest",
+        "backbeat-agent-sim",
+        "backbeat-processor",
+    ]
+    .into_iter()
+    .map(|binary| (binary, Vec::new()))
+    .collect();
+    let mut checked = 0;
+    while let Some((binary, args)) = commands.pop() {
+        let help = help_of(binary, &args);
+        for name in subcommands(&help) {
+            commands.push((binary, args.iter().cloned().chain([name]).collect()));
+        }
+        checked += 1;
         let entries = option_entries(&help);
         assert!(entries.len() >= 3, "{binary} {args:?}: no options found in\n{help}");
         for entry in entries {
@@ -75,5 +118,7 @@ fn every_flag_of_every_binary_is_described_and_reads_an_environment_variable() {
             }
         }
     }
+    // The processor's subcommands (fold, run, export, replay) were found and checked too.
+    assert!(checked >= 8, "only {checked} commands found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
