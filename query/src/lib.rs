@@ -1,8 +1,27 @@
-//! The BACKBEAT query service (next milestone): DataFusion tables over
-//! `BACKBEAT_BARS`, `BACKBEAT_EVENTS` and Parquet archives of sealed windows,
-//! answering SQL over HTTP and the PostgreSQL wire protocol.
+//! The BACKBEAT query service: DataFusion tables over the tail of
+//! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS` (`bar_reports`,
+//! `claims`, `beats`, `rejects`), answering read-only SQL over HTTP (JSON,
+//! CSV, Arrow IPC), and a CLI client.
 //!
-//! What it must never do: write to a stream, run DDL or DML, read local files
-//! named in a query, or run a query without memory and time limits. It holds
-//! its place in the workspace so the core is shaped for it (see
-//! `../shared/DESIGN.md`); DataFusion's arrow will be the only arrow here.
+//! What it must never do: write to a stream, run DDL or DML, read a file or
+//! URL named in a query, run a query without memory, time, result-size and
+//! concurrency limits, or take a foreign message on a bar subject for a
+//! report without checking it. It reads the streams only: it never imports
+//! the processor's fold or state (only `backbeat-schemas` and
+//! `backbeat-service`). DataFusion's arrow is the only arrow here.
+//!
+//! [`engine::QueryEngine`] and [`error::QueryError`] are shaped for the
+//! pg-wire front end (issue 18): each error kind has an HTTP status and a
+//! PostgreSQL SQLSTATE.
+
+pub mod client;
+pub mod config;
+pub mod encode;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod readonly;
+pub mod serve;
+pub mod tables;
+pub mod tail;

@@ -1,0 +1,55 @@
+//! `backbeat-query sql`: sends one statement to a running server and prints
+//! the answer: an aligned table (read from the Arrow IPC answer), or the
+//! server's JSON or CSV as it came.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+
+use crate::config::{token_from, OutputFormat, SqlArgs};
+use crate::encode::Format;
+
+/// Runs the statement; the text to print, or an error naming the server's answer.
+pub async fn run_sql(args: SqlArgs) -> anyhow::Result<String> {
+    let token = token_from(args.token, args.token_file.as_deref(), "--token")?;
+    let format = match args.format {
+        OutputFormat::Table => Format::ArrowStream,
+        OutputFormat::Json => Format::Json,
+        OutputFormat::Csv => Format::Csv,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}/api/v1/sql", args.url.trim_end_matches('/'));
+    let mut request = client
+        .post(&url)
+        .header(reqwest::header::ACCEPT, format.content_type())
+        .json(&serde_json::json!({"sql": args.sql}));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let body = response.bytes().await.context("reading the answer")?;
+    if !status.is_success() {
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let error = &error["error"];
+        match (error["message"].as_str(), error["sqlstate"].as_str()) {
+            (Some(message), Some(sqlstate)) => bail!("{status} (SQLSTATE {sqlstate}): {message}"),
+            _ => bail!("{status}: {}", String::from_utf8_lossy(&body)),
+        }
+    }
+    match args.format {
+        OutputFormat::Table => {
+            let reader = StreamReader::try_new(std::io::Cursor::new(body), None).context("reading the Arrow answer")?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading the Arrow answer")?;
+            Ok(pretty_format_batches(&batches)?.to_string())
+        }
+        OutputFormat::Json | OutputFormat::Csv => Ok(String::from_utf8_lossy(&body).into_owned()),
+    }
+}

@@ -1,0 +1,166 @@
+//! The flags of `backbeat-query serve` and `backbeat-query sql`, each also
+//! read from its `BACKBEAT_…` environment variable, validated once at start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use backbeat_service::{LogFormat, NatsArgs};
+
+use crate::engine::QueryLimits;
+
+/// The largest `--bar-length` (as the pulse's).
+pub const BAR_LENGTH_MAX: u64 = 1_000_000;
+
+/// `backbeat-query serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// HTTP address: /api/v1/sql, /api/v1/windows, /health, /ready, /metrics, /api/v1/status.
+    #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8084")]
+    pub listen: String,
+    /// Log format.
+    #[arg(long, env = "BACKBEAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Beats per bar, for `window_index` of claims and beats and for checking
+    /// beat frames (as the processor's --bar-length, default 120; 1..=1000000).
+    #[arg(long, env = "BACKBEAT_BAR_LENGTH", default_value_t = 120)]
+    pub bar_length: u64,
+    /// The most rows each table holds in memory (bar_reports: windows); past it the oldest go.
+    #[arg(long, env = "BACKBEAT_TAIL_ROWS_MAX", default_value_t = 1_000_000)]
+    pub tail_rows_max: usize,
+    /// Memory pool of one query (sorts, aggregations, joins), in bytes; nothing spills to disk.
+    #[arg(long, env = "BACKBEAT_QUERY_MEMORY_BYTES", default_value_t = 256 << 20)]
+    pub query_memory_bytes: usize,
+    /// Time limit of one query, from arrival to its last row.
+    #[arg(long, env = "BACKBEAT_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub query_timeout_ms: u64,
+    /// The most rows a result may have.
+    #[arg(long, env = "BACKBEAT_MAX_RESULT_ROWS", default_value_t = 100_000)]
+    pub max_result_rows: usize,
+    /// The most bytes (in Arrow's memory layout) a result may have.
+    #[arg(long, env = "BACKBEAT_MAX_RESULT_BYTES", default_value_t = 64 << 20)]
+    pub max_result_bytes: usize,
+    /// Queries running at once; one more is refused with 429.
+    #[arg(long, env = "BACKBEAT_MAX_CONCURRENT_QUERIES", default_value_t = 4)]
+    pub max_concurrent_queries: usize,
+    /// Worker threads of the runtime queries run on (apart from HTTP and the tail).
+    #[arg(long, env = "BACKBEAT_QUERY_THREADS", default_value_t = 2)]
+    pub query_threads: usize,
+    /// The largest request body (the SQL text in its JSON), in bytes.
+    #[arg(long, env = "BACKBEAT_MAX_SQL_BYTES", default_value_t = 1 << 20)]
+    pub max_sql_bytes: usize,
+    /// Bearer token the /api/v1/sql and /api/v1/windows routes need (none when unset).
+    /// Prefer --token-file or the environment: a command line is visible to every user.
+    // Its own id: the NATS flags already have a `token` (--nats-token).
+    #[arg(id = "bearer_token", long = "token", env = "BACKBEAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored); instead of --token.
+    #[arg(long, env = "BACKBEAT_TOKEN_FILE", conflicts_with = "bearer_token")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `serve`'s configuration, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub nats: NatsArgs,
+    pub listen: String,
+    pub log_format: LogFormat,
+    pub bar_length: u64,
+    pub tail_rows_max: usize,
+    pub limits: QueryLimits,
+    pub query_threads: usize,
+    pub max_sql_bytes: usize,
+    pub token: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn validate(self) -> anyhow::Result<ServeConfig> {
+        if !(1..=BAR_LENGTH_MAX).contains(&self.bar_length) {
+            bail!("--bar-length must be in 1..={BAR_LENGTH_MAX}");
+        }
+        let positive = [
+            ("--tail-rows-max", self.tail_rows_max),
+            ("--query-memory-bytes", self.query_memory_bytes),
+            ("--max-result-rows", self.max_result_rows),
+            ("--max-result-bytes", self.max_result_bytes),
+            ("--max-concurrent-queries", self.max_concurrent_queries),
+            ("--query-threads", self.query_threads),
+            ("--max-sql-bytes", self.max_sql_bytes),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                bail!("{flag} must be at least 1");
+            }
+        }
+        if !(1..=3_600_000).contains(&self.query_timeout_ms) {
+            bail!("--query-timeout-ms must be in 1..=3600000 (an hour)");
+        }
+        let token = token_from(self.token, self.token_file.as_deref(), "--token")?;
+        Ok(ServeConfig {
+            nats: self.nats,
+            listen: self.listen,
+            log_format: self.log_format,
+            bar_length: self.bar_length,
+            tail_rows_max: self.tail_rows_max,
+            limits: QueryLimits {
+                memory_bytes: self.query_memory_bytes,
+                timeout: Duration::from_millis(self.query_timeout_ms),
+                result_rows_max: self.max_result_rows,
+                result_bytes_max: self.max_result_bytes,
+                concurrent_max: self.max_concurrent_queries,
+            },
+            query_threads: self.query_threads,
+            max_sql_bytes: self.max_sql_bytes,
+            token,
+        })
+    }
+}
+
+/// `--token` or the contents of `--token-file`; an empty token is refused.
+pub fn token_from(token: Option<String>, file: Option<&Path>, flag: &str) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{flag}-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => token,
+    };
+    if matches!(&token, Some(t) if t.is_empty()) {
+        bail!("{flag} must not be empty (leave it unset for none)");
+    }
+    Ok(token)
+}
+
+/// `backbeat-query sql`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SqlArgs {
+    /// The statement (SELECT, WITH, EXPLAIN or SHOW).
+    pub sql: String,
+    /// The server's HTTP address.
+    #[arg(long, env = "BACKBEAT_URL", default_value = "http://127.0.0.1:8084")]
+    pub url: String,
+    /// Output: an aligned table, JSON ({"columns","rows"}) or CSV.
+    #[arg(long, env = "BACKBEAT_FORMAT", value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Bearer token, when the server has one.
+    #[arg(long, env = "BACKBEAT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token; instead of --token.
+    #[arg(long, env = "BACKBEAT_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, env = "BACKBEAT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub timeout_ms: u64,
+}
+
+/// `sql --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}

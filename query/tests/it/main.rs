@@ -1,0 +1,19 @@
+//! The query service's integration tests: one binary (links once), each test
+//! against a real nats-server started on free loopback ports.
+//!
+//! - `tables`: after a live `backbeat-processor run` over every golden
+//!   scenario and conformance log, `bar_reports` equals the published
+//!   BarReports field by field, and `claims`, `beats` and `rejects` hold
+//!   every valid message of their streams. Needs the `backbeat-processor`
+//!   binary in the same target directory (`cargo test --workspace` builds
+//!   it; with `-p backbeat-query`, `cargo build -p backbeat-processor` first).
+//! - `limits`: every forbidden statement kind and every limit gives its 4xx
+//!   naming the rule or the limit, and the server goes on answering; the token.
+//! - `foreign`: garbage and forged messages on bar and beat subjects are left
+//!   out (counted); a later report of a window replaces the earlier one; the
+//!   windows API, CSV, Arrow and the `sql` CLI.
+
+mod foreign;
+mod limits;
+mod support;
+mod tables;
