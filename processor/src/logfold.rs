@@ -2,10 +2,26 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::Context as _;
+use backbeat_schemas::logfile::LogLineError;
 use backbeat_schemas::LogEntry;
 
 use backbeat_fold::{Fold, FoldConfig};
+
+/// Why a log file could not be folded: the input (unreadable, or a line that
+/// is not a log line: an error of the file, SPEC §7) or the output.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldLogError {
+    #[error("reading line {line}")]
+    Read {
+        line: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Line(#[from] LogLineError),
+    #[error("writing the reports")]
+    Write(#[source] std::io::Error),
+}
 
 /// Folds the log read from `input` and writes each BarReport to `output` as one
 /// JSON line (SPEC §2 serialization), nothing else. A line that is not a log
@@ -14,7 +30,7 @@ use backbeat_fold::{Fold, FoldConfig};
 /// Lines are read into buffers reused from line to line; a line written the
 /// way `export` writes it is read straight off its bytes
 /// ([`LogEntry::parse_line_into`]).
-pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Write) -> anyhow::Result<u64> {
+pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Write) -> Result<u64, FoldLogError> {
     let mut fold = Fold::new(config);
     let mut reports = Vec::new();
     let mut written = 0u64;
@@ -23,10 +39,11 @@ pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Wr
     loop {
         line.clear();
         line_number += 1;
-        if input
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading line {line_number}"))?
-            == 0
+        let read = input.read_until(b'\n', &mut line);
+        if read.map_err(|source| FoldLogError::Read {
+            line: line_number,
+            source,
+        })? == 0
         {
             break;
         }
@@ -37,19 +54,20 @@ pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Wr
                 line.pop();
             }
         }
-        let text = std::str::from_utf8(&line)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
-            .with_context(|| format!("reading line {line_number}"))?;
+        let text = std::str::from_utf8(&line).map_err(|_| FoldLogError::Read {
+            line: line_number,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
+        })?;
         let Some(seq) = LogEntry::parse_line_into(text, line_number, &mut subject, &mut payload)? else {
             continue;
         };
         fold.apply(seq, &subject, &payload, &mut reports);
         for report in reports.drain(..) {
-            serde_json::to_writer(&mut output, &report)?;
-            output.write_all(b"\n")?;
+            serde_json::to_writer(&mut output, &report).map_err(|e| FoldLogError::Write(e.into()))?;
+            output.write_all(b"\n").map_err(FoldLogError::Write)?;
             written += 1;
         }
     }
-    output.flush()?;
+    output.flush().map_err(FoldLogError::Write)?;
     Ok(written)
 }
