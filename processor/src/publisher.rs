@@ -25,8 +25,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream::RawMessageErrorKind};
+use async_nats::jetstream::context::{GetStreamError, PublishError, PublishErrorKind};
+use async_nats::jetstream::stream::{RawMessageError, RawMessageErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage};
 use backbeat_schemas::names::{subject, SubjectKind, BARS_STREAM};
 use backbeat_schemas::BarReport;
 use tokio::time::Instant;
@@ -65,6 +66,44 @@ struct SubjectState {
 }
 
 /// Where `/ready` and the metrics learn that publishing is failing.
+/// Why a report could not be published (each try's failure is retried until
+/// the caller's deadline, then [`ReportPublishError::GaveUp`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportPublishError {
+    #[error("opening {BARS_STREAM}")]
+    OpenStream(#[source] GetStreamError),
+    #[error("reading the bar subject")]
+    ReadSubject(#[source] RawMessageError),
+    #[error("reading the bar subject's last message")]
+    ReadLast(#[source] RawMessageError),
+    #[error("reading the message holding the report's id")]
+    ReadIdHolder(#[source] RawMessageError),
+    /// Not sent; `WrongLastSequence` when the subject moved past the fence.
+    #[error("sending report")]
+    Send(#[source] PublishError),
+    /// Sent, not stored; `WrongLastSequence` when the subject moved past the fence.
+    #[error("report not acknowledged")]
+    Ack(#[source] PublishError),
+    #[error("publishing report of window {window}")]
+    GaveUp {
+        window: u64,
+        #[source]
+        source: Box<ReportPublishError>,
+    },
+}
+
+/// An error and its causes, `: `-separated (as `{:#}` of an `anyhow` error).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[derive(Clone)]
 pub struct PublishHealth {
     pub status: SharedStatus,
@@ -135,7 +174,11 @@ impl BarPublisher {
     /// Publishes `report` unless this very report is already stored after
     /// the last one of ours; waits for the ack. Failures are retried (with
     /// backoff) until `give_up_after`.
-    pub async fn publish(&mut self, report: &BarReport, give_up_after: Duration) -> anyhow::Result<PublishOutcome> {
+    pub async fn publish(
+        &mut self,
+        report: &BarReport,
+        give_up_after: Duration,
+    ) -> Result<PublishOutcome, ReportPublishError> {
         let payload = bytes::Bytes::from(report.to_json());
         let started = Instant::now();
         let deadline = started + give_up_after;
@@ -161,9 +204,8 @@ impl BarPublisher {
                     if let Some(health) = &self.health {
                         health.metrics.publish_failures.inc();
                     }
-                    let fence_lost = e
-                        .downcast_ref::<jetstream::context::PublishError>()
-                        .is_some_and(|e| e.kind() == PublishErrorKind::WrongLastSequence);
+                    let fence_lost = matches!(&e, ReportPublishError::Send(p) | ReportPublishError::Ack(p)
+                        if p.kind() == PublishErrorKind::WrongLastSequence);
                     if fence_lost && fences_lost < FENCE_RETRIES_AT_ONCE {
                         // A message arrived after the subject was read: read it again at once.
                         fences_lost += 1;
@@ -174,16 +216,20 @@ impl BarPublisher {
                     if failing_for >= PUBLISH_FAILING_READY_AFTER {
                         failing = true;
                         self.set_failing(Some(format!(
-                            "cannot publish the report of window {} of {} to {BARS_STREAM} for {} ms: {e:#}",
+                            "cannot publish the report of window {} of {} to {BARS_STREAM} for {} ms: {}",
                             report.window_index,
                             report.cluster_id,
-                            failing_for.as_millis()
+                            failing_for.as_millis(),
+                            chain(&e)
                         )));
                     }
                     if Instant::now() >= deadline {
-                        return Err(e.context(format!("publishing report of window {}", report.window_index)));
+                        return Err(ReportPublishError::GaveUp {
+                            window: report.window_index,
+                            source: Box::new(e),
+                        });
                     }
-                    tracing::warn!(error = %format!("{e:#}"), window = report.window_index, "report publish failed; retrying");
+                    tracing::warn!(error = %chain(&e), window = report.window_index, "report publish failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -198,11 +244,15 @@ impl BarPublisher {
         }
     }
 
-    async fn stream(&mut self) -> anyhow::Result<jetstream::stream::Stream> {
+    async fn stream(&mut self) -> Result<jetstream::stream::Stream, ReportPublishError> {
         if let Some(stream) = &self.stream {
             return Ok(stream.clone());
         }
-        let stream = self.js.get_stream(BARS_STREAM).await.context("opening BACKBEAT_BARS")?;
+        let stream = self
+            .js
+            .get_stream(BARS_STREAM)
+            .await
+            .map_err(ReportPublishError::OpenStream)?;
         self.stream = Some(stream.clone());
         Ok(stream)
     }
@@ -212,7 +262,7 @@ impl BarPublisher {
         report: &BarReport,
         payload: &bytes::Bytes,
         with_message_id: &mut bool,
-    ) -> anyhow::Result<PublishOutcome> {
+    ) -> Result<PublishOutcome, ReportPublishError> {
         let cluster_id = report.cluster_id.as_str();
         let mut state = self.subjects.get(cluster_id).copied().unwrap_or_default();
         let result = self
@@ -228,7 +278,7 @@ impl BarPublisher {
         payload: &bytes::Bytes,
         state: &mut SubjectState,
         with_message_id: &mut bool,
-    ) -> anyhow::Result<PublishOutcome> {
+    ) -> Result<PublishOutcome, ReportPublishError> {
         let stream = self.stream().await?;
         let bar_subject = subject(&report.cluster_id, SubjectKind::Bar);
         // Only when something may follow our last report (or nothing of
@@ -248,7 +298,7 @@ impl BarPublisher {
             let stored = stream
                 .get_raw_message(ack.sequence)
                 .await
-                .context("reading the message holding the report's id")?;
+                .map_err(ReportPublishError::ReadIdHolder)?;
             if stored.payload == *payload && stored.subject.as_str() == bar_subject {
                 state.ours_seq = ack.sequence;
                 state.examined_seq = state.examined_seq.max(ack.sequence);
@@ -286,14 +336,14 @@ impl BarPublisher {
         report: &BarReport,
         payload: &bytes::Bytes,
         state: &mut SubjectState,
-    ) -> anyhow::Result<Option<u64>> {
+    ) -> Result<Option<u64>, ReportPublishError> {
         loop {
             let mut next = state.examined_seq + 1;
             loop {
                 let message = match stream.get_first_raw_message_by_subject(bar_subject, next).await {
                     Ok(message) => message,
                     Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(e).context("reading the bar subject"),
+                    Err(e) => return Err(ReportPublishError::ReadSubject(e)),
                 };
                 let seq = message.sequence;
                 state.examined_seq = state.examined_seq.max(seq);
@@ -310,7 +360,7 @@ impl BarPublisher {
             let last = match stream.get_last_raw_message_by_subject(bar_subject).await {
                 Ok(message) => message.sequence,
                 Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => 0,
-                Err(e) => return Err(e).context("reading the bar subject's last message"),
+                Err(e) => return Err(ReportPublishError::ReadLast(e)),
             };
             if last <= state.examined_seq {
                 // Below it only when the stream was emptied or made anew.
@@ -343,7 +393,7 @@ impl BarPublisher {
         payload: &bytes::Bytes,
         message_id: Option<&str>,
         expected_seq: u64,
-    ) -> anyhow::Result<jetstream::publish::PublishAck> {
+    ) -> Result<jetstream::publish::PublishAck, ReportPublishError> {
         let mut publish = PublishMessage::build()
             .payload(payload.clone())
             .expected_last_subject_sequence(expected_seq);
@@ -354,8 +404,8 @@ impl BarPublisher {
             .js
             .send_publish(bar_subject.to_string(), publish)
             .await
-            .context("sending report")?
+            .map_err(ReportPublishError::Send)?
             .await;
-        ack.map_err(|e| anyhow::Error::new(e).context("report not acknowledged"))
+        ack.map_err(ReportPublishError::Ack)
     }
 }
