@@ -141,8 +141,9 @@ impl QueryError {
 impl From<DataFusionError> for QueryError {
     /// Classifies DataFusion's errors by their root cause. DataFusion has no
     /// error codes for "table not found" and the like, only messages: those
-    /// are matched on the stable part of the text (tested below, so a change
-    /// in a DataFusion upgrade shows up as a failing test, not as a wrong class).
+    /// are matched on the stable part of the text (the live test
+    /// `tests/it/limits.rs` checks each class's SQLSTATE, so a change in a
+    /// DataFusion upgrade shows up as a failing test, not as a wrong class).
     fn from(error: DataFusionError) -> Self {
         let root = error.find_root();
         let message = root.to_string();
