@@ -79,7 +79,11 @@ async fn stray_and_forged_messages_never_stop_the_clock_or_the_reports() -> anyh
     );
     for reply_to in [BEAT_SUBJECT, BAR_SUBJECT] {
         client
-            .publish_with_reply(format!("backbeat.{CLUSTER}.intake"), reply_to.to_string(), claim.clone().into())
+            .publish_with_reply(
+                format!("backbeat.{CLUSTER}.intake"),
+                reply_to.to_string(),
+                claim.clone().into(),
+            )
             .await?;
     }
     client.flush().await?;
@@ -157,7 +161,10 @@ async fn stray_and_forged_messages_never_stop_the_clock_or_the_reports() -> anyh
         let index = value["beat_index"].as_u64().expect("an index");
         assert!(index < before + 1000, "the pulse was moved by a forged beat: {index}");
         if let Some(previous) = previous {
-            assert!(index > previous, "beat {index} after {previous}: not strictly increasing");
+            assert!(
+                index > previous,
+                "beat {index} after {previous}: not strictly increasing"
+            );
         }
         previous = Some(index);
     }
@@ -180,10 +187,16 @@ async fn stray_and_forged_messages_never_stop_the_clock_or_the_reports() -> anyh
     for pair in windows.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "reports in window order, each once: {windows:?}");
     }
-    assert!(windows.contains(&(first_window_now + 1)), "the window a forged report named was published");
+    assert!(
+        windows.contains(&(first_window_now + 1)),
+        "the window a forged report named was published"
+    );
 
     let folded = stack.fold_of_the_exported_log()?;
-    assert_eq!(folded, live, "the live reports differ from the fold of the exported log");
+    assert_eq!(
+        folded, live,
+        "the live reports differ from the fold of the exported log"
+    );
     // The forged beats are in the reports as SPEC §5 counts them.
     let reports: Vec<BarReport> = folded.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let rejected_beats: u64 = reports
@@ -192,6 +205,9 @@ async fn stray_and_forged_messages_never_stop_the_clock_or_the_reports() -> anyh
         .filter(|issue| issue.code == "rejected_beats")
         .map(|issue| issue.count)
         .sum();
-    assert!(rejected_beats >= 4, "garbage, {{}}, u64::MAX and the jump are rejected beats: {reports:?}");
+    assert!(
+        rejected_beats >= 4,
+        "garbage, {{}}, u64::MAX and the jump are rejected beats: {reports:?}"
+    );
     Ok(())
 }

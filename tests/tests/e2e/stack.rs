@@ -219,8 +219,10 @@ pub fn metric_sum(port: u16, name: &str) -> Option<f64> {
 
 /// Waits until the metric `name` of the service on `port` is at least `at_least`.
 pub async fn wait_for_metric(port: u16, name: &str, at_least: f64) -> anyhow::Result<f64> {
-    wait_until_async(&format!("{name} >= {at_least} on port {port}"), TIMEOUT, || async move {
-        metric_sum(port, name).filter(|&value| value >= at_least)
-    })
+    wait_until_async(
+        &format!("{name} >= {at_least} on port {port}"),
+        TIMEOUT,
+        || async move { metric_sum(port, name).filter(|&value| value >= at_least) },
+    )
     .await
 }
