@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command for the local stack: nats-server (JetStream), a 3-node pulse
-# group, the claim gateway, the processor and a simulated fleet of agents.
+# group, the claim gateway, the processor, the query service, Prometheus
+# scraping all of them, and a simulated fleet of agents.
 # Everything runs in the foreground under this script; Ctrl-C (or SIGTERM)
 # stops every process gracefully. State lives in ./.backbeat (delete it for a
 # fresh start); each process logs to ./.backbeat/logs/NAME.log.
@@ -25,7 +26,9 @@ STATE="${BACKBEAT_STACK_DIR:-$ROOT/.backbeat}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backbeat-target}"
 
 NATS_PORT=4222; NATS_MONITOR=8222
-PROCESSOR=127.0.0.1:8081; INGEST=127.0.0.1:8082
+PROCESSOR=127.0.0.1:8081; INGEST=127.0.0.1:8082; QUERY=127.0.0.1:8084
+# Not 9090: Debian's own prometheus service may hold that one.
+PROMETHEUS=127.0.0.1:9190
 PULSE_PORTS=(7001 7002 7003)
 # Raft between the pulse nodes, apart from their public HTTP above.
 PULSE_RAFT_PORTS=(7101 7102 7103)
@@ -36,12 +39,15 @@ say "nats-server"
 bash deploy/install-nats.sh
 command -v nats-server >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
-for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${PULSE_PORTS[@]}" "${PULSE_RAFT_PORTS[@]}"; do
+for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${QUERY##*:}" "${PROMETHEUS##*:}" "${PULSE_PORTS[@]}" "${PULSE_RAFT_PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is in use: is another stack running? stop it first" >&2
         exit 1
     fi
 done
+
+say "prometheus"
+bash deploy/install-prometheus.sh
 
 say "building the binaries ($PROFILE)"
 if [[ "$PROFILE" == release ]]; then
@@ -52,6 +58,16 @@ fi
 BIN="$CARGO_TARGET_DIR/$PROFILE"
 
 mkdir -p "$STATE/logs"
+# Where each part listens, for deploy/status.sh and deploy/logs.sh.
+cat >"$STATE/stack.env" <<ENV
+CLUSTER=$CLUSTER
+NATS_MONITOR=127.0.0.1:$NATS_MONITOR
+PULSE="${PULSE_PORTS[*]/#/127.0.0.1:}"
+INGEST=$INGEST
+PROCESSOR=$PROCESSOR
+QUERY=$QUERY
+PROMETHEUS=$PROMETHEUS
+ENV
 if [[ ! -s "$STATE/admin-token" ]]; then
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/admin-token")
 fi
@@ -116,6 +132,27 @@ for port in "${PULSE_PORTS[@]}"; do wait_ready pulse "http://127.0.0.1:$port/hea
 wait_ready ingest "http://$INGEST/ready"
 wait_ready processor "http://$PROCESSOR/health"
 
+say "starting the query service and Prometheus"
+start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-length "$BAR"
+{
+    echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
+    echo "scrape_configs:"
+    echo "  - job_name: pulse"
+    echo "    static_configs: [{targets: [$(printf '"127.0.0.1:%s",' "${PULSE_PORTS[@]}" | sed 's/,$//')]}]"
+    for job in ingest processor query; do
+        case "$job" in ingest) addr=$INGEST ;; processor) addr=$PROCESSOR ;; query) addr=$QUERY ;; esac
+        echo "  - job_name: $job"
+        echo "    static_configs: [{targets: [\"$addr\"]}]"
+    done
+    echo "  - job_name: prometheus"
+    echo "    static_configs: [{targets: [\"$PROMETHEUS\"]}]"
+} >"$STATE/prometheus.yml"
+promtool check config "$STATE/prometheus.yml" >/dev/null
+start prometheus prometheus --config.file="$STATE/prometheus.yml" --storage.tsdb.path="$STATE/prometheus" \
+    --web.listen-address="$PROMETHEUS"
+wait_ready query "http://$QUERY/health"
+wait_ready prometheus "http://$PROMETHEUS/-/ready"
+
 say "starting $AGENTS simulated agents"
 start agent-sim "$BIN/backbeat-agent-sim" --nats "$NATS" --cluster "$CLUSTER" --bar-length "$BAR" --agents "$AGENTS" --rate "$RATE" --seed 1
 
@@ -128,7 +165,11 @@ BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to
                 -d '{"bpm":126,"at":"next_downbeat"}' http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/tempo
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
   processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
+  SQL         $BIN/backbeat-query sql --url http://$QUERY "SELECT window_index, agents_reporting FROM bar_reports ORDER BY window_index DESC LIMIT 5"
+              curl -s http://$QUERY/api/v1/sql -d '{"sql":"SELECT count(*) FROM claims"}'
   metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/
+  prometheus  http://$PROMETHEUS/   (scrapes every service every 5 s)
+  status      bash deploy/status.sh        logs: bash deploy/logs.sh [NAME]
   reports     $BIN/backbeat-processor replay --nats $NATS --cluster $CLUSTER --bar-length $BAR --lateness $LATENESS --from-window 0
   events      $BIN/backbeat-processor export --nats $NATS --cluster $CLUSTER --bar-length $BAR --lateness $LATENESS   (the log, SPEC §7)
   logs        $STATE/logs/*.log
