@@ -13,6 +13,7 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod nats;
+pub mod nats_monitor;
 pub mod streams;
 
 pub use admin::{serve_admin, serve_http, AdminState, HttpLimits};
