@@ -133,7 +133,8 @@ wait_ready ingest "http://$INGEST/ready"
 wait_ready processor "http://$PROCESSOR/health"
 
 say "starting the query service and Prometheus"
-start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-length "$BAR"
+start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-length "$BAR" \
+    --nats-monitor-url "http://127.0.0.1:$NATS_MONITOR"
 {
     echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
     echo "scrape_configs:"
@@ -144,6 +145,10 @@ start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-l
         echo "  - job_name: $job"
         echo "    static_configs: [{targets: [\"$addr\"]}]"
     done
+    # nats-server's own figures, rendered from its monitoring port by the query service.
+    echo "  - job_name: nats"
+    echo "    metrics_path: /metrics/nats"
+    echo "    static_configs: [{targets: [\"$QUERY\"]}]"
     echo "  - job_name: prometheus"
     echo "    static_configs: [{targets: [\"$PROMETHEUS\"]}]"
 } >"$STATE/prometheus.yml"

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// File holding the bearer token (surrounding whitespace ignored); instead of --token.
     #[arg(long, env = "BACKBEAT_TOKEN_FILE", conflicts_with = "bearer_token")]
     pub token_file: Option<PathBuf>,
+    /// nats-server's monitoring address (`http://127.0.0.1:8222`): its /varz and /jsz
+    /// are served as Prometheus text on GET /metrics/nats (off when unset).
+    #[arg(long, env = "BACKBEAT_NATS_MONITOR_URL")]
+    pub nats_monitor_url: Option<String>,
 }
 
 /// `serve`'s configuration, validated.
@@ -73,6 +77,7 @@ pub struct ServeConfig {
     pub query_threads: usize,
     pub max_sql_bytes: usize,
     pub token: Option<String>,
+    pub nats_monitor_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -98,6 +103,11 @@ impl ServeArgs {
             bail!("--query-timeout-ms must be in 1..=3600000 (an hour)");
         }
         let token = token_from(self.token, self.token_file.as_deref(), "--token")?;
+        if let Some(url) = &self.nats_monitor_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--nats-monitor-url must be an http:// or https:// URL, got {url:?}");
+            }
+        }
         Ok(ServeConfig {
             nats: self.nats,
             listen: self.listen,
@@ -114,6 +124,7 @@ impl ServeArgs {
             query_threads: self.query_threads,
             max_sql_bytes: self.max_sql_bytes,
             token,
+            nats_monitor_url: self.nats_monitor_url,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod nats_metrics;
 pub mod readonly;
 pub mod serve;
 pub mod tables;

@@ -81,7 +81,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tail,
         token: config.token.as_deref().map(Into::into),
     };
-    let router = admin_router(admin).merge(api_router(api));
+    let mut router = admin_router(admin).merge(api_router(api));
+    if let Some(url) = &config.nats_monitor_url {
+        router = router.merge(crate::nats_metrics::router(url)?);
+    }
     let limits = HttpLimits {
         body_bytes_max: config.max_sql_bytes,
         request_timeout: config.limits.timeout + REQUEST_SLACK,
