@@ -8,7 +8,7 @@
 //! Pure: the caller fetches the two documents; this module only reads them.
 
 use prometheus::core::Collector;
-use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder as _, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde::Deserialize;
 
 /// The part of `/varz` rendered.
@@ -121,15 +121,20 @@ pub fn render(varz: &Varz, jsz: Option<&Jsz>) -> String {
         let gauge = gauge_vec(&registry, name, help, &server_labels);
         gauge.with_label_values(&server).set(value);
     }
-    let counters: [(&str, &str, u64); 4] = [
-        ("gnatsd_varz_in_msgs", "Messages received", varz.in_msgs),
-        ("gnatsd_varz_out_msgs", "Messages sent", varz.out_msgs),
-        ("gnatsd_varz_in_bytes", "Bytes received", varz.in_bytes),
-        ("gnatsd_varz_out_bytes", "Bytes sent", varz.out_bytes),
+    // Totals since the server started, typed as gauges as the upstream
+    // exporter types them (`rate()` reads them all the same), so the names
+    // stay theirs without promtool's `_total` rule for counters.
+    let totals: [(&str, &str, u64); 4] = [
+        ("gnatsd_varz_in_msgs", "Messages received since start", varz.in_msgs),
+        ("gnatsd_varz_out_msgs", "Messages sent since start", varz.out_msgs),
+        ("gnatsd_varz_in_bytes", "Bytes received since start", varz.in_bytes),
+        ("gnatsd_varz_out_bytes", "Bytes sent since start", varz.out_bytes),
     ];
-    for (name, help, value) in counters {
-        let counter = register(&registry, IntCounterVec::new(Opts::new(name, help), &server_labels));
-        counter.with_label_values(&server).inc_by(value);
+    for (name, help, value) in totals {
+        let gauge = gauge_vec(&registry, name, help, &server_labels);
+        gauge
+            .with_label_values(&server)
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
     }
 
     if let Some(jsz) = jsz {
@@ -160,7 +165,7 @@ pub fn render(varz: &Varz, jsz: Option<&Jsz>) -> String {
             ("jetstream_stream_total_bytes", "Bytes in the stream"),
             ("jetstream_stream_first_seq", "First sequence in the stream"),
             ("jetstream_stream_last_seq", "Last sequence in the stream"),
-            ("jetstream_stream_consumer_count", "Consumers of the stream"),
+            ("jetstream_stream_consumers", "Consumers of the stream"),
         ]
         .map(|(name, help)| gauge_vec(&registry, name, help, &stream_labels));
         let consumer_labels = ["server_id", "account", "stream_name", "consumer_name"];
@@ -267,7 +272,7 @@ mod tests {
             text.contains("gnatsd_varz_connections{server_id=\"NSERVER\",server_name=\"n1\"} 7\n"),
             "{text}"
         );
-        assert!(text.contains("# TYPE gnatsd_varz_in_msgs counter\n"), "{text}");
+        assert!(text.contains("# TYPE gnatsd_varz_in_msgs gauge\n"), "{text}");
         assert!(
             text.contains("gnatsd_varz_in_msgs{server_id=\"NSERVER\",server_name=\"n1\"} 1000\n"),
             "{text}"

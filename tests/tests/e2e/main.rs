@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod dashboards;
 mod hostile;
 mod pipeline;
 mod stack;
