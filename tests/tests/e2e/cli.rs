@@ -67,6 +67,69 @@ fn help_of(binary: &str, args: &[String]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Every binary of the workspace.
+const BINARIES: [&str; 5] = [
+    "backbeat-pulse",
+    "backbeat-ingest",
+    "backbeat-agent-sim",
+    "backbeat-processor",
+    "backbeat-query",
+];
+
+/// Every command (binary and subcommand path) with its `--help`, binaries in
+/// [`BINARIES`] order, each followed by its subcommands in `--help` order.
+fn every_command() -> Vec<(&'static str, Vec<String>, String)> {
+    let mut found = Vec::new();
+    for binary in BINARIES {
+        let mut pending = vec![Vec::new()];
+        while let Some(args) = pending.pop() {
+            let help = help_of(binary, &args);
+            let subs = subcommands(&help);
+            for name in subs.into_iter().rev() {
+                pending.push(args.iter().cloned().chain([name]).collect());
+            }
+            found.push((binary, args, help));
+        }
+    }
+    found
+}
+
+/// The configuration reference: every command's `--help`, as the binaries print it.
+fn configuration_reference() -> String {
+    let mut text = String::from(
+        "# Configuration reference\n\n\
+         Every command's `--help`, as the binaries print it. Every flag also reads the\n\
+         environment variable in its `[env: …]`. Generated: a test\n\
+         (`tests/tests/e2e/cli.rs`) fails when this file and the binaries differ;\n\
+         `BACKBEAT_UPDATE_REFERENCE=1 cargo test -p backbeat-tests --test e2e cli::` writes it anew.\n",
+    );
+    for (binary, args, help) in every_command() {
+        let command = std::iter::once(binary.to_string())
+            .chain(args)
+            .collect::<Vec<_>>()
+            .join(" ");
+        text.push_str(&format!("\n## `{command}`\n\n```text\n{}\n```\n", help.trim_end()));
+    }
+    text
+}
+
+#[test]
+fn the_configuration_reference_is_the_binaries_help() {
+    let path = backbeat_tests::workspace_root().join("docs/configuration.md");
+    let expected = configuration_reference();
+    if std::env::var_os("BACKBEAT_UPDATE_REFERENCE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let found = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        found == expected,
+        "{} differs from the binaries' --help; write it anew with\n  \
+         BACKBEAT_UPDATE_REFERENCE=1 cargo test -p backbeat-tests --test e2e cli::",
+        path.display()
+    );
+}
+
 #[test]
 fn the_subcommands_are_read_from_the_help() {
     let help = "Usage: x <COMMAND>\n\nCommands:\n  fold    Fold a log\n          more words\n  run     Run\n  help    Print this message\n\nOptions:\n  -h, --help  Print help\n";
@@ -76,24 +139,15 @@ fn the_subcommands_are_read_from_the_help() {
 #[test]
 fn every_flag_of_every_binary_is_described_and_reads_an_environment_variable() {
     let mut failures = Vec::new();
-    let mut commands: Vec<(&str, Vec<String>)> = [
-        "backbeat-pulse",
-        "backbeat-ingest",
-        "backbeat-agent-sim",
-        "backbeat-processor",
-    ]
-    .into_iter()
-    .map(|binary| (binary, Vec::new()))
-    .collect();
     let mut checked = 0;
-    while let Some((binary, args)) = commands.pop() {
-        let help = help_of(binary, &args);
-        for name in subcommands(&help) {
-            commands.push((binary, args.iter().cloned().chain([name]).collect()));
-        }
+    for (binary, args, help) in every_command() {
         checked += 1;
         let entries = option_entries(&help);
-        assert!(entries.len() >= 3, "{binary} {args:?}: no options found in\n{help}");
+        // A command with subcommands may have no flags of its own.
+        assert!(
+            entries.len() >= 3 || !subcommands(&help).is_empty(),
+            "{binary} {args:?}: no options found in\n{help}"
+        );
         for entry in entries {
             let flag = entry
                 .split_whitespace()
@@ -118,7 +172,8 @@ fn every_flag_of_every_binary_is_described_and_reads_an_environment_variable() {
             }
         }
     }
-    // The processor's subcommands (fold, run, export, replay) were found and checked too.
-    assert!(checked >= 8, "only {checked} commands found");
+    // The processor's subcommands (fold, run, export, replay) and the query's
+    // (serve, sql) were found and checked too.
+    assert!(checked >= 11, "only {checked} commands found");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
