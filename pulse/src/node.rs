@@ -235,8 +235,8 @@ impl Drop for FinishedGuard {
 async fn stop(
     raft: raft::Raft,
     http_stop_tx: watch::Sender<bool>,
-    http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    raft_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    http_task: tokio::task::JoinHandle<()>,
+    raft_task: Option<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(%e, "raft shutdown");
@@ -244,7 +244,7 @@ async fn stop(
     let _ = http_stop_tx.send(true);
     for task in std::iter::once(http_task).chain(raft_task) {
         match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(result)) => result?,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(%e, "HTTP task"),
             Err(_) => tracing::warn!("HTTP did not drain within 5 s"),
         }
