@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use backbeat_schemas::names::is_valid_cluster_id;
+use backbeat_service::secret::{self, SecretError};
 use backbeat_service::{LogFormat, NatsArgs};
 
-use crate::auth::{GroupSecret, SECRET_BYTES_MAX};
+use crate::auth::GroupSecret;
 
 /// The longest election timeout accepted (every timer derived from it stays far from overflow).
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600_000;
@@ -160,12 +161,12 @@ impl Config {
                 self.heartbeat_ms
             );
         }
-        if matches!(&self.admin_token, Some(t) if t.is_empty()) {
-            bail!("--admin-token must not be empty (leave it unset to refuse tempo changes)");
-        }
-        let admin_token = match &self.admin_token_file {
-            None => self.admin_token.clone(),
-            Some(path) => Some(read_token_file(path).context("--admin-token-file")?),
+        let admin_token = match secret::token_from(self.admin_token.clone(), self.admin_token_file.as_deref()) {
+            Ok(token) => token,
+            Err(SecretError::EmptyValue) => {
+                bail!("--admin-token must not be empty (leave it unset to refuse tempo changes)")
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("--admin-token-file")),
         };
         let own_addr = &peers[&self.node_id];
         let raft_listen = self.raft_listen.clone().unwrap_or_else(|| own_addr.clone());
@@ -215,25 +216,6 @@ impl Config {
             nats: self.nats,
         })
     }
-}
-
-/// The token in `path`, without surrounding whitespace; not empty, at most 4 KiB.
-fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path)
-        .with_context(|| path.display().to_string())?
-        .len();
-    if size > SECRET_BYTES_MAX as u64 {
-        bail!(
-            "{} is {size} bytes; a token is at most {SECRET_BYTES_MAX}",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("{} is empty", path.display());
-    }
-    Ok(token.to_string())
 }
 
 /// Parses `1=host:port,2=host:port`. Ids are unique; addresses are not checked beyond being non-empty.
