@@ -196,7 +196,7 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     let _open_on_exit = GateGuard(&api.status);
     let change = Request::ChangeTempo { bpm, at_beat };
     if let Err(reason) = change.check() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", reason);
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", reason.to_string());
     }
     let limit = api.settings.election_timeout;
     let write = tokio::time::timeout(limit, api.raft.client_write(change));
