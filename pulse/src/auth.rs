@@ -17,6 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use backbeat_service::secret;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -88,18 +89,20 @@ impl GroupSecret {
         Ok(GroupSecret { key })
     }
 
-    /// Reads a secret file.
+    /// Reads a secret file (through [`secret::read_file`], as every service's secrets).
     pub fn read_file(path: &Path) -> Result<GroupSecret, SecretError> {
-        let io = |source| SecretError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let metadata = std::fs::metadata(path).map_err(io)?;
-        if metadata.len() > SECRET_BYTES_MAX as u64 + 2 {
-            return Err(SecretError::TooLong(metadata.len() as usize));
+        // Two bytes over the limit for a final line break.
+        match secret::read_file(path, SECRET_BYTES_MAX as u64 + 2) {
+            Ok(text) => GroupSecret::from_text(&text),
+            Err(secret::SecretError::Read { path, source }) => Err(SecretError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+            Err(secret::SecretError::TooLong { bytes, .. }) => Err(SecretError::TooLong(bytes as usize)),
+            Err(secret::SecretError::EmptyFile { .. } | secret::SecretError::EmptyValue) => {
+                Err(SecretError::TooShort(0))
+            }
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        GroupSecret::from_text(&text)
     }
 
     /// The secret in `path`, or a new random one written there (mode 0600) when

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use backbeat_schemas::names::is_valid_cluster_id;
+use backbeat_service::secret;
 use backbeat_service::{LogFormat, NatsArgs};
 
-use crate::auth::{GroupSecret, SECRET_BYTES_MAX};
+use crate::auth::{GroupSecret, SecretError};
 
 /// The longest election timeout accepted (every timer derived from it stays far from overflow).
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600_000;
@@ -95,6 +95,75 @@ pub struct Config {
     pub nats: NatsArgs,
 }
 
+/// A flag that breaks its rule: each message names the flag and the rule
+/// (the cause, where there is one, is the `source`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--peers")]
+    Peers(#[source] PeersError),
+    #[error("node id {id} is above 65535 (SPEC §3: the HLC node field is 4 hex digits)")]
+    NodeIdAbove16Bits { id: u64 },
+    #[error("--node-id {node_id} is not among --peers {peers}")]
+    NodeNotInPeers { node_id: u64, peers: String },
+    #[error("--cluster {cluster:?} must match [A-Za-z0-9_-]{{1,64}}")]
+    Cluster { cluster: String },
+    #[error("--bpm {bpm} must be in 1..={BPM_MAX}")]
+    Bpm { bpm: u32 },
+    #[error("--bar-length must be in 1..={BAR_LENGTH_MAX}")]
+    BarLength,
+    #[error("--election-timeout-ms must be at most {ELECTION_TIMEOUT_MS_MAX} (10 minutes)")]
+    ElectionTimeoutTooLong,
+    #[error(
+        "--election-timeout-ms ({election_timeout_ms}) must be more than 4 × --heartbeat-ms ({heartbeat_ms}), \
+         and both positive"
+    )]
+    ElectionTimeoutVsHeartbeat {
+        election_timeout_ms: u64,
+        heartbeat_ms: u64,
+    },
+    #[error("--admin-token must not be empty (leave it unset to refuse tempo changes)")]
+    AdminTokenEmpty,
+    #[error("--admin-token-file")]
+    AdminTokenFile(#[source] secret::SecretError),
+    #[error(
+        "--raft-listen ({raft_listen}) must differ from --listen: raft is served apart from the public HTTP \
+         (and --peers names the raft addresses)"
+    )]
+    RaftListenIsListen { raft_listen: String },
+    #[error("--raft-secret-file {}", path.display())]
+    RaftSecretFile {
+        path: PathBuf,
+        #[source]
+        source: SecretError,
+    },
+    #[error("{RAFT_SECRET_ENV}")]
+    RaftSecretEnv(#[source] SecretError),
+    #[error(
+        "a group of {nodes} nodes needs a shared secret: --raft-secret-file F (BACKBEAT_RAFT_SECRET_FILE) \
+         or the secret itself in {RAFT_SECRET_ENV}, the same on every node"
+    )]
+    GroupWithoutSecret { nodes: usize },
+}
+
+/// Why `--peers` does not read as `ID=HOST:PORT,…`.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error("{part:?} is not ID=HOST:PORT")]
+    NotIdAddress { part: String },
+    #[error("{id:?} is not a node id")]
+    NodeId {
+        id: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("peer {id}: {address:?} is not HOST:PORT")]
+    Address { id: u64, address: String },
+    #[error("peer {id} is listed twice")]
+    Duplicate { id: u64 },
+    #[error("no peers given")]
+    Empty,
+}
+
 /// Where the group secret comes from.
 #[derive(Debug, Clone)]
 pub enum SecretSource {
@@ -128,68 +197,68 @@ pub struct Settings {
 
 impl Config {
     /// Checks every rule a flag must follow, naming the flag in the error.
-    pub fn validate(self) -> anyhow::Result<Settings> {
+    pub fn validate(self) -> Result<Settings, ConfigError> {
         self.validate_with_env(|name| std::env::var(name).ok())
     }
 
     /// [`Config::validate`] with the environment read through `env` (tests pass their own).
-    pub fn validate_with_env(self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Settings> {
-        let peers = parse_peers(&self.peers).context("--peers")?;
-        if let Some(id) = peers.keys().find(|id| **id > u64::from(u16::MAX)) {
-            bail!("node id {id} is above 65535 (SPEC §3: the HLC node field is 4 hex digits)");
+    pub fn validate_with_env(self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let peers = parse_peers(&self.peers).map_err(ConfigError::Peers)?;
+        if let Some(&id) = peers.keys().find(|id| **id > u64::from(u16::MAX)) {
+            return Err(ConfigError::NodeIdAbove16Bits { id });
         }
         if !peers.contains_key(&self.node_id) {
-            bail!("--node-id {} is not among --peers {}", self.node_id, self.peers);
+            return Err(ConfigError::NodeNotInPeers {
+                node_id: self.node_id,
+                peers: self.peers,
+            });
         }
         if !is_valid_cluster_id(&self.cluster) {
-            bail!("--cluster {:?} must match [A-Za-z0-9_-]{{1,64}}", self.cluster);
+            return Err(ConfigError::Cluster { cluster: self.cluster });
         }
         if !(1..=BPM_MAX).contains(&self.bpm) {
-            bail!("--bpm {} must be in 1..={BPM_MAX}", self.bpm);
+            return Err(ConfigError::Bpm { bpm: self.bpm });
         }
         if !(1..=BAR_LENGTH_MAX).contains(&self.bar_length) {
-            bail!("--bar-length must be in 1..={BAR_LENGTH_MAX}");
+            return Err(ConfigError::BarLength);
         }
         if self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
-            bail!("--election-timeout-ms must be at most {ELECTION_TIMEOUT_MS_MAX} (10 minutes)");
+            return Err(ConfigError::ElectionTimeoutTooLong);
         }
         if self.heartbeat_ms < 1 || self.election_timeout_ms / 4 <= self.heartbeat_ms {
-            bail!(
-                "--election-timeout-ms ({}) must be more than 4 × --heartbeat-ms ({}), and both positive",
-                self.election_timeout_ms,
-                self.heartbeat_ms
-            );
+            return Err(ConfigError::ElectionTimeoutVsHeartbeat {
+                election_timeout_ms: self.election_timeout_ms,
+                heartbeat_ms: self.heartbeat_ms,
+            });
         }
-        if matches!(&self.admin_token, Some(t) if t.is_empty()) {
-            bail!("--admin-token must not be empty (leave it unset to refuse tempo changes)");
-        }
-        let admin_token = match &self.admin_token_file {
-            None => self.admin_token.clone(),
-            Some(path) => Some(read_token_file(path).context("--admin-token-file")?),
+        let admin_token = match secret::token_from(self.admin_token.clone(), self.admin_token_file.as_deref()) {
+            Ok(token) => token,
+            Err(secret::SecretError::EmptyValue) => return Err(ConfigError::AdminTokenEmpty),
+            Err(e) => return Err(ConfigError::AdminTokenFile(e)),
         };
         let own_addr = &peers[&self.node_id];
         let raft_listen = self.raft_listen.clone().unwrap_or_else(|| own_addr.clone());
         let raft_listen = if raft_listen == self.listen {
             if peers.len() > 1 {
-                bail!(
-                    "--raft-listen ({raft_listen}) must differ from --listen: raft is served apart from the \
-                     public HTTP (and --peers names the raft addresses)"
-                );
+                return Err(ConfigError::RaftListenIsListen { raft_listen });
             }
             None
         } else {
             Some(raft_listen)
         };
         let raft_secret = match (&self.raft_secret_file, env(RAFT_SECRET_ENV)) {
-            (Some(path), _) => SecretSource::Given(
-                GroupSecret::read_file(path).with_context(|| format!("--raft-secret-file {}", path.display()))?,
-            ),
-            (None, Some(text)) => SecretSource::Given(GroupSecret::from_text(&text).context(RAFT_SECRET_ENV)?),
-            (None, None) if peers.len() > 1 => bail!(
-                "a group of {} nodes needs a shared secret: --raft-secret-file F (BACKBEAT_RAFT_SECRET_FILE) \
-                 or the secret itself in {RAFT_SECRET_ENV}, the same on every node",
-                peers.len()
-            ),
+            (Some(path), _) => {
+                SecretSource::Given(
+                    GroupSecret::read_file(path).map_err(|source| ConfigError::RaftSecretFile {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            (None, Some(text)) => {
+                SecretSource::Given(GroupSecret::from_text(&text).map_err(ConfigError::RaftSecretEnv)?)
+            }
+            (None, None) if peers.len() > 1 => return Err(ConfigError::GroupWithoutSecret { nodes: peers.len() }),
             (None, None) => SecretSource::GenerateInDataDir,
         };
         let max_skip_beats = if self.max_skip_beats == 0 {
@@ -217,43 +286,30 @@ impl Config {
     }
 }
 
-/// The token in `path`, without surrounding whitespace; not empty, at most 4 KiB.
-fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path)
-        .with_context(|| path.display().to_string())?
-        .len();
-    if size > SECRET_BYTES_MAX as u64 {
-        bail!(
-            "{} is {size} bytes; a token is at most {SECRET_BYTES_MAX}",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("{} is empty", path.display());
-    }
-    Ok(token.to_string())
-}
-
 /// Parses `1=host:port,2=host:port`. Ids are unique; addresses are not checked beyond being non-empty.
-pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, PeersError> {
     let mut peers = BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
+        let (id, address) = part
             .split_once('=')
-            .with_context(|| format!("{part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id.trim().parse().with_context(|| format!("{id:?} is not a node id"))?;
-        let addr = addr.trim();
-        if addr.is_empty() || !addr.contains(':') {
-            bail!("peer {id}: {addr:?} is not HOST:PORT");
+            .ok_or_else(|| PeersError::NotIdAddress { part: part.to_string() })?;
+        let id: u64 = id.trim().parse().map_err(|source| PeersError::NodeId {
+            id: id.to_string(),
+            source,
+        })?;
+        let address = address.trim();
+        if address.is_empty() || !address.contains(':') {
+            return Err(PeersError::Address {
+                id,
+                address: address.to_string(),
+            });
         }
-        if peers.insert(id, addr.to_string()).is_some() {
-            bail!("peer {id} is listed twice");
+        if peers.insert(id, address.to_string()).is_some() {
+            return Err(PeersError::Duplicate { id });
         }
     }
     if peers.is_empty() {
-        bail!("no peers given");
+        return Err(PeersError::Empty);
     }
     Ok(peers)
 }
@@ -272,26 +328,50 @@ mod tests {
         <Config as clap::Parser>::parse_from(args)
     }
 
+    /// The error and its causes, `: `-separated, as the binary prints them.
+    fn message(error: ConfigError) -> String {
+        format!("{:#}", anyhow::Error::new(error))
+    }
+
     #[test]
     fn validation_names_the_flag_and_the_rule() {
         assert!(config(&[]).validate_with_env(no_env).is_ok());
-        let error = |extra: &[&str]| format!("{:#}", config(extra).validate_with_env(no_env).unwrap_err());
-        assert!(error(&["--bpm=0"]).contains("--bpm"));
-        assert!(error(&["--bpm=1001"]).contains("--bpm"));
-        assert!(error(&["--bar-length=0"]).contains("--bar-length"));
-        assert!(error(&["--cluster=a.b"]).contains("--cluster"));
-        assert!(error(&["--admin-token="]).contains("--admin-token"));
-        assert!(error(&["--heartbeat-ms=100", "--election-timeout-ms=400"]).contains("--election-timeout-ms"));
+        let error = |extra: &[&str]| config(extra).validate_with_env(no_env).unwrap_err();
+        assert!(matches!(error(&["--bpm=0"]), ConfigError::Bpm { bpm: 0 }));
+        assert_eq!(message(error(&["--bpm=1001"])), "--bpm 1001 must be in 1..=1000");
+        assert!(matches!(error(&["--bar-length=0"]), ConfigError::BarLength));
+        assert_eq!(
+            message(error(&["--cluster=a.b"])),
+            r#"--cluster "a.b" must match [A-Za-z0-9_-]{1,64}"#
+        );
+        assert!(matches!(error(&["--admin-token="]), ConfigError::AdminTokenEmpty));
+        assert!(message(error(&["--admin-token="])).starts_with("--admin-token must not be empty"));
+        assert_eq!(
+            message(error(&["--heartbeat-ms=100", "--election-timeout-ms=400"])),
+            "--election-timeout-ms (400) must be more than 4 × --heartbeat-ms (100), and both positive"
+        );
         assert!(config(&["--heartbeat-ms=100", "--election-timeout-ms=404"])
             .validate_with_env(no_env)
             .is_ok());
-        assert!(error(&["--node-id=2"]).contains("--node-id"));
-        assert!(error(&["--election-timeout-ms=600001"]).contains("--election-timeout-ms"));
-        assert!(error(&[&format!("--election-timeout-ms={}", u64::MAX)]).contains("--election-timeout-ms"));
-        let big = config(&["--node-id=70000", "--peers=70000=h:1"])
-            .validate_with_env(no_env)
-            .unwrap_err();
+        assert!(matches!(
+            error(&["--node-id=2"]),
+            ConfigError::NodeNotInPeers { node_id: 2, .. }
+        ));
+        assert!(matches!(
+            error(&["--election-timeout-ms=600001"]),
+            ConfigError::ElectionTimeoutTooLong
+        ));
+        assert!(matches!(
+            error(&[&format!("--election-timeout-ms={}", u64::MAX)]),
+            ConfigError::ElectionTimeoutTooLong
+        ));
+        let big = error(&["--node-id=70000", "--peers=70000=h:1"]);
+        assert!(matches!(big, ConfigError::NodeIdAbove16Bits { id: 70000 }));
         assert!(big.to_string().contains("65535"));
+        assert_eq!(
+            message(error(&["--peers=x=a:1"])),
+            r#"--peers: "x" is not a node id: invalid digit found in string"#
+        );
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -309,7 +389,9 @@ mod tests {
         );
         assert!(matches!(single.raft_secret, SecretSource::GenerateInDataDir));
         // A group of three without a secret: refused, naming both ways to give one.
-        let error = format!("{:#}", config(&[group]).validate_with_env(no_env).unwrap_err());
+        let error = config(&[group]).validate_with_env(no_env).unwrap_err();
+        assert!(matches!(error, ConfigError::GroupWithoutSecret { nodes: 2 }));
+        let error = message(error);
         assert!(
             error.contains("--raft-secret-file") && error.contains(RAFT_SECRET_ENV),
             "{error}"
@@ -320,15 +402,17 @@ mod tests {
         assert_eq!(settings.raft_listen.as_deref(), Some("127.0.0.1:7101"));
         assert!(matches!(settings.raft_secret, SecretSource::Given(_)));
         let short = |name: &str| (name == RAFT_SECRET_ENV).then(|| "short".to_string());
-        assert!(format!("{:#}", config(&[group]).validate_with_env(short).unwrap_err()).contains("at least 16"));
-        // Raft on the public listener: refused for a group.
-        let error = format!(
-            "{:#}",
-            config(&[group, "--listen=127.0.0.1:7101"])
-                .validate_with_env(env)
-                .unwrap_err()
+        let error = config(&[group]).validate_with_env(short).unwrap_err();
+        assert!(matches!(error, ConfigError::RaftSecretEnv(SecretError::TooShort(5))));
+        assert_eq!(
+            message(error),
+            "BACKBEAT_RAFT_SECRET: the secret is 5 bytes; at least 16 are needed"
         );
-        assert!(error.contains("--raft-listen"), "{error}");
+        // Raft on the public listener: refused for a group.
+        let error = config(&[group, "--listen=127.0.0.1:7101"])
+            .validate_with_env(env)
+            .unwrap_err();
+        assert!(matches!(error, ConfigError::RaftListenIsListen { .. }), "{error}");
         // From files.
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
@@ -345,22 +429,30 @@ mod tests {
         assert_eq!(settings.admin_token.as_deref(), Some("the-token"));
         assert!(matches!(settings.raft_secret, SecretSource::Given(_)));
         std::fs::write(&token, "\n").unwrap();
-        let error = format!(
-            "{:#}",
-            config(&[&format!("--admin-token-file={}", token.display())])
-                .validate_with_env(no_env)
-                .unwrap_err()
-        );
-        assert!(
-            error.contains("--admin-token-file") && error.contains("empty"),
-            "{error}"
+        let error = config(&[&format!("--admin-token-file={}", token.display())])
+            .validate_with_env(no_env)
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            ConfigError::AdminTokenFile(secret::SecretError::EmptyFile { .. })
+        ));
+        assert_eq!(
+            message(error),
+            format!("--admin-token-file: {} is empty", token.display())
         );
         let missing = format!("--raft-secret-file={}", dir.path().join("none").display());
-        let error = format!(
-            "{:#}",
-            config(&[group, &missing]).validate_with_env(no_env).unwrap_err()
+        let error = config(&[group, &missing]).validate_with_env(no_env).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ConfigError::RaftSecretFile {
+                    source: SecretError::Io { .. },
+                    ..
+                }
+            ),
+            "{error}"
         );
-        assert!(error.contains("--raft-secret-file"), "{error}");
+        assert!(message(error).starts_with("--raft-secret-file "));
     }
 
     #[test]

@@ -72,17 +72,6 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(json!({"error": code, "message": message.into()}))).into_response()
 }
 
-/// Compares in constant time: both sides are hashed to 32 bytes first (so
-/// neither the content nor the length of the expected token shows in the
-/// timing), then the digests compared without an early exit.
-fn token_matches(given: &str, expected: &str) -> bool {
-    use sha2::{Digest as _, Sha256};
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
-    let diff = a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y));
-    // black_box: the fold must not be turned into an early-exit comparison.
-    std::hint::black_box(diff) == 0
-}
-
 /// `None` when the request carries the admin token, else the refusal to send.
 fn refusal(settings: &Settings, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = settings.admin_token.as_deref() else {
@@ -97,7 +86,7 @@ fn refusal(settings: &Settings, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(token) if token_matches(token, expected) => None,
+        Some(token) if backbeat_service::secret::matches(token.as_bytes(), expected.as_bytes()) => None,
         Some(_) => Some(error(StatusCode::UNAUTHORIZED, "unauthorized", "invalid bearer token")),
         None => Some(error(
             StatusCode::UNAUTHORIZED,
@@ -207,7 +196,7 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     let _open_on_exit = GateGuard(&api.status);
     let change = Request::ChangeTempo { bpm, at_beat };
     if let Err(reason) = change.check() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", reason);
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", reason.to_string());
     }
     let limit = api.settings.election_timeout;
     let write = tokio::time::timeout(limit, api.raft.client_write(change));
@@ -397,19 +386,5 @@ struct GateGuard<'a>(&'a crate::status::SharedStatus);
 impl Drop for GateGuard<'_> {
     fn drop(&mut self) {
         self.0.update(|s| s.tempo_gate = None);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison_needs_every_byte_and_the_length() {
-        assert!(token_matches("secret", "secret"));
-        assert!(!token_matches("secreT", "secret"));
-        assert!(!token_matches("secret-and-more", "secret"));
-        assert!(!token_matches("", "secret"));
-        assert!(!token_matches("secre", "secret"));
     }
 }

@@ -9,5 +9,6 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     backbeat_service::init_logging(config.log_format);
     let settings = config.validate()?;
-    backbeat_pulse::node::run(settings).await
+    backbeat_pulse::node::run(settings).await?;
+    Ok(())
 }

@@ -1,6 +1,9 @@
-//! The pulse's Prometheus metrics. Names are the ones users' dashboards already
-//! chart (`examples/README.md`), plus the pulse's own failure counters.
+//! The pulse's Prometheus metrics. The first four names are the original
+//! prototype's, which users' dashboards already chart (`backbeat_beats_total`,
+//! `backbeat_pulse_jitter_seconds`, `backbeat_is_leader`,
+//! `backbeat_current_tempo_bpm`); the others are the pulse's own failure counters.
 
+use backbeat_service::metrics::{boxed, register_all};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 /// Jitter buckets, in seconds: fine from 50 µs up to a whole second.
@@ -39,7 +42,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers the metrics. Panics only on duplicate registration, a programmer's error.
+    /// Creates the metrics and registers them through [`register_all`]. Panics
+    /// only on a name registered twice, a programmer's error.
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let beats_total = IntCounter::new("backbeat_beats_total", "Beats published by this node").expect("metric");
@@ -83,21 +87,22 @@ impl Metrics {
             "backbeat_pulse_watchdog_stepdowns_total",
             "Times the watchdog gave up leadership because the emitter stalled or died",
         );
-        for collector in [
-            Box::new(beats_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(jitter_seconds.clone()),
-            Box::new(is_leader.clone()),
-            Box::new(current_tempo_bpm.clone()),
-            Box::new(leader_changes_total.clone()),
-            Box::new(publish_failures_total.clone()),
-            Box::new(beats_unpublished_total.clone()),
-            Box::new(foreign_beats_total.clone()),
-            Box::new(raft_auth_failures_total.clone()),
-            Box::new(invalid_raft_entries_total.clone()),
-            Box::new(watchdog_stepdowns_total.clone()),
-        ] {
-            registry.register(collector).expect("metric registered once");
-        }
+        register_all(
+            &registry,
+            [
+                boxed(&beats_total),
+                boxed(&jitter_seconds),
+                boxed(&is_leader),
+                boxed(&current_tempo_bpm),
+                boxed(&leader_changes_total),
+                boxed(&publish_failures_total),
+                boxed(&beats_unpublished_total),
+                boxed(&foreign_beats_total),
+                boxed(&raft_auth_failures_total),
+                boxed(&invalid_raft_entries_total),
+                boxed(&watchdog_stepdowns_total),
+            ],
+        );
         Metrics {
             registry,
             beats_total,
@@ -118,5 +123,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dashboards chart these names: renaming one is a breaking change.
+    #[test]
+    fn every_metric_is_exported_under_its_name() {
+        let metrics = Metrics::new();
+        let mut names: Vec<String> = metrics.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "backbeat_beats_total",
+                "backbeat_current_tempo_bpm",
+                "backbeat_is_leader",
+                "backbeat_pulse_beats_unpublished_total",
+                "backbeat_pulse_foreign_beats_total",
+                "backbeat_pulse_invalid_raft_entries_total",
+                "backbeat_pulse_jitter_seconds",
+                "backbeat_pulse_leader_changes_total",
+                "backbeat_pulse_publish_failures_total",
+                "backbeat_pulse_raft_auth_failures_total",
+                "backbeat_pulse_watchdog_stepdowns_total",
+            ]
+        );
     }
 }

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::Context;
 use backbeat_service::admin::{admin_router, serve_admin, serve_http, AdminState, HttpLimits};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
+use backbeat_service::ServiceError;
 use tokio::sync::watch;
 
-use crate::auth::GroupSecret;
+use crate::auth::{GroupSecret, SecretError};
 use crate::clock::PulseClock;
 use crate::config::{SecretSource, Settings, GENERATED_SECRET_FILE};
 use crate::emitter::Emitter;
@@ -29,8 +29,39 @@ const NATS_RETRY: Duration = Duration::from_secs(1);
 /// Peers are probed no more often than this.
 const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(100);
 
+/// Why a node could not start, or stopped on its own. Each names what failed;
+/// its cause is the `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("creating --data-dir {}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the group-of-one secret {}", path.display())]
+    GeneratedSecret {
+        path: std::path::PathBuf,
+        #[source]
+        source: SecretError,
+    },
+    #[error(transparent)]
+    Raft(#[from] raft::StartError),
+    /// `--listen` could not be bound.
+    #[error(transparent)]
+    Listen(ServiceError),
+    #[error("--raft-listen")]
+    RaftListen(#[source] ServiceError),
+    #[error("starting the emitter thread")]
+    EmitterThread(#[source] std::io::Error),
+    /// The emitter thread is gone: the node gave up leadership and stopped, for
+    /// its supervisor to restart it.
+    #[error("the emitter thread ended; the node gave up leadership and stopped")]
+    EmitterGone,
+}
+
 /// Runs the node until SIGTERM/Ctrl-C.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings) -> Result<(), NodeError> {
     run_until(settings, backbeat_service::shutdown_signal()).await
 }
 
@@ -40,17 +71,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 pub async fn run_until(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let metrics = Metrics::new();
     metrics.current_tempo_bpm.set(i64::from(settings.bpm));
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating --data-dir {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| NodeError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
     let secret = match &settings.raft_secret {
         SecretSource::Given(secret) => secret.clone(),
         SecretSource::GenerateInDataDir => {
             let path = settings.data_dir.join(GENERATED_SECRET_FILE);
-            GroupSecret::read_or_generate(&path)
-                .with_context(|| format!("the group-of-one secret {}", path.display()))?
+            GroupSecret::read_or_generate(&path).map_err(|source| NodeError::GeneratedSecret { path, source })?
         }
     };
     let clock = Arc::new(PulseClock::new());
@@ -95,7 +127,8 @@ pub async fn run_until(
     let (addr, http_task) = serve_admin(&settings.listen, router, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     })
-    .await?;
+    .await
+    .map_err(NodeError::Listen)?;
     tracing::info!(%addr, node_id = settings.node_id, "pulse node serving");
 
     // Raft on its own listener: peers reach it, the public never needs to.
@@ -133,7 +166,7 @@ pub async fn run_until(
             };
             let (raft_addr, task) = serve_http(raft_listen, router, stopped, limits)
                 .await
-                .context("--raft-listen")?;
+                .map_err(NodeError::RaftListen)?;
             tracing::info!(%raft_addr, "raft RPC serving");
             Some(task)
         }
@@ -207,7 +240,7 @@ pub async fn run_until(
                 }
             });
         })
-        .context("starting the emitter thread")?;
+        .map_err(NodeError::EmitterThread)?;
 
     let emitter_gone = tokio::select! {
         _ = shutdown => false,
@@ -215,9 +248,9 @@ pub async fn run_until(
     };
     let _ = shutdown_tx.send(true);
     let _ = tokio::task::spawn_blocking(move || emitter_thread.join()).await;
-    stop(started.raft, http_stop_tx, http_task, raft_task).await?;
+    stop(started.raft, http_stop_tx, http_task, raft_task).await;
     if emitter_gone {
-        anyhow::bail!("the emitter thread ended; the node gave up leadership and stopped");
+        return Err(NodeError::EmitterGone);
     }
     Ok(())
 }
@@ -235,22 +268,21 @@ impl Drop for FinishedGuard {
 async fn stop(
     raft: raft::Raft,
     http_stop_tx: watch::Sender<bool>,
-    http_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    raft_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-) -> anyhow::Result<()> {
+    http_task: tokio::task::JoinHandle<()>,
+    raft_task: Option<tokio::task::JoinHandle<()>>,
+) {
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(%e, "raft shutdown");
     }
     let _ = http_stop_tx.send(true);
     for task in std::iter::once(http_task).chain(raft_task) {
         match tokio::time::timeout(Duration::from_secs(5), task).await {
-            Ok(Ok(result)) => result?,
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(%e, "HTTP task"),
             Err(_) => tracing::warn!("HTTP did not drain within 5 s"),
         }
     }
     tracing::info!("pulse node stopped");
-    Ok(())
 }
 
 /// Connects to NATS and makes sure `BACKBEAT_EVENTS` exists, retrying until both
@@ -262,14 +294,17 @@ async fn connect_nats(settings: &Settings, progress: &EmitterProgress) -> (async
             Err(e) => {
                 // Should this node lead meanwhile, it cannot emit: the watchdog hands over.
                 progress.failed();
-                tracing::warn!(error = format!("{e:#}"), "NATS not usable yet; retrying");
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(e)),
+                    "NATS not usable yet; retrying"
+                );
                 tokio::time::sleep(NATS_RETRY).await;
             }
         }
     }
 }
 
-async fn try_connect_nats(settings: &Settings) -> anyhow::Result<(async_nats::Client, Context, Stream)> {
+async fn try_connect_nats(settings: &Settings) -> Result<(async_nats::Client, Context, Stream), ServiceError> {
     let nats = settings
         .nats
         .connect(&format!("backbeat-pulse-{}", settings.node_id))

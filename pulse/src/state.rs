@@ -57,7 +57,7 @@ impl Request {
     /// where a request is made (HTTP, emitter) *and* where it is applied: an
     /// entry already in the log that fails it is skipped, never applied, so
     /// no node can be crashed by replaying it.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvalidRequest> {
         let bpm_ok = |bpm: &u32| (1..=BPM_MAX).contains(bpm);
         match self {
             Request::Configure {
@@ -66,34 +66,51 @@ impl Request {
                 bpm,
             } => {
                 if !is_valid_cluster_id(cluster_id) {
-                    return Err(format!("cluster id {cluster_id:?} is not [A-Za-z0-9_-]{{1,64}}"));
+                    return Err(InvalidRequest::ClusterId(cluster_id.clone()));
                 }
                 if !(1..=BAR_LENGTH_MAX).contains(bar_length) {
-                    return Err(format!("bar length {bar_length} is not in 1..={BAR_LENGTH_MAX}"));
+                    return Err(InvalidRequest::BarLength(*bar_length));
                 }
                 if !bpm_ok(bpm) {
-                    return Err(format!("tempo {bpm} bpm is not in 1..={BPM_MAX}"));
+                    return Err(InvalidRequest::Tempo(*bpm));
                 }
             }
             Request::SetEpoch { beat, unix_us } => {
                 if *beat > BEAT_INDEX_MAX {
-                    return Err(format!("epoch beat {beat} is above {BEAT_INDEX_MAX}"));
+                    return Err(InvalidRequest::EpochBeat(*beat));
                 }
                 if !(0..=EPOCH_UNIX_US_MAX).contains(unix_us) {
-                    return Err(format!("epoch time {unix_us} µs is not in 0..={EPOCH_UNIX_US_MAX}"));
+                    return Err(InvalidRequest::EpochTime(*unix_us));
                 }
             }
             Request::ChangeTempo { bpm, at_beat } => {
                 if !bpm_ok(bpm) {
-                    return Err(format!("tempo {bpm} bpm is not in 1..={BPM_MAX}"));
+                    return Err(InvalidRequest::Tempo(*bpm));
                 }
                 if *at_beat > BEAT_INDEX_MAX {
-                    return Err(format!("tempo change beat {at_beat} is above {BEAT_INDEX_MAX}"));
+                    return Err(InvalidRequest::TempoChangeBeat(*at_beat));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The field of a [`Request`] out of SPEC's or the pulse's range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("cluster id {0:?} is not [A-Za-z0-9_-]{{1,64}}")]
+    ClusterId(String),
+    #[error("bar length {0} is not in 1..={BAR_LENGTH_MAX}")]
+    BarLength(u64),
+    #[error("tempo {0} bpm is not in 1..={BPM_MAX}")]
+    Tempo(u32),
+    #[error("epoch beat {0} is above {BEAT_INDEX_MAX}")]
+    EpochBeat(u64),
+    #[error("epoch time {0} µs is not in 0..={EPOCH_UNIX_US_MAX}")]
+    EpochTime(i64),
+    #[error("tempo change beat {0} is above {BEAT_INDEX_MAX}")]
+    TempoChangeBeat(u64),
 }
 
 /// What applying a request did.
@@ -128,7 +145,7 @@ impl PulseState {
     /// refused (`Response::Invalid`) and leaves the state alone.
     pub fn apply(&mut self, request: &Request) -> Response {
         if let Err(reason) = request.check() {
-            return Response::Invalid(reason);
+            return Response::Invalid(reason.to_string());
         }
         match request {
             Request::Configure {
@@ -349,6 +366,15 @@ mod tests {
             assert!(matches!(fresh.apply(&bad), Response::Invalid(_)), "{bad:?}");
             assert!(!fresh.is_configured());
         }
+        // The reason names the field and its range (logged, and the 422 answer's message).
+        assert_eq!(
+            Request::ChangeTempo { bpm: 0, at_beat: 1 }.check(),
+            Err(InvalidRequest::Tempo(0))
+        );
+        assert_eq!(
+            fresh.apply(&Request::SetEpoch { beat: 1, unix_us: -1 }),
+            Response::Invalid(format!("epoch time -1 µs is not in 0..={EPOCH_UNIX_US_MAX}"))
+        );
         // At the limits: applied.
         assert_eq!(
             state.apply(&Request::ChangeTempo {

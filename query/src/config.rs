@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use backbeat_service::secret::{self, SecretError};
 use backbeat_service::{LogFormat, NatsArgs};
 
 use crate::engine::QueryLimits;
@@ -129,21 +130,19 @@ impl ServeArgs {
     }
 }
 
-/// `--token` or the contents of `--token-file`; an empty token is refused.
+/// `--token` or the contents of `--token-file` (read by [`secret::token_from`],
+/// as the pulse's admin token); an empty token is refused.
 pub fn token_from(token: Option<String>, file: Option<&Path>, flag: &str) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("{flag}-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => token,
-    };
-    if matches!(&token, Some(t) if t.is_empty()) {
-        bail!("{flag} must not be empty (leave it unset for none)");
+    match secret::token_from(token, file) {
+        Ok(token) => Ok(token),
+        Err(SecretError::EmptyValue | SecretError::EmptyFile { .. }) => {
+            bail!("{flag} must not be empty (leave it unset for none)")
+        }
+        Err(SecretError::Read { path, source }) => {
+            Err(source).with_context(|| format!("{flag}-file {}", path.display()))
+        }
+        Err(too_long @ SecretError::TooLong { .. }) => Err(too_long).with_context(|| format!("{flag}-file")),
     }
-    Ok(token)
 }
 
 /// `backbeat-query sql`.

@@ -150,7 +150,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), QueryError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if backbeat_service::secret::matches(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(QueryError::new(
@@ -158,14 +158,6 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), QueryError> {
             "this server needs Authorization: Bearer <token> (--token)",
         ))
     }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `{"error": {"kind", "sqlstate", "message"}}` with the kind's status.
@@ -183,16 +175,4 @@ pub fn error_response(error: &QueryError) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 }

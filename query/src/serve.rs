@@ -92,7 +92,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ..HttpLimits::default()
     };
     let (_addr, server) = serve_http(&config.listen, router, shutdown_signal(), limits).await?;
-    server.await.context("the HTTP server task")??;
+    server.await.context("the HTTP server task")?;
     tracing::info!("stopped");
     Ok(())
 }

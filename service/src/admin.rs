@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +19,9 @@ use tokio::sync::Semaphore;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+
+use crate::metrics::{boxed, register_all};
+use crate::ServiceError;
 
 /// Request bodies above this many bytes are refused with 413 unless a route sets its own limit.
 pub const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -127,14 +129,16 @@ pub async fn serve_admin(
     listen: &str,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServiceError> {
     serve_http(listen, router, shutdown, HttpLimits::default()).await
 }
 
 /// Binds `listen`, serves `router` within `limits` until `shutdown` resolves,
 /// then lets open requests finish (at most `request_timeout` more) and closes
 /// idle connections. Returns the bound address, so `--listen 127.0.0.1:0`
-/// can be used, and the serving task.
+/// can be used, and the serving task, which ends once drained (a failed
+/// accept or connection is logged, never the end of the listener).
+/// The only error is [`ServiceError::Bind`]: the address is taken, or not one.
 ///
 /// HTTP/1.1 only, served by hyper directly rather than `axum::serve`, because
 /// the header-read timeout and the connection limit are set per connection.
@@ -143,13 +147,15 @@ pub async fn serve_http(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     limits: HttpLimits,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding HTTP listener {listen}"))?;
-    let addr = listener.local_addr()?;
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServiceError> {
+    let bind = |source| ServiceError::Bind {
+        listen: listen.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
     tracing::info!(%addr, "HTTP listening");
-    let metrics = ListenerMetrics::new(limits.registry.as_ref())?;
+    let metrics = ListenerMetrics::new(limits.registry.as_ref());
     let router = router
         .layer(DefaultBodyLimit::max(limits.body_bytes_max))
         .layer(RequestBodyLimitLayer::new(limits.body_bytes_max))
@@ -168,7 +174,7 @@ async fn accept_loop(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     limits: HttpLimits,
     metrics: ListenerMetrics,
-) -> anyhow::Result<()> {
+) {
     let connections = Arc::new(Semaphore::new(limits.connections_max));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -213,7 +219,6 @@ async fn accept_loop(
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "HTTP connections still open after the drain time; closing");
     }
-    Ok(())
 }
 
 /// The listener's own metrics; unregistered when the service gave no registry.
@@ -223,18 +228,24 @@ struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
-    fn new(registry: Option<&prometheus::Registry>) -> anyhow::Result<Self> {
+    /// Panics when `registry` has them already (two listeners on one
+    /// registry): a programmer's error, as every name registered twice.
+    fn new(registry: Option<&prometheus::Registry>) -> Self {
         let metrics = ListenerMetrics {
-            connections_open: prometheus::IntGauge::new("backbeat_http_connections_open", "Open HTTP connections.")?,
+            connections_open: prometheus::IntGauge::new("backbeat_http_connections_open", "Open HTTP connections.")
+                .expect("a valid metric name"),
             connections_refused: prometheus::IntCounter::new(
                 "backbeat_http_connections_refused_total",
                 "HTTP connections closed at once because the connection limit was reached.",
-            )?,
+            )
+            .expect("a valid metric name"),
         };
         if let Some(registry) = registry {
-            registry.register(Box::new(metrics.connections_open.clone()))?;
-            registry.register(Box::new(metrics.connections_refused.clone()))?;
+            register_all(
+                registry,
+                [boxed(&metrics.connections_open), boxed(&metrics.connections_refused)],
+            );
         }
-        Ok(metrics)
+        metrics
     }
 }

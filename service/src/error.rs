@@ -1,14 +1,14 @@
 //! The errors of what every service shares, as variants a caller can act on:
 //! NATS unreachable or refusing (an unavailable dependency: retry, or fix the
 //! flags), a credentials file that cannot be read (bad input), a stream that
-//! cannot be read or created. Each names what failed; its cause is its
+//! cannot be read or created, an HTTP address that cannot be bound. Each names what failed; its cause is its
 //! `source`, printed by `{:#}` as `anyhow`'s `.context` would.
 
 use std::path::PathBuf;
 
 use async_nats::jetstream::context::{CreateStreamError, GetStreamError};
 
-/// An error of the shared service code (NATS connection, streams).
+/// An error of the shared service code (NATS connection, streams, HTTP listeners).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("reading NATS credentials {}", path.display())]
@@ -42,5 +42,11 @@ pub enum ServiceError {
         name: String,
         #[source]
         source: CreateStreamError,
+    },
+    #[error("binding HTTP listener {listen}")]
+    Bind {
+        listen: String,
+        #[source]
+        source: std::io::Error,
     },
 }

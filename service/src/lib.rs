@@ -2,7 +2,8 @@
 //! NATS connection flags (credentials, TLS), JetStream stream set-up per SPEC §1,
 //! the admin HTTP server (`/health`, `/ready`, `/metrics`, `/api/v1/status`),
 //! structured logging, graceful shutdown on SIGTERM, key-value buckets created
-//! when missing, and the single-writer lease a service holds per name.
+//! when missing, the single-writer lease a service holds per name, and secrets
+//! (tokens, keys) read from a flag or a file and compared in constant time.
 //!
 //! It holds no BACKBEAT logic: nothing here folds, validates or schedules.
 
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod nats;
 pub mod nats_monitor;
+pub mod secret;
 pub mod streams;
 
 pub use admin::{serve_admin, serve_http, AdminState, HttpLimits};

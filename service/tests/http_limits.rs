@@ -22,7 +22,7 @@ struct Server {
     addr: std::net::SocketAddr,
     registry: prometheus::Registry,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -84,8 +84,7 @@ impl Server {
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("the server stops")
-            .expect("the task ends")
-            .expect("served without error");
+            .expect("the task ends");
     }
 }
 
@@ -329,4 +328,18 @@ async fn requests_over_the_concurrency_limit_wait_their_turn() {
         "never more than one request inside"
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_in_use_is_a_bind_error_naming_it() {
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let error = serve_http(&listen, router(), std::future::pending(), HttpLimits::default())
+        .await
+        .expect_err("the address is taken");
+    assert!(
+        matches!(&error, backbeat_service::ServiceError::Bind { listen: named, .. } if *named == listen),
+        "{error:?}"
+    );
+    assert_eq!(error.to_string(), format!("binding HTTP listener {listen}"));
 }

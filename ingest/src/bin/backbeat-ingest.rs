@@ -117,8 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let http_result = tokio::time::timeout(drain, http).await;
     let drained = gateway.shutdown(drain).await;
     match http_result {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still open at the drain timeout"),
     }

@@ -22,7 +22,7 @@ pub struct Running {
     pub client: async_nats::Client,
     pub http_base: String,
     http_stop: Option<oneshot::Sender<()>>,
-    http: Option<JoinHandle<anyhow::Result<()>>>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl Running {

@@ -14,7 +14,6 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use openraft::BasicNode;
 
 use crate::state::{Request, Response};
@@ -92,10 +91,29 @@ pub struct StartOptions<'a> {
     pub invalid_entries: prometheus::IntCounter,
 }
 
+/// Why the raft node could not start: its stores could not be opened (an
+/// operating error: the disk, the permissions of `--data-dir`), or openraft
+/// refused its configuration or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("raft configuration")]
+    Config(#[source] openraft::ConfigError),
+    #[error("opening the raft log")]
+    LogStore(#[source] std::io::Error),
+    #[error("opening the state machine")]
+    StateMachine(#[source] std::io::Error),
+    #[error("starting raft")]
+    Raft(#[source] openraft::error::Fatal<NodeId>),
+    #[error("no peers")]
+    NoPeers,
+    #[error("initialising the raft group")]
+    Initialize(#[source] RaftError<openraft::error::InitializeError<NodeId, BasicNode>>),
+}
+
 /// Opens the stores under `data_dir`, starts the raft node, and initialises the
 /// group when this node has the lowest id and an empty log. A node with state
 /// never initialises again, and "already initialised" is not an error.
-pub async fn start(options: StartOptions<'_>) -> anyhow::Result<Started> {
+pub async fn start(options: StartOptions<'_>) -> Result<Started, StartError> {
     let StartOptions {
         node_id,
         peers,
@@ -114,11 +132,11 @@ pub async fn start(options: StartOptions<'_>) -> anyhow::Result<Started> {
         election_timeout_max: timing.openraft_max.as_millis() as u64,
         ..Default::default()
     };
-    let config = Arc::new(config.validate().context("raft configuration")?);
-    let log_store = log_store::FileLogStore::open(&data_dir.join("raft-log")).context("opening the raft log")?;
+    let config = Arc::new(config.validate().map_err(StartError::Config)?);
+    let log_store = log_store::FileLogStore::open(&data_dir.join("raft-log")).map_err(StartError::LogStore)?;
     let log_was_empty = log_store.is_empty();
     let state_machine = state_machine::StateMachineStore::open(&data_dir.join("state"), invalid_entries)
-        .context("opening the state machine")?;
+        .map_err(StartError::StateMachine)?;
     let contacts = Arc::new(contacts::Contacts::new(
         node_id,
         timing.leader_lease(),
@@ -127,9 +145,9 @@ pub async fn start(options: StartOptions<'_>) -> anyhow::Result<Started> {
     let network = network::HttpNetwork::new(contacts.clone(), secret, isolation);
     let raft = openraft::Raft::new(node_id, config, network, log_store, state_machine.clone())
         .await
-        .context("starting raft")?;
+        .map_err(StartError::Raft)?;
 
-    let lowest = *peers.keys().next().context("no peers")?;
+    let lowest = *peers.keys().next().ok_or(StartError::NoPeers)?;
     if node_id == lowest && log_was_empty {
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()
@@ -140,7 +158,7 @@ pub async fn start(options: StartOptions<'_>) -> anyhow::Result<Started> {
             Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(e))) => {
                 tracing::info!(node_id, %e, "raft group already initialised")
             }
-            Err(e) => return Err(e).context("initialising the raft group"),
+            Err(e) => return Err(StartError::Initialize(e)),
         }
     }
     Ok(Started {
