@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing (nats-server), then
+# The one test command: installs what is missing (nats-server; chromium and
+# playwright-core for the console's browser test), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ bash deploy/install-nats.sh
 if ! command -v nats-server >/dev/null; then
     export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
+
+step "chromium and playwright-core (the console's browser test)"
+bash deploy/install-chromium.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

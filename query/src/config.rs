@@ -17,7 +17,8 @@ pub const BAR_LENGTH_MAX: u64 = 1_000_000;
 pub struct ServeArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// HTTP address: /api/v1/sql, /api/v1/windows, /health, /ready, /metrics, /api/v1/status.
+    /// HTTP address: the console at /, /api/v1/sql, /api/v1/windows, /api/v1/clusters,
+    /// /health, /ready, /metrics, /api/v1/status.
     #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8084")]
     pub listen: String,
     /// Log format.
@@ -51,7 +52,7 @@ pub struct ServeArgs {
     /// The largest request body (the SQL text in its JSON), in bytes.
     #[arg(long, env = "BACKBEAT_MAX_SQL_BYTES", default_value_t = 1 << 20)]
     pub max_sql_bytes: usize,
-    /// Bearer token the /api/v1/sql and /api/v1/windows routes need (none when unset).
+    /// Bearer token the /api/v1/sql, /api/v1/windows and /api/v1/clusters routes need (none when unset).
     /// Prefer --token-file or the environment: a command line is visible to every user.
     // Its own id: the NATS flags already have a `token` (--nats-token).
     #[arg(id = "bearer_token", long = "token", env = "BACKBEAT_TOKEN", hide_env_values = true)]
@@ -59,6 +60,11 @@ pub struct ServeArgs {
     /// File holding the bearer token (surrounding whitespace ignored); instead of --token.
     #[arg(long, env = "BACKBEAT_TOKEN_FILE", conflicts_with = "bearer_token")]
     pub token_file: Option<PathBuf>,
+    /// The pulse nodes' HTTP base URLs, comma-separated (http://127.0.0.1:7001,...):
+    /// /api/v1/clusters and the console show each cluster's leader from their
+    /// /api/v1/status. None when unset.
+    #[arg(long, env = "BACKBEAT_PULSE_URLS", value_delimiter = ',')]
+    pub pulse_urls: Vec<String>,
 }
 
 /// `serve`'s configuration, validated.
@@ -73,6 +79,7 @@ pub struct ServeConfig {
     pub query_threads: usize,
     pub max_sql_bytes: usize,
     pub token: Option<String>,
+    pub pulse_urls: Vec<reqwest::Url>,
 }
 
 impl ServeArgs {
@@ -98,6 +105,7 @@ impl ServeArgs {
             bail!("--query-timeout-ms must be in 1..=3600000 (an hour)");
         }
         let token = token_from(self.token, self.token_file.as_deref(), "--token")?;
+        let pulse_urls = crate::clusters::parse_pulse_urls(&self.pulse_urls)?;
         Ok(ServeConfig {
             nats: self.nats,
             listen: self.listen,
@@ -114,6 +122,7 @@ impl ServeArgs {
             query_threads: self.query_threads,
             max_sql_bytes: self.max_sql_bytes,
             token,
+            pulse_urls,
         })
     }
 }
