@@ -140,6 +140,9 @@ function renderClusters(clusters) {
   }
   select.value = state.cluster || '';
   $('clusters-empty').hidden = clusters.length > 0;
+  if (!state.cluster) {
+    renderWindows([]);
+  }
 
   const rows = clusters.map((c) => {
     const tr = document.createElement('tr');

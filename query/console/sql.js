@@ -127,6 +127,9 @@ export class SqlBox {
       const th = document.createElement('th');
       th.textContent = column.name;
       th.title = column.type;
+      if (/^(U?Int|Float|Decimal)/.test(column.type)) {
+        th.className = 'num';
+      }
       names.append(th);
     }
     head.append(names);
