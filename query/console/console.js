@@ -140,6 +140,11 @@ function renderClusters(clusters) {
   }
   select.value = state.cluster || '';
   $('clusters-empty').hidden = clusters.length > 0;
+  const silent = pulseNodes.filter((n) => n.error);
+  $('clusters-empty').textContent =
+    silent.length === 0
+      ? 'No cluster yet: no beat, BarReport or pulse node seen.'
+      : `No cluster yet: no beat or BarReport held, and ${silent.map((n) => `${n.url} (${n.error})`).join(', ')} did not answer.`;
   if (!state.cluster) {
     renderWindows([]);
   }
@@ -175,7 +180,7 @@ function nodesCell(cluster) {
   const nodes = pulseNodes.filter((n) => n.cluster_id === cluster || !n.cluster_id);
   if (nodes.length === 0) {
     const td = text('–', 'muted');
-    td.title = 'start the query service with --pulse-urls to see the pulse group';
+    td.title = 'the query service asks no pulse node (--pulse-urls)';
     return td;
   }
   const td = document.createElement('td');
@@ -220,6 +225,7 @@ function lastWindowCell(window) {
 function renderWindows(rows) {
   charts.update(rows);
   $('windows-empty').hidden = rows.length > 0;
+  $('charts').hidden = rows.length === 0;
   $('windows-note').textContent = rows.length
     ? `the last ${rows.length} BarReports (windows ${rows[0].window_index}–${rows[rows.length - 1].window_index})`
     : `the last ${WINDOWS_CHARTED} BarReports`;
