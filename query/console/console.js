@@ -19,6 +19,8 @@ const state = {
   paused: false,
   waitingForToken: false,
   timer: null,
+  refreshing: false,
+  refreshAgain: false,
 };
 
 const charts = new WindowCharts($('charts'));
@@ -72,12 +74,33 @@ function showError(id, error) {
   element.textContent = error ? `${error.kind}: ${error.message}` : '';
 }
 
-/** One refresh: the clusters, then the chosen cluster's windows; then the next in REFRESH_MS. */
+/** A refresh now (after the one running, if any), then one every REFRESH_MS. */
 async function refresh() {
   clearTimeout(state.timer);
+  if (state.refreshing) {
+    // One chain of refreshes only: the running one goes again when it ends.
+    state.refreshAgain = true;
+    return;
+  }
   if (state.paused || state.waitingForToken) {
     return;
   }
+  state.refreshing = true;
+  try {
+    await refreshOnce();
+  } finally {
+    state.refreshing = false;
+  }
+  if (state.refreshAgain) {
+    state.refreshAgain = false;
+    refresh();
+  } else if (!state.paused && !state.waitingForToken) {
+    state.timer = setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+/** The clusters, then the chosen cluster's windows. */
+async function refreshOnce() {
   const clustersOk = await attempt('clusters-error', async () => {
     const answer = await api.clusters();
     pulseNodes = answer.pulse_nodes || [];
@@ -90,7 +113,7 @@ async function refresh() {
         const result = await api.sql(windowsQuery(state.cluster));
         renderWindows(api.objects(result).reverse());
       })));
-  if (state.waitingForToken) {
+  if (state.waitingForToken || state.paused) {
     return;
   }
   const time = new Date().toLocaleTimeString([], { hour12: false });
@@ -99,7 +122,6 @@ async function refresh() {
   } else {
     setLive(`refresh failed at ${time}; retrying`, 'failed');
   }
-  state.timer = setTimeout(refresh, REFRESH_MS);
 }
 
 /** Runs `work`; an API error is shown in the element `errorId` (or asks for a token). */
@@ -165,7 +187,7 @@ function renderClusters(clusters) {
       name,
       leaderCell(c.leader),
       text(tempo == null ? '–' : `${tempo} BPM`, 'num'),
-      text(c.current_beat ?? '–', 'num'),
+      beatCell(c),
       text(c.window_index ?? '–', 'num'),
       lastWindowCell(c.last_window),
       text(c.windows_held ?? 0, 'num'),
@@ -193,6 +215,21 @@ function nodesCell(cluster) {
       const up = badge(`node ${node.node_id} · ${node.role}`, `badge ${node.role}${node.degraded ? ' degraded' : ''}`);
       up.title = `${node.url}  last beat ${node.last_beat ?? '–'}${node.degraded ? ' (degraded)' : ''}`;
       td.append(up);
+    }
+  }
+  return td;
+}
+
+/** After this long without a beat, the cluster is marked silent. */
+const SILENT_AFTER_MS = 30_000;
+
+function beatCell(cluster) {
+  const td = text(cluster.current_beat ?? '–', 'num');
+  const at = Date.parse(cluster.beat_time);
+  if (!Number.isNaN(at)) {
+    td.title = `stamped ${cluster.beat_time}`;
+    if (Date.now() - at > SILENT_AFTER_MS) {
+      td.prepend(badge(`last beat ${ago(cluster.beat_time)}`, 'badge degraded'));
     }
   }
   return td;
