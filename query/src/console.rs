@@ -144,6 +144,30 @@ mod tests {
     }
 
     #[test]
+    fn every_file_of_the_console_directory_is_served() {
+        fn files(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+                if entry.file_type().unwrap().is_dir() {
+                    files(&entry.path(), &format!("{name}/"), out);
+                } else if !name.ends_with("README.md") {
+                    out.push(name);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console"),
+            "",
+            &mut found,
+        );
+        for name in found {
+            assert!(ASSETS.iter().any(|a| a.path == name), "console/{name} is not in ASSETS");
+        }
+    }
+
+    #[test]
     fn the_page_has_no_inline_script_or_style() {
         let page = std::str::from_utf8(ASSETS[0].body).unwrap();
         assert_eq!(ASSETS[0].path, "index.html");
