@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing (nats-server, Prometheus,
-# Python packages), then
+# Python packages; chromium and playwright-core for the console's browser
+# test), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ bash deploy/install-prometheus.sh
 
 step "Grafana foundation SDK (dashboard schema check)"
 bash deploy/install-grafana-sdk.sh
+
+step "chromium and playwright-core (the console's browser test)"
+bash deploy/install-chromium.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

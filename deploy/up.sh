@@ -133,8 +133,10 @@ wait_ready ingest "http://$INGEST/ready"
 wait_ready processor "http://$PROCESSOR/health"
 
 say "starting the query service and Prometheus"
+# The pulse nodes' status pages, for the leader the console and /api/v1/clusters show.
+PULSE_URLS="$(printf 'http://127.0.0.1:%s,' "${PULSE_PORTS[@]}")"
 start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-length "$BAR" \
-    --nats-monitor-url "http://127.0.0.1:$NATS_MONITOR"
+    --pulse-urls "${PULSE_URLS%,}" --nats-monitor-url "http://127.0.0.1:$NATS_MONITOR"
 {
     echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
     echo "scrape_configs:"
@@ -170,6 +172,7 @@ BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to
                 -d '{"bpm":126,"at":"next_downbeat"}' http://127.0.0.1:${PULSE_PORTS[0]}/api/v1/tempo
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
   processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
+  console     http://$QUERY/   (clusters, leader, tempo, the last windows as charts, an SQL box; live)
   SQL         $BIN/backbeat-query sql --url http://$QUERY "SELECT window_index, agents_reporting FROM bar_reports ORDER BY window_index DESC LIMIT 5"
               curl -s http://$QUERY/api/v1/sql -d '{"sql":"SELECT count(*) FROM claims"}'
   metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/

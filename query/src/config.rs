@@ -18,7 +18,8 @@ pub const BAR_LENGTH_MAX: u64 = 1_000_000;
 pub struct ServeArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// HTTP address: /api/v1/sql, /api/v1/windows, /health, /ready, /metrics, /api/v1/status.
+    /// HTTP address: the console at /, /api/v1/sql, /api/v1/windows, /api/v1/clusters,
+    /// /health, /ready, /metrics, /api/v1/status.
     #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8084")]
     pub listen: String,
     /// Log format.
@@ -52,7 +53,7 @@ pub struct ServeArgs {
     /// The largest request body (the SQL text in its JSON), in bytes.
     #[arg(long, env = "BACKBEAT_MAX_SQL_BYTES", default_value_t = 1 << 20)]
     pub max_sql_bytes: usize,
-    /// Bearer token the /api/v1/sql and /api/v1/windows routes need (none when unset).
+    /// Bearer token the /api/v1/sql, /api/v1/windows and /api/v1/clusters routes need (none when unset).
     /// Prefer --token-file or the environment: a command line is visible to every user.
     // Its own id: the NATS flags already have a `token` (--nats-token).
     #[arg(id = "bearer_token", long = "token", env = "BACKBEAT_TOKEN", hide_env_values = true)]
@@ -64,6 +65,11 @@ pub struct ServeArgs {
     /// are served as Prometheus text on GET /metrics/nats (off when unset).
     #[arg(long, env = "BACKBEAT_NATS_MONITOR_URL")]
     pub nats_monitor_url: Option<String>,
+    /// The pulse nodes' HTTP base URLs, comma-separated (http://127.0.0.1:7001,...):
+    /// /api/v1/clusters and the console show each cluster's leader from their
+    /// /api/v1/status. None when unset.
+    #[arg(long, env = "BACKBEAT_PULSE_URLS", value_delimiter = ',')]
+    pub pulse_urls: Vec<String>,
 }
 
 /// `serve`'s configuration, validated.
@@ -79,6 +85,7 @@ pub struct ServeConfig {
     pub max_sql_bytes: usize,
     pub token: Option<String>,
     pub nats_monitor_url: Option<String>,
+    pub pulse_urls: Vec<reqwest::Url>,
 }
 
 impl ServeArgs {
@@ -109,6 +116,7 @@ impl ServeArgs {
                 bail!("--nats-monitor-url must be an http:// or https:// URL, got {url:?}");
             }
         }
+        let pulse_urls = crate::clusters::parse_pulse_urls(&self.pulse_urls)?;
         Ok(ServeConfig {
             nats: self.nats,
             listen: self.listen,
@@ -126,6 +134,7 @@ impl ServeArgs {
             max_sql_bytes: self.max_sql_bytes,
             token,
             nats_monitor_url: self.nats_monitor_url,
+            pulse_urls,
         })
     }
 }

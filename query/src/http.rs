@@ -141,7 +141,7 @@ fn json_array(documents: &[&str]) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), QueryError> {
+pub(crate) fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), QueryError> {
     let Some(token) = &state.token else {
         return Ok(());
     };

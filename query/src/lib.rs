@@ -1,7 +1,8 @@
 //! The BACKBEAT query service: DataFusion tables over the tail of
 //! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS` (`bar_reports`,
 //! `claims`, `beats`, `rejects`), answering read-only SQL over HTTP (JSON,
-//! CSV, Arrow IPC), and a CLI client.
+//! CSV, Arrow IPC) and serving the built-in web console at `/`, and a CLI
+//! client.
 //!
 //! What it must never do: write to a stream, run DDL or DML, read a file or
 //! URL named in a query, run a query without memory, time, result-size and
@@ -15,7 +16,9 @@
 //! PostgreSQL SQLSTATE.
 
 pub mod client;
+pub mod clusters;
 pub mod config;
+pub mod console;
 pub mod encode;
 pub mod engine;
 pub mod error;

@@ -1,6 +1,7 @@
 //! `backbeat-query serve`: connects to NATS, starts the tail of the three
 //! streams, and answers SQL over HTTP until SIGTERM.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -9,7 +10,9 @@ use backbeat_service::admin::admin_router;
 use backbeat_service::streams::{ensure_all_streams, StreamOptions};
 use backbeat_service::{serve_http, shutdown_signal, AdminState, HttpLimits};
 
+use crate::clusters::{clusters_router, ClustersState, PulseGroup};
 use crate::config::ServeConfig;
+use crate::console::console_router;
 use crate::engine::QueryEngine;
 use crate::http::{api_router, ApiState};
 use crate::metrics::Metrics;
@@ -81,7 +84,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tail,
         token: config.token.as_deref().map(Into::into),
     };
-    let mut router = admin_router(admin).merge(api_router(api));
+    let clusters = ClustersState {
+        api: api.clone(),
+        pulse: Arc::new(PulseGroup::new(config.pulse_urls.clone())?),
+    };
+    let mut router = admin_router(admin)
+        .merge(api_router(api))
+        .merge(clusters_router(clusters))
+        .merge(console_router());
     if let Some(url) = &config.nats_monitor_url {
         router = router.merge(crate::nats_metrics::router(url)?);
     }

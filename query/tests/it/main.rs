@@ -12,7 +12,10 @@
 //! - `foreign`: garbage and forged messages on bar and beat subjects are left
 //!   out (counted); a later report of a window replaces the earlier one; the
 //!   windows API, CSV, Arrow and the `sql` CLI.
+//! - `console`: the built-in console's files and `/api/v1/clusters`, and the
+//!   page in headless Chromium (needs `bash deploy/install-chromium.sh`).
 
+mod console;
 mod foreign;
 mod limits;
 mod support;
