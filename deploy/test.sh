@@ -25,6 +25,9 @@ bash deploy/install-prometheus.sh
 step "Grafana foundation SDK (dashboard schema check)"
 bash deploy/install-grafana-sdk.sh
 
+step "kubernetes-validate and Compose (deployment files' check)"
+bash deploy/install-deploy-checks.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
