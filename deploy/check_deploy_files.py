@@ -22,6 +22,7 @@
   command and environment, manifest args and env) is one its `--help` lists.
 - nats-server accepts every config (`nats-server -t`), and the cluster
   configs sync always.
+- The image (deploy/docker/Dockerfile) copies in every binary they run.
 
 Usage: check_deploy_files.py DEPLOY_DIR --help-text "BINARY [SUBCOMMAND]=FILE"...
 (the --help output of each binary; exit status 1 on any finding)
@@ -64,6 +65,7 @@ class HelpTexts:
     def __init__(self, pairs):
         self.flags = {}
         self.envs = {}
+        self.binaries_used = set()
         for pair in pairs:
             name, _, path = pair.partition("=")
             text = pathlib.Path(path).read_text()
@@ -85,6 +87,7 @@ class HelpTexts:
         key = self.key(argv)
         if key is None:
             return
+        self.binaries_used.add(key.split()[0])
         if key not in self.flags:
             finding(where, f"no --help text was given for {key}")
             return
@@ -412,6 +415,19 @@ def check_nats(deploy):
                 finding(config, f"nats-server -t: {run.stdout}{run.stderr}".strip())
 
 
+def check_image(deploy, binaries):
+    """The image copies in every binary the compose file and manifests run."""
+    path = deploy / "docker" / "Dockerfile"
+    copied = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("COPY "):
+            copied |= {os.path.basename(p) for p in line.split()[1:-1]}
+    for binary in sorted(binaries - copied):
+        finding(path, f"{binary} is run by the deployment files but not copied into the image")
+    if not binaries:
+        finding(path, "no BACKBEAT binary found in the deployment files")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("deploy", type=pathlib.Path)
@@ -428,6 +444,7 @@ def main():
     check_compose(deploy, helps)
     check_k8s(deploy, helps)
     check_nats(deploy)
+    check_image(deploy, helps.binaries_used)
     for note in notes:
         print(f"note: {note}")
     for f in findings:
