@@ -29,6 +29,9 @@ bash deploy/install-grafana-sdk.sh
 step "chromium and playwright-core (the console's browser test)"
 bash deploy/install-chromium.sh
 
+step "kubernetes-validate and Compose (deployment files' check)"
+bash deploy/install-deploy-checks.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

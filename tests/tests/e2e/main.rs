@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod dashboards;
+mod deploy_files;
 mod hostile;
 mod pipeline;
 mod stack;
