@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing (nats-server), then
+# The one test command: installs what is missing (nats-server, moto_server), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,12 @@ step "nats-server"
 bash deploy/install-nats.sh
 # pip may put the binary in a directory that is not yet on PATH in this shell.
 if ! command -v nats-server >/dev/null; then
+    export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
+
+step "moto_server (local S3 for the query archive's test)"
+bash deploy/install-moto.sh
+if ! command -v moto_server >/dev/null; then
     export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
 

@@ -7,12 +7,17 @@
 //!   every valid message of their streams. Needs the `backbeat-processor`
 //!   binary in the same target directory (`cargo test --workspace` builds
 //!   it; with `-p backbeat-query`, `cargo build -p backbeat-processor` first).
+//! - `archive`: archive + tail equal the streams across seals, a kill -9 of
+//!   `serve` and restarts (also with the positions lost); pruning in
+//!   `EXPLAIN ANALYZE`; `sql --archive` offline; the S3 path against
+//!   `moto_server` (`deploy/install-moto.sh`).
 //! - `limits`: every forbidden statement kind and every limit gives its 4xx
 //!   naming the rule or the limit, and the server goes on answering; the token.
 //! - `foreign`: garbage and forged messages on bar and beat subjects are left
 //!   out (counted); a later report of a window replaces the earlier one; the
 //!   windows API, CSV, Arrow and the `sql` CLI.
 
+mod archive;
 mod foreign;
 mod limits;
 mod support;
