@@ -187,6 +187,18 @@ async fn wait_equal(server: &QueryServer, published: &Published) {
     }
 }
 
+/// Waits until SQL on a node sees exactly what was published (never a row twice on the way).
+async fn wait_same(server: &QueryServer, published: &Published) {
+    let result = wait_until_async("archive + tail to equal the streams", TIMEOUT, || async {
+        same(&seen(server).await, published).then_some(())
+    })
+    .await;
+    if let Err(e) = result {
+        let seen = seen(server).await;
+        panic!("{e}: seen {seen:?}, published {published:?}\n{}", server.log_tail());
+    }
+}
+
 /// How many rows of each table the tail holds in memory (the rest is archived).
 async fn held(server: &QueryServer, table: &str) -> u64 {
     let status = server.get("/api/v1/status").await.expect("status").json();
@@ -316,6 +328,43 @@ async fn archive_and_tail_equal_the_streams_across_seals_kill_9_and_restarts() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("42501"));
+}
+
+#[tokio::test]
+async fn a_node_without_the_lease_serves_archive_and_tail_and_takes_over_after_a_kill_9() {
+    let nats = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(nats.client().await.unwrap());
+    ensure_streams(&js).await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive").to_str().unwrap().to_string();
+    let args = serve_args(&archive);
+    let mut published = Published::default();
+    let mut a = ClusterLog::new("eu-1");
+    let writer = start(&nats, dir.path(), &args, &[]).await;
+    a.publish(&js, 4, &mut published).await;
+    wait_equal(&writer, &published).await;
+
+    // A second node waits for the lease and serves the archive's files and its own tail.
+    let reader = start(&nats, dir.path(), &args, &[]).await;
+    a.publish(&js, 3, &mut published).await;
+    wait_equal(&writer, &published).await;
+    wait_same(&reader, &published).await;
+    let status = reader.get("/api/v1/status").await.unwrap().json();
+    assert_eq!(status["archive"]["writer"], false, "{status}");
+    assert_eq!(status["archive"]["lease"], "waiting", "{status}");
+    // What the writer archived leaves the reader's tail too (its listing says so).
+    let left = wait_until_async("archived rows to leave the reader's tail", TIMEOUT, || async {
+        (held(&reader, "claims").await == 2).then_some(())
+    })
+    .await;
+    if let Err(e) = left {
+        panic!("{e}\n{}", reader.log_tail());
+    }
+
+    // The writer is killed: the reader takes the lease and archives on.
+    drop(writer);
+    a.publish(&js, 2, &mut published).await;
+    wait_equal(&reader, &published).await;
 }
 
 /// The numbers of a pruning metric in `EXPLAIN ANALYZE` output:
