@@ -3,7 +3,8 @@
 //!
 //! - `tables`: after a live `backbeat-processor run` over every golden
 //!   scenario and conformance log, `bar_reports` equals the published
-//!   BarReports field by field, and `claims`, `beats` and `rejects` hold
+//!   BarReports field by field (read back from the Parquet archive: the
+//!   server seals every report before the comparison), and `claims`, `beats` and `rejects` hold
 //!   every valid message of their streams. Needs the `backbeat-processor`
 //!   binary in the same target directory (`cargo test --workspace` builds
 //!   it; with `-p backbeat-query`, `cargo build -p backbeat-processor` first).
