@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing (nats-server, Prometheus,
-# Python packages; chromium and playwright-core for the console's browser
-# test), then
+# The one test command: installs what is missing (nats-server, moto_server,
+# Prometheus, Python packages; chromium and playwright-core for the
+# console's browser test), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,12 @@ bash deploy/install-chromium.sh
 
 step "kubernetes-validate and Compose (deployment files' check)"
 bash deploy/install-deploy-checks.sh
+
+step "moto_server (local S3 for the query archive's test)"
+bash deploy/install-moto.sh
+if ! command -v moto_server >/dev/null; then
+    export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

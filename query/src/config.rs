@@ -8,6 +8,7 @@ use anyhow::{bail, Context as _};
 use backbeat_service::secret::{self, SecretError};
 use backbeat_service::{LogFormat, NatsArgs};
 
+use crate::archive::writer::ArchiveOptions;
 use crate::engine::QueryLimits;
 
 /// The largest `--bar-length` (as the pulse's).
@@ -70,6 +71,35 @@ pub struct ServeArgs {
     /// /api/v1/status. None when unset.
     #[arg(long, env = "BACKBEAT_PULSE_URLS", value_delimiter = ',')]
     pub pulse_urls: Vec<String>,
+    /// Directory for local state; the archive is DATA_DIR/archive unless --archive names another place.
+    #[arg(long, env = "BACKBEAT_DATA_DIR", default_value = "backbeat-query-data")]
+    pub data_dir: PathBuf,
+    /// The Parquet archive: a local directory, or s3://bucket/prefix (credentials from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    #[arg(long, env = "BACKBEAT_ARCHIVE")]
+    pub archive: Option<String>,
+    /// How often the archive's writer seals what is reported into Parquet files.
+    #[arg(long, env = "BACKBEAT_SEAL_INTERVAL_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub seal_interval_ms: u64,
+    /// How often a node that does not write the archive lists it again.
+    #[arg(long, env = "BACKBEAT_ARCHIVE_REFRESH_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub archive_refresh_ms: u64,
+    /// Rows per Parquet row group (the grain of row-group pruning).
+    #[arg(long, env = "BACKBEAT_ARCHIVE_ROW_GROUP_ROWS", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub archive_row_group_rows: u64,
+    /// TTL of the archive writer's lease (bucket BACKBEAT_LEASES, name query-archive); a
+    /// killed writer's lease frees after it. Creating the bucket sets its max_age to it;
+    /// an existing bucket's max_age is the TTL in force.
+    #[arg(long, env = "BACKBEAT_LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
+    /// Replicas of the lease bucket when this service creates it.
+    #[arg(long, env = "BACKBEAT_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub replicas: u64,
 }
 
 /// `serve`'s configuration, validated.
@@ -86,6 +116,9 @@ pub struct ServeConfig {
     pub token: Option<String>,
     pub nats_monitor_url: Option<String>,
     pub pulse_urls: Vec<reqwest::Url>,
+    /// Where the archive is (a directory or s3://…).
+    pub archive: String,
+    pub archive_options: ArchiveOptions,
 }
 
 impl ServeArgs {
@@ -135,6 +168,16 @@ impl ServeArgs {
             token,
             nats_monitor_url: self.nats_monitor_url,
             pulse_urls,
+            archive: self
+                .archive
+                .unwrap_or_else(|| self.data_dir.join("archive").to_string_lossy().into_owned()),
+            archive_options: ArchiveOptions {
+                seal_interval: Duration::from_millis(self.seal_interval_ms),
+                refresh_interval: Duration::from_millis(self.archive_refresh_ms),
+                row_group_rows: self.archive_row_group_rows as usize,
+                lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+                replicas: self.replicas as usize,
+            },
         })
     }
 }
@@ -154,7 +197,7 @@ pub fn token_from(token: Option<String>, file: Option<&Path>, flag: &str) -> any
     }
 }
 
-/// `backbeat-query sql`.
+/// `backbeat-query sql`: against a server (`--url`) or offline over an archive (`--archive`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SqlArgs {
     /// The statement (SELECT, WITH, EXPLAIN or SHOW).
@@ -162,6 +205,10 @@ pub struct SqlArgs {
     /// The server's HTTP address.
     #[arg(long, env = "BACKBEAT_URL", default_value = "http://127.0.0.1:8084")]
     pub url: String,
+    /// Instead of a server: query an archive offline (a directory or s3://bucket/prefix;
+    /// no server and no NATS needed). The limits are serve's defaults.
+    #[arg(long, env = "BACKBEAT_ARCHIVE", conflicts_with = "url")]
+    pub archive: Option<String>,
     /// Output: an aligned table, JSON ({"columns","rows"}) or CSV.
     #[arg(long, env = "BACKBEAT_FORMAT", value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,

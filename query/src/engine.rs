@@ -16,6 +16,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 
+use object_store::ObjectStore;
+
+use crate::archive::Archive;
 use crate::error::{ErrorKind, QueryError};
 use crate::metrics::Metrics;
 use crate::readonly::{check_plan, check_statement, parse_one_statement, TABLE_FUNCTIONS};
@@ -54,10 +57,12 @@ impl QueryOutput {
     }
 }
 
-/// Runs queries over the tail's tables.
+/// Runs queries over the tables (the archive's files and the tail's rows).
 #[derive(Clone)]
 pub struct QueryEngine {
     tables: Arc<Mutex<TailTables>>,
+    /// The archive's store, which the tables' Parquet scans read.
+    archive_store: Arc<dyn ObjectStore>,
     limits: QueryLimits,
     permits: Arc<Semaphore>,
     /// Where queries run: a runtime of their own in `serve`, so a query busy
@@ -69,6 +74,7 @@ pub struct QueryEngine {
 impl QueryEngine {
     pub fn new(
         tables: Arc<Mutex<TailTables>>,
+        archive_store: Arc<dyn ObjectStore>,
         limits: QueryLimits,
         runtime: Option<tokio::runtime::Handle>,
         metrics: Metrics,
@@ -76,6 +82,7 @@ impl QueryEngine {
         QueryEngine {
             permits: Arc::new(Semaphore::new(limits.concurrent_max)),
             tables,
+            archive_store,
             limits,
             runtime,
             metrics,
@@ -157,6 +164,8 @@ impl QueryEngine {
             .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
             .build_arc()
             .map_err(|e| QueryError::internal(format!("building the query runtime: {e}")))?;
+        // Only the archive's store: a query names no file or URL of its own.
+        runtime.register_object_store(Archive::store_url().as_ref(), self.archive_store.clone());
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(2);

@@ -1,8 +1,10 @@
-//! The BACKBEAT query service: DataFusion tables over the tail of
-//! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS` (`bar_reports`,
-//! `claims`, `beats`, `rejects`), answering read-only SQL over HTTP (JSON,
-//! CSV, Arrow IPC) and serving the built-in web console at `/`, and a CLI
-//! client.
+//! The BACKBEAT query service: DataFusion tables (`bar_reports`, `claims`,
+//! `beats`, `rejects`) over a Parquet archive of what is sealed (a local
+//! directory or S3, one writer at a time) and the in-memory tail of
+//! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS`, answering
+//! read-only SQL over HTTP (JSON, CSV, Arrow IPC), serving the built-in web
+//! console at `/`, and a CLI client (against
+//! a server, or offline over an archive).
 //!
 //! What it must never do: write to a stream, run DDL or DML, read a file or
 //! URL named in a query, run a query without memory, time, result-size and
@@ -15,6 +17,7 @@
 //! pg-wire front end (issue 18): each error kind has an HTTP status and a
 //! PostgreSQL SQLSTATE.
 
+pub mod archive;
 pub mod client;
 pub mod clusters;
 pub mod config;

@@ -1,6 +1,7 @@
 //! The query service's metrics (`/metrics`), all in one registry.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use backbeat_service::metrics::{boxed, register_all};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Every metric the service exports.
 #[derive(Clone)]
@@ -26,6 +27,18 @@ pub struct Metrics {
     pub foreign_events: IntCounterVec,
     /// Consumer restarts of the tail after an error.
     pub tail_restarts: IntCounter,
+    /// Times the tail waited for a seal (the archive's writer over `--tail-rows-max`).
+    pub tail_waits: IntCounter,
+    /// Rows written to the archive, per table.
+    pub archive_rows: IntCounterVec,
+    /// Parquet files written to the archive, per table.
+    pub archive_files: IntCounterVec,
+    /// Windows reported but not yet sealed into the archive.
+    pub archive_lag_windows: IntGauge,
+    /// When the last seal round ended (Unix seconds).
+    pub archive_last_seal: Gauge,
+    /// 1 while this node holds the archive's lease (writes the archive).
+    pub archive_writer: IntGauge,
 }
 
 impl Metrics {
@@ -74,18 +87,52 @@ impl Metrics {
                 "backbeat_query_tail_restarts_total",
                 "Times a stream's tail consumer was created again after an error.",
             )?,
+            tail_waits: IntCounter::new(
+                "backbeat_query_tail_waits_total",
+                "Times the tail waited for a seal: the archive's writer held more than --tail-rows-max rows.",
+            )?,
+            archive_rows: IntCounterVec::new(
+                Opts::new("backbeat_query_archive_rows_total", "Rows written to the archive."),
+                &["table"],
+            )?,
+            archive_files: IntCounterVec::new(
+                Opts::new("backbeat_query_archive_files_total", "Parquet files written to the archive."),
+                &["table"],
+            )?,
+            archive_lag_windows: IntGauge::new(
+                "backbeat_query_archive_lag_windows",
+                "Windows reported but not yet sealed into the archive (on the writer).",
+            )?,
+            archive_last_seal: Gauge::new(
+                "backbeat_query_archive_last_seal_timestamp_seconds",
+                "When the last seal round ended (Unix seconds; 0: none yet).",
+            )?,
+            archive_writer: IntGauge::new(
+                "backbeat_query_archive_writer",
+                "1 while this node holds the archive's lease and writes the archive.",
+            )?,
             registry,
         };
-        let r = &metrics.registry;
-        r.register(Box::new(metrics.queries.clone()))?;
-        r.register(Box::new(metrics.queries_running.clone()))?;
-        r.register(Box::new(metrics.query_seconds.clone()))?;
-        r.register(Box::new(metrics.rows_held.clone()))?;
-        r.register(Box::new(metrics.rows_evicted.clone()))?;
-        r.register(Box::new(metrics.tail_lag.clone()))?;
-        r.register(Box::new(metrics.foreign_bars.clone()))?;
-        r.register(Box::new(metrics.foreign_events.clone()))?;
-        r.register(Box::new(metrics.tail_restarts.clone()))?;
+        register_all(
+            &metrics.registry,
+            [
+                boxed(&metrics.queries),
+                boxed(&metrics.queries_running),
+                boxed(&metrics.query_seconds),
+                boxed(&metrics.rows_held),
+                boxed(&metrics.rows_evicted),
+                boxed(&metrics.tail_lag),
+                boxed(&metrics.foreign_bars),
+                boxed(&metrics.foreign_events),
+                boxed(&metrics.tail_restarts),
+                boxed(&metrics.tail_waits),
+                boxed(&metrics.archive_rows),
+                boxed(&metrics.archive_files),
+                boxed(&metrics.archive_lag_windows),
+                boxed(&metrics.archive_last_seal),
+                boxed(&metrics.archive_writer),
+            ],
+        );
         Ok(metrics)
     }
 }

@@ -1,5 +1,6 @@
-//! `backbeat-query serve`: connects to NATS, starts the tail of the three
-//! streams, and answers SQL over HTTP until SIGTERM.
+//! `backbeat-query serve`: opens the archive, connects to NATS, starts the
+//! tail of the three streams from the archive's record, the archive's
+//! writer (while it holds the lease), and answers SQL over HTTP until SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,15 @@ use backbeat_service::streams::{ensure_all_streams, StreamOptions};
 use backbeat_service::{serve_http, shutdown_signal, AdminState, HttpLimits};
 
 use crate::clusters::{clusters_router, ClustersState, PulseGroup};
+use crate::archive::writer::Archiver;
+use crate::archive::Archive;
 use crate::config::ServeConfig;
 use crate::console::console_router;
 use crate::engine::QueryEngine;
 use crate::http::{api_router, ApiState};
 use crate::metrics::Metrics;
 use crate::tables::TailTables;
-use crate::tail::Tail;
+use crate::tail::{Tail, STREAMS};
 
 /// How much longer than a query's time limit the HTTP request may take
 /// (reading the body, encoding the answer), so a query's timeout is answered
@@ -30,11 +33,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
     // As every service: the streams are created when missing, used as they are otherwise.
     ensure_all_streams(&js, StreamOptions::default()).await?;
-    let tail = Tail::new(
-        TailTables::new(config.bar_length, config.tail_rows_max),
+    // Where the tail starts: the archive's positions, read before its
+    // listing (written after the files they count on, so the listing holds
+    // at least those); rows read again are dropped by the listing's ranges.
+    let archive = Archive::open(&config.archive)?;
+    let mut start = [0u64; 3];
+    for (position, stream) in start.iter_mut().zip(STREAMS) {
+        *position = archive.position(stream).await?;
+    }
+    let mut tables = TailTables::new(config.bar_length, config.tail_rows_max);
+    tables.install(archive.list().await?);
+    tracing::info!(archive = %archive.location, ?start, "reading the streams after the archive's positions");
+    let tail = Tail::new(tables, metrics.clone(), start);
+    tail.spawn(js.clone());
+    let archiver = Archiver::new(
+        archive.clone(),
+        tail.clone(),
         metrics.clone(),
+        config.archive_options.clone(),
     );
-    tail.spawn(js);
+    let mut archiver_task = tokio::spawn(archiver.clone().run(js));
 
     // Queries get worker threads of their own: a query busy on the CPU must
     // not delay the tail or /health. The runtime lives as long as the process.
@@ -47,6 +65,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let query_runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(query_runtime));
     let engine = QueryEngine::new(
         tail.tables.clone(),
+        archive.store.clone(),
         config.limits.clone(),
         Some(query_runtime.handle().clone()),
         metrics.clone(),
@@ -63,11 +82,25 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     let status = {
         let (tail, limits, bar_length) = (tail.clone(), config.limits.clone(), config.bar_length);
+        let archiver = archiver.clone();
         move || {
+            let holds = tail.tables.lock().map(|t| t.archive().summary()).unwrap_or_default();
+            let state = archiver.state.lock().map(|s| s.clone()).unwrap_or_default();
             serde_json::json!({
                 "service": "backbeat-query",
                 "bar_length": bar_length,
                 "tail": tail.status(),
+                "archive": {
+                    "location": archiver.archive.location,
+                    "writer": state.writer,
+                    "lease": state.lease,
+                    "holds": holds,
+                    "files_written": state.files_written,
+                    "rows_written": state.rows_written,
+                    "positions": state.positions,
+                    "last_seal_unix_ms": state.last_seal_unix_ms,
+                    "last_error": state.last_error,
+                },
                 "limits": {
                     "query_memory_bytes": limits.memory_bytes,
                     "query_timeout_ms": limits.timeout.as_millis() as u64,
@@ -101,8 +134,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         registry: Some(metrics.registry.clone()),
         ..HttpLimits::default()
     };
-    let (_addr, server) = serve_http(&config.listen, router, shutdown_signal(), limits).await?;
-    server.await.context("the HTTP server task")?;
+    let (_addr, mut server) = serve_http(&config.listen, router, shutdown_signal(), limits).await?;
+    tokio::select! {
+        result = &mut server => {
+            result.context("the HTTP server task")?;
+            // SIGTERM: the archiver releases its lease.
+            let _ = tokio::time::timeout(Duration::from_secs(5), archiver_task).await;
+        }
+        result = &mut archiver_task => {
+            result.context("the archive's task")?.context("the archive")?;
+            server.await.context("the HTTP server task")?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

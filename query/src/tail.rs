@@ -1,6 +1,6 @@
 //! The tail reader: one ordered consumer per stream (`BACKBEAT_EVENTS`,
-//! `BACKBEAT_BARS`, `BACKBEAT_REJECTS`) from its first message, feeding the
-//! in-memory tables. It never writes to a stream and never acks (ordered
+//! `BACKBEAT_BARS`, `BACKBEAT_REJECTS`) from the archive's recorded position
+//! (the first message when there is none), feeding the in-memory tables. It never writes to a stream and never acks (ordered
 //! consumers are ephemeral, without acks): reading is all it does.
 //!
 //! A consumer that fails (the server restarted, the stream was recreated) is
@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM, REJECTS_STREAM};
 use futures::StreamExt as _;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::tables::{Applied, Table, TailTables};
@@ -30,6 +31,10 @@ pub struct Tail {
     pub tables: Arc<Mutex<TailTables>>,
     metrics: Metrics,
     progress: [StreamProgress; 3],
+    /// The tail asks the archive's writer for a seal (it holds too many rows).
+    pub seal_now: Notify,
+    /// The writer says a seal let rows go.
+    pub sealed: Notify,
 }
 
 /// How far one stream has been read.
@@ -46,12 +51,46 @@ struct StreamProgress {
 }
 
 impl Tail {
-    pub fn new(tables: TailTables, metrics: Metrics) -> Arc<Tail> {
+    /// A tail that reads each stream after `start` (the archive's positions, [`STREAMS`] order).
+    pub fn new(tables: TailTables, metrics: Metrics, start: [u64; 3]) -> Arc<Tail> {
+        let progress: [StreamProgress; 3] = Default::default();
+        for (progress, start) in progress.iter().zip(start) {
+            progress.last_seq.store(start, Ordering::Relaxed);
+        }
         Arc::new(Tail {
             tables: Arc::new(Mutex::new(tables)),
             metrics,
-            progress: Default::default(),
+            progress,
+            seal_now: Notify::new(),
+            sealed: Notify::new(),
         })
+    }
+
+    /// The tables, locked.
+    pub fn lock_tables(&self) -> anyhow::Result<std::sync::MutexGuard<'_, TailTables>> {
+        self.tables
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the tail's lock is poisoned"))
+    }
+
+    /// The last sequence read of each stream ([`STREAMS`] order); every row
+    /// at or below it is applied to the tables.
+    pub fn read_positions(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.progress[i].last_seq.load(Ordering::Relaxed))
+    }
+
+    /// On the archive's writer, while a table holds more than its limit:
+    /// asks for a seal and waits until one lets rows go (never a row lost).
+    async fn wait_for_room(&self) -> anyhow::Result<()> {
+        loop {
+            if !self.lock_tables()?.must_wait() {
+                return Ok(());
+            }
+            self.metrics.tail_waits.inc();
+            let sealed = self.sealed.notified();
+            self.seal_now.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(1), sealed).await;
+        }
     }
 
     /// Starts one reader task per stream; they run until the runtime stops.
@@ -198,6 +237,7 @@ impl Tail {
             self.count(stream_name, seq, &message.subject, applied);
             progress.last_seq.store(seq, Ordering::Relaxed);
             self.set_pending(index, stream_name, pending);
+            self.wait_for_room().await?;
         }
         Ok(())
     }
@@ -216,7 +256,7 @@ impl Tail {
 
     fn count(&self, stream_name: &str, seq: u64, subject: &str, applied: Applied) {
         match applied {
-            Applied::Row | Applied::Ignored => {}
+            Applied::Row | Applied::Ignored | Applied::Archived => {}
             Applied::Replaced => {
                 self.metrics.foreign_bars.with_label_values(&["superseded"]).inc();
                 tracing::warn!(

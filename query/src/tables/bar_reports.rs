@@ -26,6 +26,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::columns::{int64, ms_to_us, time_column, time_field};
 use super::spans::WindowSpans;
+use super::Table;
+use crate::archive::ArchiveView;
 
 /// A bar message larger than this is not a report (a real one, with five
 /// samples of 128-character ids for each of the eight issue codes, is far below).
@@ -191,9 +193,21 @@ impl BarReportStore {
         self.reports.values().find(|row| row.report.window_id == window_id)
     }
 
-    /// The table as one batch, by cluster and window.
-    pub fn to_batch(&self, spans: &WindowSpans) -> RecordBatch {
-        let rows: Vec<&BarRow> = self.reports.values().collect();
+    /// The reports of windows the archive does not hold, by cluster and window.
+    pub fn unarchived(&self, archive: &ArchiveView) -> Vec<&BarRow> {
+        self.reports
+            .iter()
+            .filter(|((cluster, window), _)| {
+                archive
+                    .through(Table::BarReports, cluster)
+                    .is_none_or(|through| *window > through)
+            })
+            .map(|(_, row)| row)
+            .collect()
+    }
+
+    /// `rows` as one batch of the table.
+    pub fn to_batch(rows: &[&BarRow], spans: &WindowSpans) -> RecordBatch {
         let reports = || rows.iter().map(|row| &row.report);
         let int = |f: fn(&BarReport) -> u64| -> ArrayRef {
             Arc::new(Int64Array::from_iter_values(reports().map(|r| int64(f(r)))))
@@ -211,7 +225,7 @@ impl BarReportStore {
             int(|r| r.help_promises_fulfilled),
             Arc::new(BooleanArray::from_iter(reports().map(|r| Some(r.secret_rotations_ok)))),
             Arc::new(Int64Array::from_iter_values(reports().map(|r| r.tempo_drift_ms))),
-            issues_column(&rows),
+            issues_column(rows),
             int(|r| r.beats_observed),
             int(|r| r.claims_accepted),
             int(|r| r.claims_late),
@@ -374,7 +388,7 @@ mod tests {
         store.insert(row(3, 4, 0));
         assert_eq!(store.rows_held(), 2);
         assert_eq!(store.rows_evicted(), 1);
-        let batch = store.to_batch(&WindowSpans::new(4));
+        let batch = BarReportStore::to_batch(&store.unarchived(&ArchiveView::default()), &WindowSpans::new(4));
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), schema());
     }

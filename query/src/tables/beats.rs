@@ -93,6 +93,10 @@ impl TableRow for BeatRow {
         ];
         RecordBatch::try_new(SCHEMA.clone(), columns).expect("the beats columns fit their schema")
     }
+
+    fn stream_seq(&self) -> i64 {
+        self.stream_seq
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ impl TableRow for ClaimRow {
         ];
         RecordBatch::try_new(SCHEMA.clone(), columns).expect("the claims columns fit their schema")
     }
+
+    fn stream_seq(&self) -> i64 {
+        self.stream_seq
+    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,27 @@
-//! The DataFusion `TableProvider` of every tail table: a scan takes a snapshot
-//! of the table's batches (sealed batches are shared, not copied) under the
-//! tail's lock, and plans an in-memory scan of it. A query sees the table as
-//! it was when the query was planned.
+//! The DataFusion `TableProvider` of every table: the archive's Parquet files
+//! and the tail's rows together. A scan takes, under the tail's lock, the
+//! archive's view (its files) and the tail's batches (sealed batches are
+//! shared, not copied), which never hold the same row (the tail drops what
+//! the view holds under the same lock), and plans the union of a Parquet
+//! scan of those files, the query's filters pushed into it (files, row
+//! groups, pages and rows pruned), and an in-memory scan of the batches. A
+//! query sees the table as it was when the query was planned.
 
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::common::DFSchema;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
+
+use crate::archive::parquet as archive_parquet;
 
 use super::{Table, TailTables};
 
@@ -47,22 +56,41 @@ impl TableProvider for TailTable {
         TableType::Base
     }
 
+    /// Every filter goes to the Parquet scan for pruning; DataFusion still
+    /// applies it to the rows (the tail's are not filtered by the scan).
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = {
+        let (batches, archive) = {
             let tables = self
                 .tables
                 .lock()
                 .map_err(|_| DataFusionError::Internal("the tail's lock is poisoned".into()))?;
-            tables.snapshot(self.table)
+            (tables.snapshot(self.table), tables.archive())
         };
-        let plan = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
-        Ok(plan)
+        let tail = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
+        let files = archive.files(self.table);
+        if files.is_empty() {
+            return Ok(tail);
+        }
+        let predicate = match conjunction(filters.iter().cloned()) {
+            Some(expr) => {
+                let schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+                Some(state.create_physical_expr(expr, &schema)?)
+            }
+            None => None,
+        };
+        let partitions = state.config().target_partitions();
+        let archived = archive_parquet::scan(self.table, files, projection, predicate, partitions)?;
+        UnionExec::try_new(vec![archived, tail])
     }
 }
 

@@ -113,6 +113,10 @@ impl TableRow for RejectRow {
         ];
         RecordBatch::try_new(SCHEMA.clone(), columns).expect("the rejects columns fit their schema")
     }
+
+    fn stream_seq(&self) -> i64 {
+        self.stream_seq
+    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,15 @@
 //!
 //! - `tables`: after a live `backbeat-processor run` over every golden
 //!   scenario and conformance log, `bar_reports` equals the published
-//!   BarReports field by field, and `claims`, `beats` and `rejects` hold
+//!   BarReports field by field (read back from the Parquet archive: the
+//!   server seals every report before the comparison), and `claims`, `beats` and `rejects` hold
 //!   every valid message of their streams. Needs the `backbeat-processor`
 //!   binary in the same target directory (`cargo test --workspace` builds
 //!   it; with `-p backbeat-query`, `cargo build -p backbeat-processor` first).
+//! - `archive`: archive + tail equal the streams across seals, a kill -9 of
+//!   `serve` and restarts (also with the positions lost); pruning in
+//!   `EXPLAIN ANALYZE`; `sql --archive` offline; the S3 path against
+//!   `moto_server` (`deploy/install-moto.sh`).
 //! - `limits`: every forbidden statement kind and every limit gives its 4xx
 //!   naming the rule or the limit, and the server goes on answering; the token.
 //! - `foreign`: garbage and forged messages on bar and beat subjects are left
@@ -15,6 +20,7 @@
 //! - `console`: the built-in console's files and `/api/v1/clusters`, and the
 //!   page in headless Chromium (needs `bash deploy/install-chromium.sh`).
 
+mod archive;
 mod console;
 mod foreign;
 mod limits;

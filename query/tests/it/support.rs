@@ -46,6 +46,11 @@ impl QueryServer {
     /// Starts `serve` against `nats_url` with `args`, on port 0 (read from its
     /// log, so no other process can take it in between), and waits until ready.
     pub async fn start(nats_url: &str, dir: &Path, args: &[&str]) -> QueryServer {
+        QueryServer::start_with_env(nats_url, dir, args, &[]).await
+    }
+
+    /// As [`QueryServer::start`], with `env` set for the child.
+    pub async fn start_with_env(nats_url: &str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> QueryServer {
         static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let number = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("query-{}-{number}.log", std::process::id()));
@@ -53,7 +58,13 @@ impl QueryServer {
         let mut command = Command::new(query_bin());
         command
             .args(["serve", "--nats", nats_url, "--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        if !args.iter().any(|a| *a == "--archive" || *a == "--data-dir") {
+            // Never the default ./backbeat-query-data of the test's working directory.
+            command.arg("--data-dir").arg(dir.join(format!("query-data-{number}")));
+        }
+        command
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -204,13 +204,24 @@ async fn after_a_live_run_the_tables_are_the_streams() {
             panic!("{e}\n{log}");
         }
 
-        let server = QueryServer::start(&nats.url(), dir.path(), &["--bar-length", bar_length]).await;
+        // Sealing often: the reports below are read back from the Parquet archive.
+        let args = ["--bar-length", bar_length, "--seal-interval-ms", "50"];
+        let server = QueryServer::start(&nats.url(), dir.path(), &args).await;
         let bars = read_stream(&js, "BACKBEAT_BARS").await;
         assert_eq!(bars.len() as u64, expected_reports, "{name}");
         server.wait_read("BACKBEAT_BARS", bars.last().map_or(0, |b| b.0)).await;
         server
             .wait_read("BACKBEAT_EVENTS", events.last().map_or(0, |e| e.0))
             .await;
+        let last_bar = bars.last().map_or(0, |b| b.0);
+        let sealed = wait_until_async(&format!("{name}: every report archived"), TIMEOUT, || async {
+            let status = server.get("/api/v1/status").await?.json();
+            (status["archive"]["positions"]["BACKBEAT_BARS"].as_u64()? >= last_bar).then_some(())
+        })
+        .await;
+        if let Err(e) = sealed {
+            panic!("{e}\n{}", server.log_tail());
+        }
 
         // bar_reports = the published reports, field by field.
         let columns = REPORT_FIELDS.join(", ");
