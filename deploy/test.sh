@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what is missing (nats-server), then
+# The one test command: installs what is missing (nats-server, psql,
+# psycopg), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ bash deploy/install-nats.sh
 if ! command -v nats-server >/dev/null; then
     export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
+
+step "psql and psycopg (the query service's pg-wire tests)"
+bash deploy/install-psql.sh
+bash deploy/install-psycopg.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -59,6 +59,8 @@ pub struct ServeArgs {
     /// File holding the bearer token (surrounding whitespace ignored); instead of --token.
     #[arg(long, env = "BACKBEAT_TOKEN_FILE", conflicts_with = "bearer_token")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pg: crate::pg::PgArgs,
 }
 
 /// `serve`'s configuration, validated.
@@ -73,6 +75,8 @@ pub struct ServeConfig {
     pub query_threads: usize,
     pub max_sql_bytes: usize,
     pub token: Option<String>,
+    /// The pg-wire front end, when --pg-listen is set.
+    pub pg: Option<crate::pg::PgConfig>,
 }
 
 impl ServeArgs {
@@ -114,6 +118,7 @@ impl ServeArgs {
             query_threads: self.query_threads,
             max_sql_bytes: self.max_sql_bytes,
             token,
+            pg: self.pg.validate()?,
         })
     }
 }

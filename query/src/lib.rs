@@ -1,7 +1,7 @@
 //! The BACKBEAT query service: DataFusion tables over the tail of
 //! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS` (`bar_reports`,
 //! `claims`, `beats`, `rejects`), answering read-only SQL over HTTP (JSON,
-//! CSV, Arrow IPC), and a CLI client.
+//! CSV, Arrow IPC) and the PostgreSQL wire protocol (`pg`), and a CLI client.
 //!
 //! What it must never do: write to a stream, run DDL or DML, read a file or
 //! URL named in a query, run a query without memory, time, result-size and
@@ -10,9 +10,8 @@
 //! the processor's fold or state (only `backbeat-schemas` and
 //! `backbeat-service`). DataFusion's arrow is the only arrow here.
 //!
-//! [`engine::QueryEngine`] and [`error::QueryError`] are shaped for the
-//! pg-wire front end (issue 18): each error kind has an HTTP status and a
-//! PostgreSQL SQLSTATE.
+//! Both protocols run every statement through [`engine::QueryEngine`]; each
+//! [`error::QueryError`] kind has an HTTP status and a PostgreSQL SQLSTATE.
 
 pub mod client;
 pub mod config;
@@ -21,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod pg;
 pub mod readonly;
 pub mod serve;
 pub mod tables;

@@ -1,5 +1,5 @@
 //! `backbeat-query serve`: connects to NATS, starts the tail of the three
-//! streams, and answers SQL over HTTP until SIGTERM.
+//! streams, and answers SQL over HTTP (and pg-wire with --pg-listen) until SIGTERM.
 
 use std::time::Duration;
 
@@ -47,7 +47,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.limits.clone(),
         Some(query_runtime.handle().clone()),
         metrics.clone(),
-    );
+    )
+    .context("building the query engine")?;
 
     let ready = {
         let (tail, client) = (tail.clone(), client.clone());
@@ -75,6 +76,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             })
         }
     };
+    if let Some(pg) = &config.pg {
+        crate::pg::spawn(pg, engine.clone(), &metrics.registry).await?;
+    }
     let admin = AdminState::new(metrics.registry.clone(), ready, status);
     let api = ApiState {
         engine,

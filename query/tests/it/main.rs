@@ -12,8 +12,15 @@
 //! - `foreign`: garbage and forged messages on bar and beat subjects are left
 //!   out (counted); a later report of a window replaces the earlier one; the
 //!   windows API, CSV, Arrow and the `sql` CLI.
+//! - `pg`: the PostgreSQL wire protocol with tokio-postgres (prepared
+//!   statements, typed parameters, native types in binary and text, portals),
+//!   every refusal and limit with its SQLSTATE, cancel, the connection cap,
+//!   users and the password, Grafana's macro expansions and catalog queries.
+//! - `pg_clients`: psql (`\dt`, `\d bar_reports`, `\l`) and psycopg.
 
 mod foreign;
 mod limits;
+mod pg;
+mod pg_clients;
 mod support;
 mod tables;
