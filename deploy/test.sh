@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing (nats-server, moto_server,
-# Prometheus, Python packages; chromium and playwright-core for the
-# console's browser test), then
+# psql, psycopg, Prometheus, Python packages; chromium and playwright-core
+# for the console's browser test), then
 # formatting, lints and every test of the workspace. `.ci/run` runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,10 @@ bash deploy/install-moto.sh
 if ! command -v moto_server >/dev/null; then
     export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
+
+step "psql and psycopg (the query service's pg-wire tests)"
+bash deploy/install-psql.sh
+bash deploy/install-psycopg.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

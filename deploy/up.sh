@@ -29,6 +29,8 @@ NATS_PORT=4222; NATS_MONITOR=8222
 PROCESSOR=127.0.0.1:8081; INGEST=127.0.0.1:8082; QUERY=127.0.0.1:8084
 # Not 9090: Debian's own prometheus service may hold that one.
 PROMETHEUS=127.0.0.1:9190
+# The query service's PostgreSQL wire protocol (psql, Grafana).
+PG=127.0.0.1:5433
 PULSE_PORTS=(7001 7002 7003)
 # Raft between the pulse nodes, apart from their public HTTP above.
 PULSE_RAFT_PORTS=(7101 7102 7103)
@@ -39,7 +41,7 @@ say "nats-server"
 bash deploy/install-nats.sh
 command -v nats-server >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
-for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${QUERY##*:}" "${PROMETHEUS##*:}" "${PULSE_PORTS[@]}" "${PULSE_RAFT_PORTS[@]}"; do
+for port in "$NATS_PORT" "$NATS_MONITOR" "${PROCESSOR##*:}" "${INGEST##*:}" "${QUERY##*:}" "${PG##*:}" "${PROMETHEUS##*:}" "${PULSE_PORTS[@]}" "${PULSE_RAFT_PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "port $port is in use: is another stack running? stop it first" >&2
         exit 1
@@ -66,6 +68,7 @@ PULSE="${PULSE_PORTS[*]/#/127.0.0.1:}"
 INGEST=$INGEST
 PROCESSOR=$PROCESSOR
 QUERY=$QUERY
+PG=$PG
 PROMETHEUS=$PROMETHEUS
 ENV
 if [[ ! -s "$STATE/admin-token" ]]; then
@@ -136,7 +139,8 @@ say "starting the query service and Prometheus"
 # The pulse nodes' status pages, for the leader the console and /api/v1/clusters show.
 PULSE_URLS="$(printf 'http://127.0.0.1:%s,' "${PULSE_PORTS[@]}")"
 start query "$BIN/backbeat-query" serve --nats "$NATS" --listen "$QUERY" --bar-length "$BAR" \
-    --pulse-urls "${PULSE_URLS%,}" --nats-monitor-url "http://127.0.0.1:$NATS_MONITOR"
+    --pulse-urls "${PULSE_URLS%,}" --nats-monitor-url "http://127.0.0.1:$NATS_MONITOR" \
+    --pg-listen "$PG" --data-dir "$STATE/query"
 {
     echo "global: {scrape_interval: 5s, evaluation_interval: 5s}"
     echo "scrape_configs:"
@@ -173,6 +177,7 @@ BACKBEAT is running (cluster '$CLUSTER', $BPM BPM, bars of $BAR beats). Where to
   gateway     http://$INGEST/api/v1/status   claims: POST http://$INGEST/api/v1/clusters/$CLUSTER/claims
   processor   http://$PROCESSOR/api/v1/windows   (open windows, recent BarReports)
   console     http://$QUERY/   (clusters, leader, tempo, the last windows as charts, an SQL box; live)
+  psql        psql "postgresql://backbeat@$PG/backbeat" -c '\\dt'     (Grafana: deploy/grafana/, BACKBEAT_PG_ADDR=$PG)
   SQL         $BIN/backbeat-query sql --url http://$QUERY "SELECT window_index, agents_reporting FROM bar_reports ORDER BY window_index DESC LIMIT 5"
               curl -s http://$QUERY/api/v1/sql -d '{"sql":"SELECT count(*) FROM claims"}'
   metrics     /metrics on every address above; nats-server at http://127.0.0.1:$NATS_MONITOR/

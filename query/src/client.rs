@@ -86,7 +86,8 @@ async fn run_offline(location: &str, args: &SqlArgs) -> anyhow::Result<String> {
         limits,
         None,
         metrics,
-    );
+    )
+    .map_err(|e| anyhow::anyhow!("building the query engine: {}", e.message))?;
     let output = engine
         .execute(&args.sql)
         .await

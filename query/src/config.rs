@@ -100,6 +100,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BACKBEAT_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=5))]
     pub replicas: u64,
+    #[command(flatten)]
+    pub pg: crate::pg::PgArgs,
 }
 
 /// `serve`'s configuration, validated.
@@ -119,6 +121,8 @@ pub struct ServeConfig {
     /// Where the archive is (a directory or s3://…).
     pub archive: String,
     pub archive_options: ArchiveOptions,
+    /// The pg-wire front end, when --pg-listen is set.
+    pub pg: Option<crate::pg::PgConfig>,
 }
 
 impl ServeArgs {
@@ -178,6 +182,7 @@ impl ServeArgs {
                 lease_ttl: Duration::from_millis(self.lease_ttl_ms),
                 replicas: self.replicas as usize,
             },
+            pg: self.pg.validate()?,
         })
     }
 }

@@ -105,18 +105,21 @@ fn to_csv(output: &QueryOutput) -> Result<Vec<u8>, ArrowError> {
             .build(&mut out);
         if output.batches.is_empty() {
             // The header alone, from an empty batch.
-            writer.write(&flatten_nested(&RecordBatch::new_empty(output.schema.clone()))?)?;
+            writer.write(&nested_as_json(
+                &RecordBatch::new_empty(output.schema.clone()),
+                DataType::is_nested,
+            )?)?;
         }
         for batch in &output.batches {
-            writer.write(&flatten_nested(batch)?)?;
+            writer.write(&nested_as_json(batch, DataType::is_nested)?)?;
         }
     }
     Ok(out)
 }
 
-/// CSV has no lists or structs: those columns become their JSON text.
-fn flatten_nested(batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let nested = |t: &DataType| t.is_nested();
+/// The columns of a type `nested` picks become their JSON text (CSV has no
+/// lists or structs; PostgreSQL has no lists of structs).
+pub fn nested_as_json(batch: &RecordBatch, nested: impl Fn(&DataType) -> bool) -> Result<RecordBatch, ArrowError> {
     if !batch.schema().fields().iter().any(|f| nested(f.data_type())) {
         return Ok(batch.clone());
     }

@@ -1,18 +1,28 @@
 //! The query engine: one DataFusion session per query over the tail's
 //! tables, within every limit (memory pool, time, result rows and bytes,
 //! concurrent queries). It answers a result or a [`QueryError`] that names
-//! the rule or the limit; the same engine serves HTTP now and pg-wire next.
+//! the rule or the limit. HTTP and pg-wire (`crate::pg`) both run every
+//! statement through it: [`QueryEngine::execute`] (HTTP's SQL text),
+//! [`QueryEngine::execute_statement`] (a statement pg-wire parsed in
+//! PostgreSQL's dialect), [`QueryEngine::plan`] and
+//! [`QueryEngine::execute_plan`] (pg-wire's prepared statements). Each checks
+//! the read-only rules on the statement and on the plan, and runs within the
+//! same limits, in [`QueryEngine::limited`].
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ParamValues;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt as _;
 use tokio::sync::Semaphore;
 
@@ -60,7 +70,6 @@ impl QueryOutput {
 /// Runs queries over the tables (the archive's files and the tail's rows).
 #[derive(Clone)]
 pub struct QueryEngine {
-    tables: Arc<Mutex<TailTables>>,
     /// The archive's store, which the tables' Parquet scans read.
     archive_store: Arc<dyn ObjectStore>,
     limits: QueryLimits,
@@ -69,6 +78,21 @@ pub struct QueryEngine {
     /// on the CPU never delays `/health` or the tail; the caller's when None.
     runtime: Option<tokio::runtime::Handle>,
     metrics: Metrics,
+    /// What every query's session starts from: the tables, the functions and
+    /// the PostgreSQL catalog, built once (each query gets its own memory pool).
+    template: Arc<SessionState>,
+}
+
+/// A statement planned and checked by [`QueryEngine::plan`] (its placeholders
+/// `$1`… still in it), to run later with [`QueryEngine::execute_plan`]: a
+/// pg-wire prepared statement. Only the engine makes one.
+#[derive(Debug, Clone)]
+pub struct CheckedPlan(LogicalPlan);
+
+impl CheckedPlan {
+    pub fn plan(&self) -> &LogicalPlan {
+        &self.0
+    }
 }
 
 impl QueryEngine {
@@ -78,28 +102,84 @@ impl QueryEngine {
         limits: QueryLimits,
         runtime: Option<tokio::runtime::Handle>,
         metrics: Metrics,
-    ) -> Self {
-        QueryEngine {
+    ) -> Result<Self, QueryError> {
+        let template = Arc::new(template_state(&tables)?);
+        Ok(QueryEngine {
             permits: Arc::new(Semaphore::new(limits.concurrent_max)),
-            tables,
             archive_store,
             limits,
             runtime,
             metrics,
-        }
+            template,
+        })
     }
 
     pub fn limits(&self) -> &QueryLimits {
         &self.limits
     }
 
-    /// Runs one SQL statement within the limits. Counted in the metrics by outcome.
+    /// Runs one SQL statement (DataFusion's dialect) within the limits. Counted in the metrics by outcome.
     pub async fn execute(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        let started = Instant::now();
-        let result = self.execute_uncounted(sql).await;
-        self.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
-        self.record(result.as_ref().err().map(|e| e.kind));
+        if sql.trim().is_empty() {
+            let error = QueryError::new(ErrorKind::BadRequest, "the query is empty");
+            self.record(Some(error.kind));
+            return Err(error);
+        }
+        let sql = sql.to_string();
+        self.limited(std::future::pending(), move |context, limits| async move {
+            let recursion_limit = context.state().config().options().sql_parser.recursion_limit.get();
+            let statement = parse_one_statement(&sql, recursion_limit)?;
+            let plan = plan_checked(&context, statement).await?;
+            collect(&context, plan, &limits).await
+        })
+        .await
+    }
+
+    /// Runs one parsed statement (pg-wire's simple protocol) within the
+    /// limits, or until `cancel` resolves. Counted like [`Self::execute`].
+    pub async fn execute_statement(
+        &self,
+        statement: DfStatement,
+        cancel: impl Future<Output = ()> + Send,
+    ) -> Result<QueryOutput, QueryError> {
+        self.limited(cancel, move |context, limits| async move {
+            let plan = plan_checked(&context, statement).await?;
+            collect(&context, plan, &limits).await
+        })
+        .await
+    }
+
+    /// Checks and plans one parsed statement without running it (pg-wire's
+    /// Parse). A refusal is counted by its outcome; the run is counted by
+    /// [`Self::execute_plan`].
+    pub async fn plan(&self, statement: DfStatement) -> Result<CheckedPlan, QueryError> {
+        let result = async {
+            let context = self.session()?;
+            plan_checked(&context, statement).await.map(CheckedPlan)
+        }
+        .await;
+        if let Err(e) = &result {
+            self.record(Some(e.kind));
+        }
         result
+    }
+
+    /// Runs a checked plan with its parameters' values (pg-wire's Execute)
+    /// within the limits, or until `cancel` resolves.
+    pub async fn execute_plan(
+        &self,
+        plan: &CheckedPlan,
+        params: ParamValues,
+        cancel: impl Future<Output = ()> + Send,
+    ) -> Result<QueryOutput, QueryError> {
+        let plan = plan.0.clone();
+        self.limited(cancel, move |context, limits| async move {
+            let plan = plan.replace_params_with_values(&params)?;
+            // The values are literals now; checked again all the same.
+            check_plan(&plan)?;
+            collect(&context, plan, &limits).await
+        })
+        .await
     }
 
     /// Counts one query's outcome (`None` = answered).
@@ -108,10 +188,31 @@ impl QueryEngine {
         self.metrics.queries.with_label_values(&[outcome]).inc();
     }
 
-    async fn execute_uncounted(&self, sql: &str) -> Result<QueryOutput, QueryError> {
-        if sql.trim().is_empty() {
-            return Err(QueryError::new(ErrorKind::BadRequest, "the query is empty"));
-        }
+    /// Every query's one path: a slot of `--max-concurrent-queries` (or a
+    /// refusal), a fresh session with its memory pool, `work` on the query
+    /// runtime, cancelled at the time limit or when `cancel` resolves; counted
+    /// in the metrics by outcome and duration.
+    async fn limited<W, F>(&self, cancel: impl Future<Output = ()> + Send, work: W) -> Result<QueryOutput, QueryError>
+    where
+        W: FnOnce(SessionContext, QueryLimits) -> F,
+        F: Future<Output = Result<QueryOutput, QueryError>> + Send + 'static,
+    {
+        let started = Instant::now();
+        let result = self.limited_uncounted(cancel, work).await;
+        self.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
+        self.record(result.as_ref().err().map(|e| e.kind));
+        result
+    }
+
+    async fn limited_uncounted<W, F>(
+        &self,
+        cancel: impl Future<Output = ()> + Send,
+        work: W,
+    ) -> Result<QueryOutput, QueryError>
+    where
+        W: FnOnce(SessionContext, QueryLimits) -> F,
+        F: Future<Output = Result<QueryOutput, QueryError>> + Send + 'static,
+    {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Err(QueryError::new(
                 ErrorKind::TooManyQueries,
@@ -123,41 +224,44 @@ impl QueryEngine {
         };
         let running = Running::start(&self.metrics.queries_running);
         let context = self.session()?;
-        let limits = self.limits.clone();
-        let sql = sql.to_string();
+        let work = work(context, self.limits.clone());
         let work = async move {
-            let output = run(&context, &sql, &limits).await;
+            let output = work.await;
             drop((permit, running));
             output
         };
-        let mut task = match &self.runtime {
+        let task = match &self.runtime {
             Some(runtime) => runtime.spawn(work),
             None => tokio::spawn(work),
         };
-        match tokio::time::timeout(self.limits.timeout, &mut task).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(join_error)) => Err(QueryError::internal(format!("the query's task failed: {join_error}"))),
-            Err(_) => {
-                // Dropping the task's future at its next await point stops
-                // every operator of the query (DataFusion yields cooperatively).
-                task.abort();
-                // Answer once the query's slot and memory are free, so the
-                // next query is not refused for this one (bounded: an
-                // operator that never yields cannot hold the answer back).
-                let _ = tokio::time::timeout(ABORT_WAIT, task).await;
-                Err(QueryError::new(
+        // Dropping this future (a client gone) stops the query too.
+        let mut task = AbortOnDrop(task);
+        let stopped = tokio::select! {
+            joined = tokio::time::timeout(self.limits.timeout, &mut task.0) => match joined {
+                Ok(Ok(output)) => return output,
+                Ok(Err(join_error)) => return Err(QueryError::internal(format!("the query's task failed: {join_error}"))),
+                Err(_) => QueryError::new(
                     ErrorKind::Timeout,
                     format!(
                         "query time limit of {} ms (--query-timeout-ms) reached; the query was cancelled",
                         self.limits.timeout.as_millis()
                     ),
-                ))
-            }
-        }
+                ),
+            },
+            () = cancel => QueryError::new(ErrorKind::Cancelled, "canceling statement due to user request"),
+        };
+        // Dropping the task's future at its next await point stops every
+        // operator of the query (DataFusion yields cooperatively). Answer once
+        // the query's slot and memory are free, so the next query is not
+        // refused for this one (bounded: an operator that never yields cannot
+        // hold the answer back).
+        task.0.abort();
+        let _ = tokio::time::timeout(ABORT_WAIT, &mut task.0).await;
+        Err(stopped)
     }
 
-    /// A fresh session: its own memory pool, no disk, the four tables and
-    /// `information_schema`, and nothing that reads files or URLs.
+    /// A fresh session: the template's tables and functions, its own memory
+    /// pool, no disk.
     fn session(&self) -> Result<SessionContext, QueryError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(GreedyMemoryPool::new(self.limits.memory_bytes)))
@@ -166,41 +270,63 @@ impl QueryEngine {
             .map_err(|e| QueryError::internal(format!("building the query runtime: {e}")))?;
         // Only the archive's store: a query names no file or URL of its own.
         runtime.register_object_store(Archive::store_url().as_ref(), self.archive_store.clone());
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_target_partitions(2);
-        let state = SessionStateBuilder::new()
-            .with_config(config)
+        let state = SessionStateBuilder::new_from_existing(self.template.as_ref().clone())
             .with_runtime_env(runtime)
-            .with_default_features()
             .build();
-        // A DataFusion upgrade that registers a file-reading table function
-        // by default must not slip one in.
-        if let Some(name) = state
-            .table_functions()
-            .keys()
-            .find(|f| !TABLE_FUNCTIONS.contains(&f.as_str()))
-        {
-            return Err(QueryError::internal(format!(
-                "the session holds table function {name}, which the read-only rules do not allow"
-            )));
-        }
-        let context = SessionContext::new_with_state(state);
-        for table in Table::ALL {
-            context
-                .register_table(table.name(), Arc::new(TailTable::new(table, self.tables.clone())))
-                .map_err(|e| QueryError::internal(format!("registering {}: {e}", table.name())))?;
-        }
-        Ok(context)
+        Ok(SessionContext::new_with_state(state))
+    }
+}
+
+/// The session every query's starts from: the four tables,
+/// `information_schema`, PostgreSQL's catalog and functions (`crate::pg::catalog`),
+/// and nothing that reads files or URLs.
+fn template_state(tables: &Arc<Mutex<TailTables>>) -> Result<SessionState, QueryError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema(crate::pg::catalog::DATABASE, "public")
+        .with_target_partitions(2);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    let context = SessionContext::new_with_state(state);
+    for table in Table::ALL {
+        context
+            .register_table(table.name(), Arc::new(TailTable::new(table, tables.clone())))
+            .map_err(|e| QueryError::internal(format!("registering {}: {e}", table.name())))?;
+    }
+    crate::pg::catalog::install(&context)?;
+    let state = context.state();
+    // A DataFusion upgrade that registers a file-reading table function
+    // by default must not slip one in.
+    if let Some(name) = state
+        .table_functions()
+        .keys()
+        .find(|f| !TABLE_FUNCTIONS.contains(&f.as_str()))
+    {
+        return Err(QueryError::internal(format!(
+            "the session holds table function {name}, which the read-only rules do not allow"
+        )));
+    }
+    Ok(state)
+}
+
+/// The task of a query, aborted when its awaiting future is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 /// A query counted in `backbeat_query_queries_running` until dropped (with
-/// its task: answered, failed or aborted at the time limit).
-struct Running(prometheus::IntGauge);
+/// its task: answered, failed or aborted at the time limit); pg-wire counts
+/// its open connections with it too.
+pub(crate) struct Running(prometheus::IntGauge);
 
 impl Running {
-    fn start(gauge: &prometheus::IntGauge) -> Running {
+    pub(crate) fn start(gauge: &prometheus::IntGauge) -> Running {
         gauge.inc();
         Running(gauge.clone())
     }
@@ -212,13 +338,16 @@ impl Drop for Running {
     }
 }
 
-/// Parses, checks, plans and runs `sql`, collecting at most the result limits.
-async fn run(context: &SessionContext, sql: &str, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
-    let state = context.state();
-    let statement = parse_one_statement(sql, state.config().options().sql_parser.recursion_limit.get())?;
+/// Checks `statement` by the read-only rules, plans it, and checks the plan.
+async fn plan_checked(context: &SessionContext, statement: DfStatement) -> Result<LogicalPlan, QueryError> {
     check_statement(&statement)?;
-    let plan = state.statement_to_plan(statement).await?;
+    let plan = context.state().statement_to_plan(statement).await?;
     check_plan(&plan)?;
+    Ok(plan)
+}
+
+/// Runs a checked plan, collecting at most the result limits.
+async fn collect(context: &SessionContext, plan: LogicalPlan, limits: &QueryLimits) -> Result<QueryOutput, QueryError> {
     let frame = context.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let mut stream = frame

@@ -1,6 +1,6 @@
 //! What can go wrong with a query, classified once for every protocol: each
 //! [`ErrorKind`] maps to an HTTP status (this crate's HTTP API) and to a
-//! PostgreSQL SQLSTATE (the pg-wire front end of issue 18), so the two answer
+//! PostgreSQL SQLSTATE (the pg-wire front end, `crate::pg`), so the two answer
 //! the same rule with the same class.
 //!
 //! The rule: a refusal or a limit reached is the client's (4xx); only a fault
@@ -31,8 +31,10 @@ pub enum ErrorKind {
     DataError,
     /// SQL DataFusion does not implement.
     NotSupported,
-    /// The per-query time limit was reached (or the query was cancelled).
+    /// The per-query time limit was reached.
     Timeout,
+    /// The client cancelled the query (a pg-wire cancel request).
+    Cancelled,
     /// The per-query memory limit was reached.
     MemoryLimit,
     /// The result has more rows or bytes than allowed.
@@ -60,7 +62,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
-            ErrorKind::Timeout => 408,
+            ErrorKind::Timeout | ErrorKind::Cancelled => 408,
             // A limit of the query, not of the request body: 422 rather than 413.
             ErrorKind::MemoryLimit | ErrorKind::ResultTooLarge => 422,
             ErrorKind::TooManyQueries => 429,
@@ -82,6 +84,7 @@ impl ErrorKind {
             ErrorKind::DataError => "22000",         // data_exception
             ErrorKind::NotSupported => "0A000",      // feature_not_supported
             ErrorKind::Timeout => "57014",           // query_canceled
+            ErrorKind::Cancelled => "57014",         // query_canceled
             ErrorKind::MemoryLimit => "53200",       // out_of_memory
             ErrorKind::ResultTooLarge => "54000",    // program_limit_exceeded
             ErrorKind::TooManyQueries => "53300",    // too_many_connections
@@ -104,6 +107,7 @@ impl ErrorKind {
             ErrorKind::DataError => "data_error",
             ErrorKind::NotSupported => "not_supported",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::MemoryLimit => "memory_limit",
             ErrorKind::ResultTooLarge => "result_too_large",
             ErrorKind::TooManyQueries => "too_many_queries",
@@ -191,6 +195,7 @@ mod tests {
             ErrorKind::DataError,
             ErrorKind::NotSupported,
             ErrorKind::Timeout,
+            ErrorKind::Cancelled,
             ErrorKind::MemoryLimit,
             ErrorKind::ResultTooLarge,
             ErrorKind::TooManyQueries,

@@ -2,7 +2,8 @@
 //! `beats`, `rejects`) over a Parquet archive of what is sealed (a local
 //! directory or S3, one writer at a time) and the in-memory tail of
 //! `BACKBEAT_EVENTS`, `BACKBEAT_BARS` and `BACKBEAT_REJECTS`, answering
-//! read-only SQL over HTTP (JSON, CSV, Arrow IPC), serving the built-in web
+//! read-only SQL over HTTP (JSON, CSV, Arrow IPC) and the PostgreSQL wire
+//! protocol (`pg`), serving the built-in web
 //! console at `/`, and a CLI client (against
 //! a server, or offline over an archive).
 //!
@@ -13,9 +14,8 @@
 //! the processor's fold or state (only `backbeat-schemas` and
 //! `backbeat-service`). DataFusion's arrow is the only arrow here.
 //!
-//! [`engine::QueryEngine`] and [`error::QueryError`] are shaped for the
-//! pg-wire front end (issue 18): each error kind has an HTTP status and a
-//! PostgreSQL SQLSTATE.
+//! Both protocols run every statement through [`engine::QueryEngine`]; each
+//! [`error::QueryError`] kind has an HTTP status and a PostgreSQL SQLSTATE.
 
 pub mod archive;
 pub mod client;
@@ -28,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod nats_metrics;
+pub mod pg;
 pub mod readonly;
 pub mod serve;
 pub mod tables;

@@ -1,8 +1,8 @@
 //! The read-only rules, checked twice: on the parsed statement (only
 //! `SELECT`/`WITH`/`VALUES`, `EXPLAIN`/`DESCRIBE` and `SHOW`), and on the
 //! logical plan (DataFusion's own `SQLOptions` with DDL, DML and statements
-//! refused, then every table scan must be one of the service's tables or
-//! `information_schema`). The session registers no table function that
+//! refused, then every table scan must be one of the service's tables,
+//! `information_schema` or `pg_catalog`). The session registers no table function that
 //! reads a file or URL, no `ListingTable`, and URL tables are off, so a
 //! query can read nothing but what the tail holds.
 
@@ -17,9 +17,10 @@ use crate::error::{ErrorKind, QueryError};
 use crate::tables::Table;
 
 /// The table functions a session may hold: DataFusion's defaults, which
-/// generate rows and read nothing. `QueryEngine` refuses to build a session
-/// holding any other (a `read_parquet`, say).
-pub const TABLE_FUNCTIONS: [&str; 2] = ["generate_series", "range"];
+/// generate rows and read nothing, and the PostgreSQL catalog's keyword list.
+/// `QueryEngine` refuses to build a session holding any other (a
+/// `read_parquet`, say).
+pub const TABLE_FUNCTIONS: [&str; 3] = ["generate_series", "range", "pg_get_keywords"];
 
 /// The rule every refusal names.
 pub const READ_ONLY_RULE: &str = "read-only: only SELECT, WITH, EXPLAIN and SHOW are allowed";
@@ -106,12 +107,15 @@ pub fn check_plan(plan: &LogicalPlan) -> Result<(), QueryError> {
                     Table::ALL.iter().any(|t| t.name() == name.table())
                         || TABLE_FUNCTIONS.iter().any(|f| name.table() == format!("{f}()"))
                 }
-                Some("information_schema") => true,
+                // Both are generated from the session's own catalog (and
+                // tables of PostgreSQL's built-in types and functions held in
+                // memory): nothing outside the process.
+                Some("information_schema" | "pg_catalog") => true,
                 Some(_) => false,
             };
             if !ours {
                 refusal = Some(QueryError::forbidden(format!(
-                    "{READ_ONLY_RULE}; a query reads only the tables bar_reports, claims, beats, rejects and information_schema, not {name}"
+                    "{READ_ONLY_RULE}; a query reads only the tables bar_reports, claims, beats, rejects, information_schema and pg_catalog, not {name}"
                 )));
                 return Ok(TreeNodeRecursion::Stop);
             }

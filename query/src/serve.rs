@@ -1,6 +1,7 @@
 //! `backbeat-query serve`: opens the archive, connects to NATS, starts the
 //! tail of the three streams from the archive's record, the archive's
-//! writer (while it holds the lease), and answers SQL over HTTP until SIGTERM.
+//! writer (while it holds the lease), and answers SQL over HTTP (and pg-wire with --pg-listen)
+//! until SIGTERM.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,9 @@ use backbeat_service::admin::admin_router;
 use backbeat_service::streams::{ensure_all_streams, StreamOptions};
 use backbeat_service::{serve_http, shutdown_signal, AdminState, HttpLimits};
 
-use crate::clusters::{clusters_router, ClustersState, PulseGroup};
 use crate::archive::writer::Archiver;
 use crate::archive::Archive;
+use crate::clusters::{clusters_router, ClustersState, PulseGroup};
 use crate::config::ServeConfig;
 use crate::console::console_router;
 use crate::engine::QueryEngine;
@@ -69,7 +70,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.limits.clone(),
         Some(query_runtime.handle().clone()),
         metrics.clone(),
-    );
+    )
+    .context("building the query engine")?;
 
     let ready = {
         let (tail, client) = (tail.clone(), client.clone());
@@ -111,6 +113,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             })
         }
     };
+    if let Some(pg) = &config.pg {
+        crate::pg::spawn(pg, engine.clone(), &metrics.registry).await?;
+    }
     let admin = AdminState::new(metrics.registry.clone(), ready, status);
     let api = ApiState {
         engine,

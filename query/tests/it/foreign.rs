@@ -10,38 +10,7 @@ use async_nats::HeaderMap;
 use backbeat_schemas::window::window_id;
 use backbeat_tests::NatsServer;
 
-use crate::support::{ensure_streams, query_bin, QueryServer};
-
-fn report(cluster: &str, window: u64, agents: u64) -> String {
-    let id = window_id(cluster, 4, window);
-    let (from, to) = (window * 4, window * 4 + 3);
-    format!(
-        r#"{{"type":"backbeat.barreport.v1","window_id":"{id}","from_beat":{from},"to_beat":{to},"agents_reporting":{agents},"on_time_reviews":0,"help_promises_fulfilled":0,"secret_rotations_ok":true,"tempo_drift_ms":0,"issues":[{{"code":"missing_beats","count":2,"sample":["1","2"]}}],"cluster_id":"{cluster}","window_index":{window},"bar_length":4,"beats_observed":2,"claims_accepted":1,"claims_late":0,"claims_rejected":0,"tempo_bpm":60,"seq_first":1,"seq_last":3}}"#
-    )
-}
-
-fn beat(cluster: &str, index: u64, hlc: &str) -> String {
-    let window = index / 4;
-    let phase = match index % 4 {
-        0 => "plan",
-        3 => "review",
-        _ => "execution",
-    };
-    format!(
-        r#"{{"type":"backbeat.beatframe.v1","cluster_id":"{cluster}","beat_index":{index},"downbeat":{},"phase":"{phase}","hlc":"{hlc}","deadline_at":"2026-01-01T00:00:01Z","tempo_bpm":60,"window_id":"{}"}}"#,
-        index.is_multiple_of(4),
-        window_id(cluster, 4, window)
-    )
-}
-
-async fn publish(js: &jetstream::Context, subject: &str, payload: String) -> u64 {
-    js.publish(subject.to_string(), payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence
-}
+use crate::support::{beat, ensure_streams, publish, query_bin, report, QueryServer};
 
 #[tokio::test]
 async fn foreign_messages_are_left_out_and_the_last_report_of_a_window_is_kept() {

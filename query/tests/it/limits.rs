@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use backbeat_tests::{wait_until_async, NatsServer};
 
-use crate::support::{ensure_streams, QueryServer, TIMEOUT};
+use crate::support::{ensure_streams, QueryServer, FORBIDDEN, LIMITS, TIMEOUT};
 
 const JSON: &str = "application/json";
 
@@ -30,42 +30,9 @@ async fn forbidden_statements_and_every_limit_are_4xx_and_the_server_goes_on() {
     let js = jetstream::new(nats.client().await.unwrap());
     ensure_streams(&js).await;
     let dir = tempfile::tempdir().unwrap();
-    let server = QueryServer::start(
-        &nats.url(),
-        dir.path(),
-        &[
-            "--max-result-rows",
-            "5",
-            "--max-result-bytes",
-            "1000000",
-            "--query-memory-bytes",
-            "1000000",
-            "--query-timeout-ms",
-            "3000",
-            "--max-concurrent-queries",
-            "1",
-            "--token",
-            "sesame",
-        ],
-    )
-    .await;
+    let server = QueryServer::start(&nats.url(), dir.path(), &[&LIMITS[..], &["--token", "sesame"]].concat()).await;
 
-    let forbidden = [
-        ("INSERT INTO claims VALUES (1)", "INSERT INTO"),
-        ("UPDATE claims SET agent_id = 'x'", "UPDATE"),
-        ("DELETE FROM claims", "DELETE FROM"),
-        ("CREATE TABLE t AS SELECT 1", "CREATE TABLE"),
-        ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
-        ("DROP TABLE claims", "DROP TABLE"),
-        (
-            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
-            "CREATE EXTERNAL TABLE",
-        ),
-        ("COPY (SELECT 1) TO '/tmp/backbeat-query-copy.csv'", "COPY"),
-        ("SET datafusion.execution.batch_size = 1", "SET"),
-        ("EXPLAIN INSERT INTO claims VALUES (1)", "INSERT INTO"),
-        ("SELECT 1 INTO t", "read-only"),
-    ];
+    let forbidden = FORBIDDEN;
     for (sql, named) in forbidden {
         assert_refused(&server, sql, 403, "42501", named).await;
     }

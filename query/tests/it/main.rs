@@ -19,10 +19,17 @@
 //!   windows API, CSV, Arrow and the `sql` CLI.
 //! - `console`: the built-in console's files and `/api/v1/clusters`, and the
 //!   page in headless Chromium (needs `bash deploy/install-chromium.sh`).
+//! - `pg`: the PostgreSQL wire protocol with tokio-postgres (prepared
+//!   statements, typed parameters, native types in binary and text, portals),
+//!   every refusal and limit with its SQLSTATE, cancel, the connection cap,
+//!   users and the password, Grafana's macro expansions and catalog queries.
+//! - `pg_clients`: psql (`\dt`, `\d bar_reports`, `\l`) and psycopg.
 
 mod archive;
 mod console;
 mod foreign;
 mod limits;
+mod pg;
+mod pg_clients;
 mod support;
 mod tables;

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use async_nats::jetstream;
+use backbeat_schemas::window::window_id;
 use backbeat_tests::{wait_until, wait_until_async, ChildGuard};
 
 /// How long a test waits for anything (a debug build on a loaded 2-core machine).
@@ -18,6 +20,8 @@ pub fn query_bin() -> PathBuf {
 pub struct QueryServer {
     _child: ChildGuard,
     pub port: u16,
+    /// The pg-wire port, when started with `--pg-listen`.
+    pub pg_port: Option<u16>,
     log: PathBuf,
     http: reqwest::Client,
     token: Option<String>,
@@ -73,7 +77,7 @@ impl QueryServer {
         let mut child = ChildGuard::spawn("backbeat-query serve", &mut command).expect("starting backbeat-query");
         let port = wait_until("the query's HTTP address in its log", TIMEOUT, || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            match listening_port(&text) {
+            match listening_port(&text, "HTTP listening") {
                 Some(port) => Some(port),
                 None => (!child.is_running()).then_some(0),
             }
@@ -83,9 +87,20 @@ impl QueryServer {
             .iter()
             .position(|a| *a == "--token")
             .map(|i| args[i + 1].to_string());
+        let pg_port = if args.contains(&"--pg-listen") {
+            let text = wait_until("the pg-wire address in the query's log", TIMEOUT, || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.contains("pg-wire listening").then_some(text)
+            })
+            .expect("the query server listens on pg-wire");
+            listening_port(&text, "pg-wire listening")
+        } else {
+            None
+        };
         let server = QueryServer {
             _child: child,
             port,
+            pg_port,
             log,
             http: reqwest::Client::new(),
             token,
@@ -171,6 +186,12 @@ impl QueryServer {
         }
     }
 
+    /// The libpq connection string of the pg-wire port (user and database `backbeat`).
+    pub fn pg_conninfo(&self) -> String {
+        let port = self.pg_port.expect("started with --pg-listen");
+        format!("host=127.0.0.1 port={port} user=backbeat dbname=backbeat")
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -199,9 +220,9 @@ async fn answer(request: reqwest::RequestBuilder) -> Option<Answer> {
     })
 }
 
-/// The port of the "HTTP listening addr=127.0.0.1:PORT" log line.
-fn listening_port(log: &str) -> Option<u16> {
-    let line = log.lines().find(|l| l.contains("HTTP listening"))?;
+/// The port of the "`marker` addr=127.0.0.1:PORT" log line.
+fn listening_port(log: &str, marker: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains(marker))?;
     let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
@@ -213,3 +234,71 @@ pub async fn ensure_streams(js: &async_nats::jetstream::Context) {
         .await
         .expect("creating the streams");
 }
+
+/// A valid BarReport of `cluster`'s window `window` (bar length 4), with one issue.
+pub fn report(cluster: &str, window: u64, agents: u64) -> String {
+    let id = window_id(cluster, 4, window);
+    let (from, to) = (window * 4, window * 4 + 3);
+    format!(
+        r#"{{"type":"backbeat.barreport.v1","window_id":"{id}","from_beat":{from},"to_beat":{to},"agents_reporting":{agents},"on_time_reviews":0,"help_promises_fulfilled":0,"secret_rotations_ok":true,"tempo_drift_ms":0,"issues":[{{"code":"missing_beats","count":2,"sample":["1","2"]}}],"cluster_id":"{cluster}","window_index":{window},"bar_length":4,"beats_observed":2,"claims_accepted":1,"claims_late":0,"claims_rejected":0,"tempo_bpm":60,"seq_first":1,"seq_last":3}}"#
+    )
+}
+
+/// A valid beat frame of `cluster` (bar length 4) with HLC `hlc`.
+pub fn beat(cluster: &str, index: u64, hlc: &str) -> String {
+    let window = index / 4;
+    let phase = match index % 4 {
+        0 => "plan",
+        3 => "review",
+        _ => "execution",
+    };
+    format!(
+        r#"{{"type":"backbeat.beatframe.v1","cluster_id":"{cluster}","beat_index":{index},"downbeat":{},"phase":"{phase}","hlc":"{hlc}","deadline_at":"2026-01-01T00:00:01Z","tempo_bpm":60,"window_id":"{}"}}"#,
+        index.is_multiple_of(4),
+        window_id(cluster, 4, window)
+    )
+}
+
+/// Publishes to JetStream; the stream sequence.
+pub async fn publish(js: &jetstream::Context, subject: &str, payload: String) -> u64 {
+    js.publish(subject.to_string(), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// The limits flags of the refusal tests: 5 rows, 1 MB of result, 1 MB of
+/// query memory, 3 s, one query at a time.
+pub const LIMITS: [&str; 10] = [
+    "--max-result-rows",
+    "5",
+    "--max-result-bytes",
+    "1000000",
+    "--query-memory-bytes",
+    "1000000",
+    "--query-timeout-ms",
+    "3000",
+    "--max-concurrent-queries",
+    "1",
+];
+
+/// Every kind of statement the read-only rules refuse, with what the
+/// refusal names.
+pub const FORBIDDEN: [(&str, &str); 11] = [
+    ("INSERT INTO claims VALUES (1)", "INSERT INTO"),
+    ("UPDATE claims SET agent_id = 'x'", "UPDATE"),
+    ("DELETE FROM claims", "DELETE FROM"),
+    ("CREATE TABLE t AS SELECT 1", "CREATE TABLE"),
+    ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+    ("DROP TABLE claims", "DROP TABLE"),
+    (
+        "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+        "CREATE EXTERNAL TABLE",
+    ),
+    ("COPY (SELECT 1) TO '/tmp/backbeat-query-copy.csv'", "COPY"),
+    ("SET datafusion.execution.batch_size = 1", "SET"),
+    ("EXPLAIN INSERT INTO claims VALUES (1)", "INSERT INTO"),
+    ("SELECT 1 INTO t", "read-only"),
+];
