@@ -50,6 +50,31 @@ impl Signal {
     }
 }
 
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether every thread of `pid` is in the stopped state (`T`), per
+/// `/proc/{pid}/task/*/stat`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // a thread that exited meanwhile
+        };
+        // "tid (comm) S …": the state follows the last ')', as comm may hold one.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped, unless it
 /// has already exited.
 #[derive(Debug)]
@@ -84,6 +109,16 @@ impl ChildGuard {
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal.raw()) };
         if rc != 0 {
             anyhow::bail!("kill({}, {signal:?}): {}", self.name, std::io::Error::last_os_error());
+        }
+        if signal == Signal::Stop {
+            // kill(2) only queues the stop: each thread stops when it next
+            // leaves the kernel, and one in a long syscall (an fsync) keeps
+            // going until it returns. A test that stops a server means every
+            // thread of it: wait until /proc says so.
+            let pid = child.id();
+            crate::wait_until(&format!("{} to be stopped", self.name), STOP_TIMEOUT, || {
+                all_threads_stopped(pid).then_some(())
+            })?;
         }
         Ok(())
     }

@@ -130,17 +130,22 @@ impl Prometheus {
     }
 }
 
-/// The stack of the end-to-end tests plus the query service, as `deploy/up.sh` runs it.
+/// The stack of the end-to-end tests plus the query service, as `deploy/up.sh`
+/// runs it, and a PostgreSQL connection to it: Grafana's SQL panels reach the
+/// query service over pg-wire, so the test does too.
 struct Full {
     stack: Stack,
     _query: ChildGuard,
     query_port: u16,
+    pg: tokio_postgres::Client,
 }
 
 impl Full {
     async fn start() -> anyhow::Result<Full> {
         let stack = Stack::start().await?;
         let query_port = free_port();
+        let pg_port = free_port();
+        let data_dir = stack.logs().join("query-data");
         let query = spawn(
             "backbeat-query",
             &stack.logs(),
@@ -150,6 +155,10 @@ impl Full {
                 &stack.server.url(),
                 "--listen",
                 &format!("127.0.0.1:{query_port}"),
+                "--pg-listen",
+                &format!("127.0.0.1:{pg_port}"),
+                "--data-dir",
+                &data_dir.to_string_lossy(),
                 "--bar-length",
                 BAR,
                 "--nats-monitor-url",
@@ -157,20 +166,37 @@ impl Full {
             ],
         )?;
         wait_ready("backbeat-query", query_port).await?;
+        let (pg, connection) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={pg_port} user=backbeat dbname=backbeat"),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(connection);
         Ok(Full {
             stack,
             _query: query,
             query_port,
+            pg,
         })
     }
 
-    /// One statement over HTTP: the rows, or the server's error.
-    fn sql(&self, sql: &str) -> anyhow::Result<Vec<Value>> {
-        let body = serde_json::json!({ "sql": sql }).to_string();
-        let (status, answer) = post(self.query_port, "/api/v1/sql", &body)?;
-        anyhow::ensure!(status == 200, "{status}: {answer}\n{sql}");
-        let answer: Value = serde_json::from_str(&answer)?;
-        Ok(answer["rows"].as_array().cloned().unwrap_or_default())
+    /// One statement over pg-wire, as Grafana sends it (the simple query
+    /// protocol): the rows as text, or the server's error.
+    async fn sql(&self, sql: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        let messages = self
+            .pg
+            .simple_query(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}\n{sql}", e.as_db_error().map_or(e.to_string(), |d| d.to_string())))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect())
     }
 }
 
@@ -422,8 +448,9 @@ async fn every_dashboard_query_returns_data_from_a_running_stack() -> anyhow::Re
     wait_until_async("three windows with agents in bar_reports", TIMEOUT, || async {
         let rows = full
             .sql("SELECT count(*) FROM bar_reports WHERE agents_reporting > 0")
+            .await
             .ok()?;
-        (rows.first()?[0].as_i64()? >= 3).then_some(())
+        (rows.first()?[0].as_deref()?.parse::<i64>().ok()? >= 3).then_some(())
     })
     .await?;
 
@@ -460,9 +487,9 @@ async fn every_dashboard_query_returns_data_from_a_running_stack() -> anyhow::Re
         for variable in dashboard["templating"]["list"].as_array().into_iter().flatten() {
             if variable["datasource"]["uid"] == "backbeat-sql" {
                 let sql = expand(variable["query"].as_str().unwrap_or_default(), &range, &variables);
-                let rows = full.sql(&sql)?;
+                let rows = full.sql(&sql).await?;
                 assert!(
-                    rows.iter().any(|row| row[0] == CLUSTER),
+                    rows.iter().any(|row| row[0].as_deref() == Some(CLUSTER)),
                     "{file}: variable {} offers {rows:?}, not the cluster {CLUSTER}",
                     variable["name"]
                 );
@@ -472,13 +499,11 @@ async fn every_dashboard_query_returns_data_from_a_running_stack() -> anyhow::Re
             let sql = expand(target["rawSql"].as_str().unwrap_or_default(), &range, &variables);
             let rows = full
                 .sql(&sql)
+                .await
                 .map_err(|e| anyhow::anyhow!("{file}: panel '{title}': {e}"))?;
             assert!(!rows.is_empty(), "{file}: panel '{title}' returns no rows:\n{sql}");
             if target["format"] == "time_series" {
-                assert!(
-                    !rows[0][0].is_null(),
-                    "{file}: panel '{title}': the time column is null"
-                );
+                assert!(rows[0][0].is_some(), "{file}: panel '{title}': the time column is null");
             }
         }
         for (title, target) in targets(&dashboard, "backbeat-prometheus") {
