@@ -1,6 +1,6 @@
 //! The HTTP API on `--listen`: `POST /api/v1/sql` (JSON, CSV or Arrow IPC by
 //! `Accept`), `GET /api/v1/windows` and `GET /api/v1/windows/{window_id}`
-//! (BarReports as stored), beside the common `/health`, `/ready`, `/metrics`
+//! (BarReports of the archive and the tail, as SPEC §2 documents), beside the common `/health`, `/ready`, `/metrics`
 //! and `/api/v1/status`. With a token configured, the API routes need
 //! `Authorization: Bearer <token>`; the common routes never do.
 
@@ -11,12 +11,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use backbeat_schemas::names::is_valid_cluster_id;
+use backbeat_schemas::BarReport;
 use serde::Deserialize;
 
 use crate::encode::{encode, Format};
 use crate::engine::QueryEngine;
 use crate::error::{ErrorKind, QueryError};
-use crate::tail::Tail;
+use crate::tables::bar_reports::reports_from_batches;
+use crate::tables::columns::int64;
 
 /// The most windows one `/api/v1/windows` answer holds.
 pub const WINDOWS_PER_ANSWER_MAX: usize = 10_000;
@@ -25,7 +28,6 @@ pub const WINDOWS_PER_ANSWER_MAX: usize = 10_000;
 #[derive(Clone)]
 pub struct ApiState {
     pub engine: QueryEngine,
-    pub tail: Arc<Tail>,
     /// The bearer token the API routes need, if any.
     pub token: Option<Arc<str>>,
 }
@@ -78,8 +80,9 @@ struct WindowsQuery {
     limit: Option<usize>,
 }
 
-/// The reports held of `cluster` (every cluster when absent) with a window
-/// index in `from..=to`, by cluster and window, as a JSON array of the stored documents.
+/// The reports of `cluster` (every cluster when absent) with a window index
+/// in `from..=to`, archived or in the tail, by cluster and window, as a JSON
+/// array of their documents.
 async fn windows(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -98,37 +101,63 @@ async fn windows(
         }
     };
     let limit = query.limit.unwrap_or(1000).min(WINDOWS_PER_ANSWER_MAX);
-    let Ok(tables) = state.tail.tables.lock() else {
-        return error_response(&QueryError::internal("the tail's lock is poisoned"));
-    };
-    let rows = tables.bars().select(
-        query.cluster.as_deref(),
-        query.from.unwrap_or(0),
-        query.to.unwrap_or(u64::MAX),
-        limit,
+    let mut filter = format!(
+        "window_index BETWEEN {} AND {}",
+        int64(query.from.unwrap_or(0)),
+        int64(query.to.unwrap_or(u64::MAX))
     );
-    let documents: Vec<&str> = rows.iter().map(|row| &*row.json).collect();
-    json_array(&documents)
+    if let Some(cluster) = &query.cluster {
+        if !is_valid_cluster_id(cluster) {
+            return error_response(&QueryError::new(
+                ErrorKind::BadRequest,
+                format!("cluster {cluster:?} is not a cluster id (SPEC §1)"),
+            ));
+        }
+        // A valid id is [a-z0-9-] only: nothing to quote.
+        filter.push_str(&format!(" AND cluster_id = '{cluster}'"));
+    }
+    match reports(&state, &filter, limit).await {
+        Ok(documents) => json_array(&documents),
+        Err(e) => error_response(&e),
+    }
 }
 
 async fn window(State(state): State<ApiState>, headers: HeaderMap, Path(window_id): Path<String>) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return error_response(&e);
     }
-    let Ok(tables) = state.tail.tables.lock() else {
-        return error_response(&QueryError::internal("the tail's lock is poisoned"));
+    // A window id is 32 lowercase hex digits (SPEC §4); anything else names no window.
+    let is_window_id = window_id.len() == 32 && window_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let found = if is_window_id {
+        reports(&state, &format!("window_id = '{window_id}'"), 1).await
+    } else {
+        Ok(Vec::new())
     };
-    match tables.bars().by_window_id(&window_id) {
-        Some(row) => ([(header::CONTENT_TYPE, "application/json")], row.json.to_string()).into_response(),
-        None => error_response(&QueryError::new(
-            ErrorKind::NotFound,
-            format!("no report of window {window_id} is held"),
-        )),
+    match found {
+        Ok(documents) => match documents.into_iter().next() {
+            Some(document) => ([(header::CONTENT_TYPE, "application/json")], document).into_response(),
+            None => error_response(&QueryError::new(
+                ErrorKind::NotFound,
+                format!("no report of window {window_id} is held"),
+            )),
+        },
+        Err(e) => error_response(&e),
     }
 }
 
-/// Stored documents (each valid JSON) as one JSON array, their bytes unchanged.
-fn json_array(documents: &[&str]) -> Response {
+/// The reports matching `filter` (SQL over `bar_reports`: the archive and the
+/// tail, within the query limits), by cluster and window, at most `limit`,
+/// each as its SPEC §2 JSON document.
+async fn reports(state: &ApiState, filter: &str, limit: usize) -> Result<Vec<String>, QueryError> {
+    let sql = format!("SELECT * FROM bar_reports WHERE {filter} ORDER BY cluster_id, window_index LIMIT {limit}");
+    let output = state.engine.execute(&sql).await?;
+    let reports = reports_from_batches(&output.batches)
+        .map_err(|e| QueryError::internal(format!("bar_reports rows as reports: {e}")))?;
+    Ok(reports.iter().map(BarReport::to_json).collect())
+}
+
+/// Documents (each valid JSON) as one JSON array, their bytes unchanged.
+fn json_array(documents: &[String]) -> Response {
     let mut body = String::with_capacity(documents.iter().map(|d| d.len() + 1).sum::<usize>() + 2);
     body.push('[');
     for (index, document) in documents.iter().enumerate() {

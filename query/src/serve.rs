@@ -119,7 +119,6 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let admin = AdminState::new(metrics.registry.clone(), ready, status);
     let api = ApiState {
         engine,
-        tail,
         token: config.token.as_deref().map(Into::into),
     };
     let clusters = ClustersState {

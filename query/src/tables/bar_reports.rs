@@ -10,18 +10,21 @@
 //! appears more than once the last stored one is kept (the others counted):
 //! only NATS permissions on `backbeat.*.bar` make the subject trustworthy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use backbeat_schemas::json::{scan_object, Scanned};
-use backbeat_schemas::report::ISSUE_CODES;
+use backbeat_schemas::report::{Issue, ISSUE_CODES};
 use backbeat_schemas::window::window_id;
 use backbeat_schemas::BarReport;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int32Array, Int64Array, ListArray, ListBuilder, StringArray, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, ListArray, ListBuilder, StringArray, StringBuilder,
+    StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Int32Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::columns::{int64, ms_to_us, time_column, time_field};
@@ -178,21 +181,6 @@ impl BarReportStore {
         self.rows_evicted
     }
 
-    /// The reports of `cluster` (every cluster when None) with a window index
-    /// in `from..=to`, by cluster and window, at most `limit`.
-    pub fn select(&self, cluster: Option<&str>, from: u64, to: u64, limit: usize) -> Vec<&BarRow> {
-        self.reports
-            .iter()
-            .filter(|((c, w), _)| cluster.is_none_or(|cluster| cluster == c) && (from..=to).contains(w))
-            .map(|(_, row)| row)
-            .take(limit)
-            .collect()
-    }
-
-    pub fn by_window_id(&self, window_id: &str) -> Option<&BarRow> {
-        self.reports.values().find(|row| row.report.window_id == window_id)
-    }
-
     /// The reports of windows the archive does not hold, by cluster and window.
     pub fn unarchived(&self, archive: &ArchiveView) -> Vec<&BarRow> {
         self.reports
@@ -244,6 +232,97 @@ impl BarReportStore {
         ];
         RecordBatch::try_new(SCHEMA.clone(), columns).expect("the bar_reports columns fit their schema")
     }
+}
+
+/// The table's 64-bit integer columns.
+const INT_COLUMNS: [&str; 14] = [
+    "window_index",
+    "bar_length",
+    "from_beat",
+    "to_beat",
+    "agents_reporting",
+    "on_time_reviews",
+    "help_promises_fulfilled",
+    "tempo_drift_ms",
+    "beats_observed",
+    "claims_accepted",
+    "claims_late",
+    "claims_rejected",
+    "seq_first",
+    "seq_last",
+];
+
+/// The BarReports of rows of this table (`SELECT *` over archive and tail),
+/// rebuilt from their columns: the inverse of [`BarReportStore::to_batch`].
+/// Every SPEC field is a column of its own, so [`BarReport::to_json`] of the
+/// result gives the bytes the processor published.
+pub fn reports_from_batches(batches: &[RecordBatch]) -> Result<Vec<BarReport>, ArrowError> {
+    let mut reports = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for batch in batches {
+        // The archive's scans may hand a column over in another Arrow
+        // encoding of the same type (string views): cast to the table's own.
+        let column = |name: &str| -> Result<ArrayRef, ArrowError> {
+            let field = SCHEMA.field_with_name(name)?;
+            let array = batch
+                .column_by_name(name)
+                .ok_or_else(|| ArrowError::SchemaError(format!("bar_reports: no column {name}")))?;
+            cast(array, field.data_type())
+        };
+        let strings = |name: &str| column(name).map(|a| a.as_string::<i32>().clone());
+        let (window_id, cluster_id) = (strings("window_id")?, strings("cluster_id")?);
+        let ints = INT_COLUMNS
+            .iter()
+            .map(|&name| Ok((name, column(name)?.as_primitive::<Int64Type>().clone())))
+            .collect::<Result<HashMap<&str, Int64Array>, ArrowError>>()?;
+        let signed = |name: &str, row: usize| ints[name].value(row);
+        let unsigned = |name: &str, row: usize| u64::try_from(signed(name, row)).unwrap_or(0);
+        let secret_rotations_ok = column("secret_rotations_ok")?.as_boolean().clone();
+        let tempo_bpm = column("tempo_bpm")?.as_primitive::<Int32Type>().clone();
+        let issues = column("issues")?.as_list::<i32>().clone();
+        for row in 0..batch.num_rows() {
+            let issues = issues.value(row);
+            let issues = issues.as_struct();
+            let (codes, counts, samples) = (
+                issues.column(0).as_string::<i32>(),
+                issues.column(1).as_primitive::<Int64Type>(),
+                issues.column(2).as_list::<i32>(),
+            );
+            reports.push(BarReport {
+                kind: Default::default(),
+                window_id: window_id.value(row).to_string(),
+                from_beat: unsigned("from_beat", row),
+                to_beat: unsigned("to_beat", row),
+                agents_reporting: unsigned("agents_reporting", row),
+                on_time_reviews: unsigned("on_time_reviews", row),
+                help_promises_fulfilled: unsigned("help_promises_fulfilled", row),
+                secret_rotations_ok: secret_rotations_ok.value(row),
+                tempo_drift_ms: signed("tempo_drift_ms", row),
+                issues: (0..issues.len())
+                    .map(|i| Issue {
+                        code: codes.value(i).to_string(),
+                        count: u64::try_from(counts.value(i)).unwrap_or(0),
+                        sample: samples
+                            .value(i)
+                            .as_string::<i32>()
+                            .iter()
+                            .map(|id| id.unwrap_or_default().to_string())
+                            .collect(),
+                    })
+                    .collect(),
+                cluster_id: cluster_id.value(row).to_string(),
+                window_index: unsigned("window_index", row),
+                bar_length: unsigned("bar_length", row),
+                beats_observed: unsigned("beats_observed", row),
+                claims_accepted: unsigned("claims_accepted", row),
+                claims_late: unsigned("claims_late", row),
+                claims_rejected: unsigned("claims_rejected", row),
+                tempo_bpm: u32::try_from(tempo_bpm.value(row)).unwrap_or(0),
+                seq_first: unsigned("seq_first", row),
+                seq_last: unsigned("seq_last", row),
+            });
+        }
+    }
+    Ok(reports)
 }
 
 /// The fields of one `issues` element (SPEC §6).
@@ -383,7 +462,7 @@ mod tests {
         };
         assert_eq!(store.insert(row(1, 1, 0)), Inserted::New);
         assert_eq!(store.insert(row(1, 2, 5)), Inserted::Replaced);
-        assert_eq!(store.select(None, 0, 9, 10)[0].report.tempo_drift_ms, 5);
+        assert_eq!(store.unarchived(&ArchiveView::default())[0].report.tempo_drift_ms, 5);
         store.insert(row(2, 3, 0));
         store.insert(row(3, 4, 0));
         assert_eq!(store.rows_held(), 2);
@@ -391,5 +470,34 @@ mod tests {
         let batch = BarReportStore::to_batch(&store.unarchived(&ArchiveView::default()), &WindowSpans::new(4));
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema(), schema());
+    }
+
+    #[test]
+    fn rows_give_back_the_reports_they_were_made_of() {
+        let issues = [
+            "",
+            r#"{"code":"late_claims","count":2,"sample":["a","b\"c"]}"#,
+            r#"{"code":"missing_beats","count":1,"sample":[]},{"code":"overdue_tasks","count":7,"sample":["t:1"]}"#,
+        ];
+        let rows: Vec<BarRow> = issues
+            .iter()
+            .enumerate()
+            .map(|(window, issues)| {
+                let json = report_json("c", window as u64, issues);
+                BarRow {
+                    report: parse_report("c", json.as_bytes()).unwrap(),
+                    json: json.into(),
+                    stream_seq: window as u64 + 1,
+                    published_at_us: 0,
+                }
+            })
+            .collect();
+        let batch = BarReportStore::to_batch(&rows.iter().collect::<Vec<_>>(), &WindowSpans::new(4));
+        // Split in two batches, as a scan hands them over.
+        let batches = [batch.slice(0, 1), batch.slice(1, 2)];
+        let reports = reports_from_batches(&batches).unwrap();
+        let documents: Vec<String> = reports.iter().map(BarReport::to_json).collect();
+        let stored: Vec<String> = rows.iter().map(|row| row.json.to_string()).collect();
+        assert_eq!(documents, stored);
     }
 }

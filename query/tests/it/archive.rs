@@ -26,6 +26,8 @@ struct Published {
     beats: Vec<u64>,
     bars: Vec<u64>,
     rejects: Vec<u64>,
+    /// The reports' documents, as published.
+    reports: Vec<String>,
 }
 
 /// A cluster's log, window by window, as the pulse, gateway and processor would write it.
@@ -100,8 +102,10 @@ impl ClusterLog {
                     first = seq;
                     // The first beat of this window closes the previous one: its report.
                     if let Some((w, f, l)) = self.open.take() {
-                        let bar = publish(js, &format!("backbeat.{c}.bar"), report(&c, w, f, l)).await;
+                        let document = report(&c, w, f, l);
+                        let bar = publish(js, &format!("backbeat.{c}.bar"), document.clone()).await;
                         published.bars.push(bar);
+                        published.reports.push(document);
                     }
                 }
                 if offset == 1 {
@@ -147,6 +151,7 @@ async fn seen(server: &QueryServer) -> Published {
         beats: column(server.rows(&query("beats")).await),
         bars: column(server.rows(&query("bar_reports")).await),
         rejects: column(server.rows(&query("rejects")).await),
+        reports: Vec::new(),
     }
 }
 
@@ -287,6 +292,33 @@ async fn archive_and_tail_equal_the_streams_across_seals_kill_9_and_restarts() {
     let status = server.get("/api/v1/status").await.unwrap().json();
     assert_eq!(status["archive"]["writer"], true, "{status}");
     assert!(status["archive"]["positions"]["BACKBEAT_EVENTS"].as_u64().unwrap() > 0);
+    // The windows API answers every report, archived ones (sealed before the
+    // restart, no longer in any tail) as well as the tail's, byte for byte.
+    let windows = server.get("/api/v1/windows").await.unwrap();
+    let mut reports = published.reports.clone();
+    reports.sort_by_key(|document| {
+        let report: serde_json::Value = serde_json::from_str(document).unwrap();
+        (report["cluster_id"].to_string(), report["window_index"].as_u64())
+    });
+    assert_eq!(
+        (windows.status, windows.text()),
+        (200, format!("[{}]", reports.join(",")))
+    );
+    let first = window_id("eu-1", BAR, 0);
+    let one = server.get(&format!("/api/v1/windows/{first}")).await.unwrap();
+    assert_eq!((one.status, one.text()), (200, published.reports[0].clone()));
+    let eu = server
+        .get("/api/v1/windows?cluster=eu-1&from=2&to=3")
+        .await
+        .unwrap()
+        .json();
+    let indices: Vec<u64> = eu
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["window_index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [2, 3]);
     drop(server);
 
     // Phase 4: positions lost (a crash after files were written, before the

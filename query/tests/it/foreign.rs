@@ -122,7 +122,7 @@ async fn foreign_messages_are_left_out_and_the_last_report_of_a_window_is_kept()
     assert_eq!(claims[0][0], "a");
     assert_eq!(claims[0][1], 1);
 
-    // The windows API answers the stored documents.
+    // The windows API answers the reports' documents.
     let windows = server.get("/api/v1/windows?cluster=c&from=1&to=1").await.unwrap();
     assert_eq!(windows.status, 200);
     assert_eq!(windows.text(), format!("[{}]", report("c", 1, 2)));
@@ -134,6 +134,9 @@ async fn foreign_messages_are_left_out_and_the_last_report_of_a_window_is_kept()
         .unwrap();
     assert_eq!((one.status, one.text()), (200, report("c", 2, 3)));
     assert_eq!(server.get("/api/v1/windows/nope").await.unwrap().status, 404);
+    let bad = server.get("/api/v1/windows?cluster=x'%20OR%20'1").await.unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.text().contains("not a cluster id"), "{}", bad.text());
 
     // CSV and Arrow IPC.
     let csv = server
