@@ -8,12 +8,14 @@
 //! `nats-server` is missing (it fails, saying how to install it), or leave a
 //! process running after the value that owns it is dropped.
 
+mod faults;
 mod http;
 mod nats;
 mod process;
 mod rng;
 mod wait;
 
+pub use faults::{FaultRecord, FAULT_REPORT_ENV};
 pub use http::http_get;
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, NatsServerOptions};
 pub use process::{bin_path, free_port, ChildGuard, Signal};
