@@ -3,7 +3,7 @@
 //!
 //! Every dead letter in `BACKBEAT_REJECTS` carries the headers `Backbeat-Reason`,
 //! `Backbeat-Error`, `Backbeat-Source`, `Backbeat-Subject` (see
-//! [`super::publisher`]) and, when only a prefix of its input is kept,
+//! the gateway's publisher, `backbeat_ingest::gateway::publisher`) and, when only a prefix of its input is kept,
 //! `Backbeat-Truncated` = the full length. Its payload is the input's bytes.
 //!
 //! A batch's dead letter keeps that format and adds one header. Its payload is
