@@ -100,7 +100,10 @@ fn main() -> anyhow::Result<()> {
                 .chain(b"\n".iter().copied())
                 .collect();
             for selector in [0u8, 0b0000_0101, 0b0010_1110] {
-                seeds.add("gateway", gateway_input(selector, cluster, "application/x-ndjson", None, &batch));
+                seeds.add(
+                    "gateway",
+                    gateway_input(selector, cluster, "application/x-ndjson", None, &batch),
+                );
             }
             seeds.add("gateway", gateway_input(0, cluster, "application/json", None, first));
             seeds.add(
@@ -138,9 +141,15 @@ fn main() -> anyhow::Result<()> {
         documents.insert(bad.clone());
     }
     let batch: Vec<u8> = bad_claims.iter().flat_map(|c| [&c[..], b"\n"].concat()).collect();
-    seeds.add("gateway", gateway_input(0, "alpha", "application/x-ndjson", None, &batch));
+    seeds.add(
+        "gateway",
+        gateway_input(0, "alpha", "application/x-ndjson", None, &batch),
+    );
     seeds.add("gateway", gateway_input(0, "a$b", "application/x-ndjson", None, &batch));
-    seeds.add("gateway", gateway_input(0, "alpha", "application/json", Some(1 << 30), good.as_bytes()));
+    seeds.add(
+        "gateway",
+        gateway_input(0, "alpha", "application/json", Some(1 << 30), good.as_bytes()),
+    );
 
     for document in &documents {
         seeds.add("json", document.clone());
@@ -193,7 +202,12 @@ fn selector(config: &FoldConfig) -> u8 {
 
 fn gateway_input(selector: u8, cluster: &str, content_type: &str, length: Option<usize>, body: &[u8]) -> Vec<u8> {
     let length = length.map_or(String::new(), |l| l.to_string());
-    [&[selector][..], format!("{cluster}\t{content_type}\t{length}\n").as_bytes(), body].concat()
+    [
+        &[selector][..],
+        format!("{cluster}\t{content_type}\t{length}\n").as_bytes(),
+        body,
+    ]
+    .concat()
 }
 
 /// Every log of the tests with its fold config (from its `args`).
@@ -203,7 +217,11 @@ fn read_logs(root: &Path) -> anyhow::Result<Vec<Log>> {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".log.jsonl") {
-            found.push((stem.to_string(), path.clone(), path.with_file_name(format!("{stem}.args"))));
+            found.push((
+                stem.to_string(),
+                path.clone(),
+                path.with_file_name(format!("{stem}.args")),
+            ));
         }
     }
     for entry in std::fs::read_dir(root.join("tests/golden"))? {
@@ -257,7 +275,7 @@ fn member(payload: &[u8], name: &str) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).ok()?;
     let start = text.find(&format!("\"{name}\":\""))? + name.len() + 4;
     let end = start + text[start..].find('"')?;
-    Some(text[start..end].as_bytes().to_vec())
+    Some(text.as_bytes()[start..end].to_vec())
 }
 
 /// The text of every `r#"..."#` literal in a Rust source.

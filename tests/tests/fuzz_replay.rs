@@ -57,13 +57,19 @@ fn every_target_has_a_fuzz_target_file_and_a_seed_corpus() {
     for (target, _) in TARGETS {
         let source = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
         let text = std::fs::read_to_string(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
-        assert!(text.contains(&format!("checks::{target}(")), "{} calls its check", source.display());
+        assert!(
+            text.contains(&format!("checks::{target}(")),
+            "{} calls its check",
+            source.display()
+        );
         assert!(
             !files(&fuzz_dir().join("corpus").join(target)).is_empty(),
             "{target} has no seed corpus"
         );
     }
-    let targets = std::fs::read_dir(fuzz_dir().join("fuzz_targets")).expect("fuzz/fuzz_targets").count();
+    let targets = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
+        .expect("fuzz/fuzz_targets")
+        .count();
     assert_eq!(targets, TARGETS.len(), "every fuzz target is replayed here");
 }
 

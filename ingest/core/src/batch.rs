@@ -151,10 +151,19 @@ mod tests {
 
     #[test]
     fn the_content_type_names_a_batch_by_its_media_type() {
-        for batch in ["application/x-ndjson", " Application/X-NDJSON ; charset=utf-8", "application/x-ndjson;"] {
+        for batch in [
+            "application/x-ndjson",
+            " Application/X-NDJSON ; charset=utf-8",
+            "application/x-ndjson;",
+        ] {
             assert!(is_ndjson(batch), "{batch:?}");
         }
-        for single in ["", "application/json", "application/x-ndjson2", "text/plain; application/x-ndjson"] {
+        for single in [
+            "",
+            "application/json",
+            "application/x-ndjson2",
+            "text/plain; application/x-ndjson",
+        ] {
             assert!(!is_ndjson(single), "{single:?}");
         }
     }
