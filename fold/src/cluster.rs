@@ -65,6 +65,35 @@ impl ClusterFold {
         &self.cluster_id
     }
 
+    /// Moves `next_to_close` without closing windows: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_next_to_close(&mut self, next_to_close: u64) {
+        self.next_to_close = next_to_close;
+    }
+
+    /// Why a state read from a checkpoint is not one the fold can have
+    /// reached with events up to sequence `last_seq`, if it is not: its open
+    /// windows are at or above `next_to_close`, and hold no event after
+    /// `last_seq`. The fold's own checkpoints always hold these; a damaged
+    /// one that does not would close windows the fold never had.
+    pub(super) fn inconsistency(&self, last_seq: u64) -> Option<&'static str> {
+        if self
+            .windows
+            .keys()
+            .next()
+            .is_some_and(|&first| first < self.next_to_close)
+        {
+            return Some("an open window is below the next window to close");
+        }
+        let accumulators = std::iter::once(&self.before_first_beat).chain(self.windows.values());
+        for acc in accumulators {
+            if acc.seq_last > last_seq || acc.seq_first > acc.seq_last {
+                return Some("a window holds an event after the last sequence applied");
+            }
+        }
+        None
+    }
+
     /// The lowest window not yet reported (0 before the first beat).
     pub(super) fn next_to_close(&self) -> u64 {
         self.next_to_close
