@@ -7,6 +7,8 @@
 #
 #   bash deploy/fuzz.sh [SECONDS_PER_TARGET]
 #
+# BACKBEAT_FUZZ_TARGETS="checkpoint json" runs only those targets (default: all).
+#
 # Needs the nightly toolchain (rustup); installs cargo-fuzz from crates.io when
 # missing. Builds in $BACKBEAT_FUZZ_TARGET_DIR (default
 # ~/.cache/backbeat-fuzz-target), with debug assertions (the fold's
@@ -66,7 +68,7 @@ cargo +nightly fuzz build --debug-assertions --target-dir "$TARGET_DIR" >/dev/nu
 mkdir -p .work artifacts
 results=()
 found=0
-for target in $(cargo +nightly fuzz list); do
+for target in ${BACKBEAT_FUZZ_TARGETS:-$(cargo +nightly fuzz list)}; do
     work=".work/$target"
     mkdir -p "$work" "artifacts/$target" "corpus/$target"
     log=".work/$target.log"

@@ -71,19 +71,33 @@ impl ClusterFold {
         self.next_to_close = next_to_close;
     }
 
+    /// Puts the recent beats in descending order: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_recent_beats_order(&mut self) {
+        self.recent_beats.make_contiguous().reverse();
+    }
+
     /// Why a state read from a checkpoint is not one the fold can have
     /// reached with events up to sequence `last_seq`, if it is not: its open
     /// windows are at or above `next_to_close`, and hold no event after
-    /// `last_seq`. The fold's own checkpoints always hold these; a damaged
-    /// one that does not would close windows the fold never had.
+    /// `last_seq`; its recent beats ascend, each with a tempo a beat may have
+    /// (1 to 1000 bpm). The fold's own checkpoints always hold these; a
+    /// damaged one that does not would close windows the fold never had, or
+    /// break the arithmetic of drift and tempo (both found by the
+    /// `checkpoint` fuzz target).
     pub(super) fn inconsistency(&self, last_seq: u64) -> Option<&'static str> {
-        if self
-            .windows
-            .keys()
-            .next()
-            .is_some_and(|&first| first < self.next_to_close)
-        {
+        let first_open = self.windows.keys().next();
+        if first_open.is_some_and(|&first| first < self.next_to_close) {
             return Some("an open window is below the next window to close");
+        }
+        let beats = &self.recent_beats;
+        if beats.iter().zip(beats.iter().skip(1)).any(|(a, b)| a.index >= b.index) {
+            return Some("the recent beats do not ascend");
+        }
+        let tempos = beats.iter().map(|beat| beat.tempo_bpm);
+        let mut tempos = tempos.chain(self.tempo_before_recent).chain(self.last_tempo);
+        if tempos.any(|tempo_bpm| !(1..=1000).contains(&tempo_bpm)) {
+            return Some("a beat's tempo is not from 1 to 1000 bpm");
         }
         let accumulators = std::iter::once(&self.before_first_beat).chain(self.windows.values());
         for acc in accumulators {

@@ -594,6 +594,14 @@ mod tests {
             Fold::from_checkpoint(&spoiled.to_checkpoint()),
             Err(CheckpointError::Inconsistent { .. })
         ));
+        // Recent beats out of order: the drift of the next closed window
+        // subtracted a larger index from a smaller one.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_recent_beats_order();
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("ascend"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
