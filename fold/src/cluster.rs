@@ -71,6 +71,12 @@ impl ClusterFold {
         self.next_to_close = next_to_close;
     }
 
+    /// Sets the current beat alone: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_current_beat(&mut self, current_beat: Option<u64>) {
+        self.current_beat = current_beat;
+    }
+
     /// Puts the recent beats in descending order: a damaged state, for tests.
     #[cfg(test)]
     pub(super) fn spoil_recent_beats_order(&mut self) {
@@ -80,8 +86,9 @@ impl ClusterFold {
     /// Why a state read from a checkpoint is not one the fold can have
     /// reached with events up to sequence `last_seq`, if it is not: its open
     /// windows are at or above `next_to_close`, and hold no event after
-    /// `last_seq`; its recent beats ascend, each with a tempo a beat may have
-    /// (1 to 1000 bpm). The fold's own checkpoints always hold these; a
+    /// `last_seq`; its recent beats ascend up to the current beat, each with
+    /// a tempo a beat may have (1 to 1000 bpm). The fold's own checkpoints
+    /// always hold these; a
     /// damaged one that does not would close windows the fold never had, or
     /// break the arithmetic of drift and tempo (both found by the
     /// `checkpoint` fuzz target).
@@ -93,6 +100,13 @@ impl ClusterFold {
         let beats = &self.recent_beats;
         if beats.iter().zip(beats.iter().skip(1)).any(|(a, b)| a.index >= b.index) {
             return Some("the recent beats do not ascend");
+        }
+        // The last beat applied is the highest: a later one goes after all.
+        if beats
+            .back()
+            .is_some_and(|last| self.current_beat.is_none_or(|current| last.index > current))
+        {
+            return Some("a recent beat is above the current beat");
         }
         let tempos = beats.iter().map(|beat| beat.tempo_bpm);
         let mut tempos = tempos.chain(self.tempo_before_recent).chain(self.last_tempo);

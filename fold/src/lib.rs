@@ -602,6 +602,15 @@ mod tests {
             Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("ascend"), "{rule}"),
             other => panic!("{other:?}"),
         }
+        // A recent beat above the current one: the next beat would go below it.
+        for current_beat in [None, Some(0)] {
+            let mut spoiled = fold.clone();
+            spoiled.clusters[0].spoil_current_beat(current_beat);
+            match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+                Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above"), "{rule}"),
+                other => panic!("{current_beat:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
