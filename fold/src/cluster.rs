@@ -86,13 +86,22 @@ impl ClusterFold {
     /// Why a state read from a checkpoint is not one the fold can have
     /// reached with events up to sequence `last_seq`, if it is not: its open
     /// windows are at or above `next_to_close`, and hold no event after
-    /// `last_seq`; its recent beats ascend up to the current beat, each with
-    /// a tempo a beat may have (1 to 1000 bpm). The fold's own checkpoints
-    /// always hold these; a
-    /// damaged one that does not would close windows the fold never had, or
-    /// break the arithmetic of drift and tempo (both found by the
-    /// `checkpoint` fuzz target).
-    pub(super) fn inconsistency(&self, last_seq: u64) -> Option<&'static str> {
+    /// `last_seq`, and none the current beat closed; its recent beats ascend
+    /// up to the current beat, each with a tempo a beat may have (1 to 1000
+    /// bpm). The fold's own checkpoints always hold these; a damaged one
+    /// that does not would close windows the fold never had (or 2^40 of
+    /// them at one beat), or break the arithmetic of drift and tempo (all
+    /// found by the `checkpoint` fuzz target).
+    pub(super) fn inconsistency(&self, config: &FoldConfig, last_seq: u64) -> Option<&'static str> {
+        // After each beat, every window it closes is closed (`apply_beat`'s
+        // loop): a state far behind its current beat would close them all,
+        // a report each, at the next beat.
+        let closed_to = (self.next_to_close.saturating_add(1))
+            .saturating_mul(config.bar_length)
+            .saturating_add(config.lateness);
+        if self.current_beat.is_some_and(|current| closed_to <= current) {
+            return Some("windows the current beat closed are still open");
+        }
         let first_open = self.windows.keys().next();
         if first_open.is_some_and(|&first| first < self.next_to_close) {
             return Some("an open window is below the next window to close");

@@ -340,7 +340,7 @@ impl Fold {
         let fold: Fold = postcard::from_bytes(bytes).map_err(CheckpointError::Unreadable)?;
         fold.config.validate().map_err(CheckpointError::InvalidConfig)?;
         for cluster in &fold.clusters {
-            if let Some(rule) = cluster.inconsistency(fold.last_seq) {
+            if let Some(rule) = cluster.inconsistency(&fold.config, fold.last_seq) {
                 return Err(CheckpointError::Inconsistent {
                     cluster_id: cluster.id().to_string(),
                     rule,
@@ -600,6 +600,14 @@ mod tests {
         spoiled.clusters[0].spoil_recent_beats_order();
         match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
             Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("ascend"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // Windows the current beat closed still open: the next beat would
+        // close them all (here 2^40 of them).
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(Some(1 << 42));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("closed"), "{rule}"),
             other => panic!("{other:?}"),
         }
         // A recent beat above the current one: the next beat would go below it.
