@@ -77,6 +77,12 @@ impl ClusterFold {
         self.current_beat = current_beat;
     }
 
+    /// Forgets the recent beats: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_recent_beats_clear(&mut self) {
+        self.recent_beats.clear();
+    }
+
     /// Puts the recent beats in descending order: a damaged state, for tests.
     #[cfg(test)]
     pub(super) fn spoil_recent_beats_order(&mut self) {
@@ -86,7 +92,9 @@ impl ClusterFold {
     /// Why a state read from a checkpoint is not one the fold can have
     /// reached with events up to sequence `last_seq`, if it is not: its open
     /// windows are at or above `next_to_close`, and hold no event after
-    /// `last_seq`, and none the current beat closed; its recent beats ascend
+    /// `last_seq`, and none the current beat closed (none before the first
+    /// beat), and the next to close starts at or below the current beat; its
+    /// recent beats ascend
     /// up to the current beat, each with a tempo a beat may have (1 to 1000
     /// bpm). The fold's own checkpoints always hold these; a damaged one
     /// that does not would close windows the fold never had (or 2^40 of
@@ -101,6 +109,20 @@ impl ClusterFold {
             .saturating_add(config.lateness);
         if self.current_beat.is_some_and(|current| closed_to <= current) {
             return Some("windows the current beat closed are still open");
+        }
+        // The next window to close starts at or below the current beat (the
+        // first beat's window, or one a later beat closed up to): a later
+        // beat never opens a window below it.
+        let next_from = self.next_to_close.checked_mul(config.bar_length);
+        if self
+            .current_beat
+            .is_some_and(|current| next_from.is_none_or(|from| from > current))
+        {
+            return Some("the next window to close is above the current beat");
+        }
+        // Before the first beat everything is counted in `before_first_beat`.
+        if self.current_beat.is_none() && !self.windows.is_empty() {
+            return Some("a window is open before the first beat");
         }
         let first_open = self.windows.keys().next();
         if first_open.is_some_and(|&first| first < self.next_to_close) {

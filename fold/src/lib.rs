@@ -610,14 +610,30 @@ mod tests {
             Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("closed"), "{rule}"),
             other => panic!("{other:?}"),
         }
+        // Open windows before the first beat: the first beat would open one
+        // above them.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(None);
+        spoiled.clusters[0].spoil_recent_beats_clear();
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("first beat"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // The next window to close above the current beat: the next beat
+        // would open a window below it.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_next_to_close(5);
+        spoiled.clusters[0].spoil_current_beat(Some(5 * BAR - 1));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above the current"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
         // A recent beat above the current one: the next beat would go below it.
-        for current_beat in [None, Some(0)] {
-            let mut spoiled = fold.clone();
-            spoiled.clusters[0].spoil_current_beat(current_beat);
-            match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
-                Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above"), "{rule}"),
-                other => panic!("{current_beat:?}: {other:?}"),
-            }
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(Some(0));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above"), "{rule}"),
+            other => panic!("{other:?}"),
         }
     }
 
