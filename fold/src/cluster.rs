@@ -124,6 +124,10 @@ impl ClusterFold {
         if self.current_beat.is_none() && !self.windows.is_empty() {
             return Some("a window is open before the first beat");
         }
+        // ... and no window is closed yet: the first beat sets the next to close.
+        if self.current_beat.is_none() && self.next_to_close != 0 {
+            return Some("a window was closed before the first beat");
+        }
         let first_open = self.windows.keys().next();
         if first_open.is_some_and(|&first| first < self.next_to_close) {
             return Some("an open window is below the next window to close");

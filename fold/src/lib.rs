@@ -628,6 +628,15 @@ mod tests {
             Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above the current"), "{rule}"),
             other => panic!("{other:?}"),
         }
+        // A window closed before the first beat: the first beat would move
+        // the next window to close back.
+        let mut spoiled = Fold::new(FoldConfig::with_bar_length(BAR));
+        spoiled.apply(1, "backbeat.c.claim", b"{}", &mut out);
+        spoiled.clusters[0].spoil_next_to_close(3);
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("before the first"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
         // A recent beat above the current one: the next beat would go below it.
         let mut spoiled = fold.clone();
         spoiled.clusters[0].spoil_current_beat(Some(0));
