@@ -65,6 +65,98 @@ impl ClusterFold {
         &self.cluster_id
     }
 
+    /// Moves `next_to_close` without closing windows: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_next_to_close(&mut self, next_to_close: u64) {
+        self.next_to_close = next_to_close;
+    }
+
+    /// Sets the current beat alone: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_current_beat(&mut self, current_beat: Option<u64>) {
+        self.current_beat = current_beat;
+    }
+
+    /// Forgets the recent beats: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_recent_beats_clear(&mut self) {
+        self.recent_beats.clear();
+    }
+
+    /// Puts the recent beats in descending order: a damaged state, for tests.
+    #[cfg(test)]
+    pub(super) fn spoil_recent_beats_order(&mut self) {
+        self.recent_beats.make_contiguous().reverse();
+    }
+
+    /// Why a state read from a checkpoint is not one the fold can have
+    /// reached with events up to sequence `last_seq`, if it is not: its open
+    /// windows are at or above `next_to_close`, and hold no event after
+    /// `last_seq`, and none the current beat closed (none before the first
+    /// beat), and the next to close starts at or below the current beat; its
+    /// recent beats ascend
+    /// up to the current beat, each with a tempo a beat may have (1 to 1000
+    /// bpm). The fold's own checkpoints always hold these; a damaged one
+    /// that does not would close windows the fold never had (or 2^40 of
+    /// them at one beat), or break the arithmetic of drift and tempo (all
+    /// found by the `checkpoint` fuzz target).
+    pub(super) fn inconsistency(&self, config: &FoldConfig, last_seq: u64) -> Option<&'static str> {
+        // After each beat, every window it closes is closed (`apply_beat`'s
+        // loop): a state far behind its current beat would close them all,
+        // a report each, at the next beat.
+        let closed_to = (self.next_to_close.saturating_add(1))
+            .saturating_mul(config.bar_length)
+            .saturating_add(config.lateness);
+        if self.current_beat.is_some_and(|current| closed_to <= current) {
+            return Some("windows the current beat closed are still open");
+        }
+        // The next window to close starts at or below the current beat (the
+        // first beat's window, or one a later beat closed up to): a later
+        // beat never opens a window below it.
+        let next_from = self.next_to_close.checked_mul(config.bar_length);
+        if self
+            .current_beat
+            .is_some_and(|current| next_from.is_none_or(|from| from > current))
+        {
+            return Some("the next window to close is above the current beat");
+        }
+        // Before the first beat everything is counted in `before_first_beat`.
+        if self.current_beat.is_none() && !self.windows.is_empty() {
+            return Some("a window is open before the first beat");
+        }
+        // ... and no window is closed yet: the first beat sets the next to close.
+        if self.current_beat.is_none() && self.next_to_close != 0 {
+            return Some("a window was closed before the first beat");
+        }
+        let first_open = self.windows.keys().next();
+        if first_open.is_some_and(|&first| first < self.next_to_close) {
+            return Some("an open window is below the next window to close");
+        }
+        let beats = &self.recent_beats;
+        if beats.iter().zip(beats.iter().skip(1)).any(|(a, b)| a.index >= b.index) {
+            return Some("the recent beats do not ascend");
+        }
+        // The last beat applied is the highest: a later one goes after all.
+        if beats
+            .back()
+            .is_some_and(|last| self.current_beat.is_none_or(|current| last.index > current))
+        {
+            return Some("a recent beat is above the current beat");
+        }
+        let tempos = beats.iter().map(|beat| beat.tempo_bpm);
+        let mut tempos = tempos.chain(self.tempo_before_recent).chain(self.last_tempo);
+        if tempos.any(|tempo_bpm| !(1..=1000).contains(&tempo_bpm)) {
+            return Some("a beat's tempo is not from 1 to 1000 bpm");
+        }
+        let accumulators = std::iter::once(&self.before_first_beat).chain(self.windows.values());
+        for acc in accumulators {
+            if acc.seq_last > last_seq || acc.seq_first > acc.seq_last {
+                return Some("a window holds an event after the last sequence applied");
+            }
+        }
+        None
+    }
+
     /// The lowest window not yet reported (0 before the first beat).
     pub(super) fn next_to_close(&self) -> u64 {
         self.next_to_close

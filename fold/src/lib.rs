@@ -69,6 +69,10 @@ pub enum CheckpointError {
     /// run with (it was not written by a fold, or was damaged).
     #[error("the fold state holds an invalid configuration: {0}")]
     InvalidConfig(#[source] ConfigError),
+    /// The state is readable but is not one a fold can reach (it was
+    /// damaged): resuming from it would report windows no log produced.
+    #[error("the fold state of cluster {cluster_id} is inconsistent: {rule}")]
+    Inconsistent { cluster_id: String, rule: &'static str },
 }
 
 /// A configuration the fold cannot run with.
@@ -328,10 +332,21 @@ impl Fold {
 
     /// A fold resumed from [`Fold::to_checkpoint`] bytes. The configuration
     /// inside is validated as [`Fold::new`] validates it: a state with a bar
-    /// length of 0 is refused here, not divided by later.
+    /// length of 0 is refused here, not divided by later. So is a state no
+    /// fold can reach (a window holding an event after the last sequence
+    /// applied, an open window below the next one to close): the fuzz target
+    /// `checkpoint` found that one breaking the fold's invariants.
     pub fn from_checkpoint(bytes: &[u8]) -> Result<Self, CheckpointError> {
         let fold: Fold = postcard::from_bytes(bytes).map_err(CheckpointError::Unreadable)?;
         fold.config.validate().map_err(CheckpointError::InvalidConfig)?;
+        for cluster in &fold.clusters {
+            if let Some(rule) = cluster.inconsistency(&fold.config, fold.last_seq) {
+                return Err(CheckpointError::Inconsistent {
+                    cluster_id: cluster.id().to_string(),
+                    rule,
+                });
+            }
+        }
         Ok(fold)
     }
 }
@@ -552,6 +567,83 @@ mod tests {
         }
         let unreadable = Fold::from_checkpoint(&[0xff; 3]).unwrap_err();
         assert!(matches!(unreadable, CheckpointError::Unreadable(_)), "{unreadable:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_no_fold_can_reach_is_refused() {
+        // Found by the `checkpoint` fuzz target (fuzz/regressions/checkpoint/):
+        // a damaged state whose open window held an event after the last
+        // sequence applied, which the next beat reported as closed by it.
+        let mut fold = Fold::new(FoldConfig::with_bar_length(BAR));
+        let mut out = Vec::new();
+        fold.apply(1, "backbeat.c.beat", &beat("c", 0), &mut out);
+        fold.apply(5, "backbeat.c.beat", &beat("c", 1), &mut out);
+        assert!(Fold::from_checkpoint(&fold.to_checkpoint()).is_ok());
+        let mut spoiled = fold.clone();
+        spoiled.last_seq = 4;
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { cluster_id, rule }) => {
+                assert_eq!(cluster_id, "c");
+                assert!(rule.contains("after the last sequence"), "{rule}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_next_to_close(BAR + 1);
+        assert!(matches!(
+            Fold::from_checkpoint(&spoiled.to_checkpoint()),
+            Err(CheckpointError::Inconsistent { .. })
+        ));
+        // Recent beats out of order: the drift of the next closed window
+        // subtracted a larger index from a smaller one.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_recent_beats_order();
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("ascend"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // Windows the current beat closed still open: the next beat would
+        // close them all (here 2^40 of them).
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(Some(1 << 42));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("closed"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // Open windows before the first beat: the first beat would open one
+        // above them.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(None);
+        spoiled.clusters[0].spoil_recent_beats_clear();
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("first beat"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // The next window to close above the current beat: the next beat
+        // would open a window below it.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_next_to_close(5);
+        spoiled.clusters[0].spoil_current_beat(Some(5 * BAR - 1));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above the current"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // A window closed before the first beat: the first beat would move
+        // the next window to close back.
+        let mut spoiled = Fold::new(FoldConfig::with_bar_length(BAR));
+        spoiled.apply(1, "backbeat.c.claim", b"{}", &mut out);
+        spoiled.clusters[0].spoil_next_to_close(3);
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("before the first"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
+        // A recent beat above the current one: the next beat would go below it.
+        let mut spoiled = fold.clone();
+        spoiled.clusters[0].spoil_current_beat(Some(0));
+        match Fold::from_checkpoint(&spoiled.to_checkpoint()) {
+            Err(CheckpointError::Inconsistent { rule, .. }) => assert!(rule.contains("above"), "{rule}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -447,6 +447,21 @@ struct RosterState {
 impl<'de> Deserialize<'de> for Roster {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let state = RosterState::deserialize(deserializer)?;
+        // A damaged state is refused here rather than indexed out of bounds
+        // later (the `checkpoint` fuzz target found a free slot past the
+        // slab): each free slot is an empty slot of the slab, listed once.
+        let mut free_seen = vec![false; state.slots.len()];
+        for &slot in &state.free {
+            let listed = free_seen.get_mut(slot as usize);
+            match (listed, state.slots.get(slot as usize)) {
+                (Some(listed), Some(None)) if !*listed => *listed = true,
+                _ => {
+                    return Err(serde::de::Error::custom(
+                        "a free roster slot is not an empty slot, once",
+                    ))
+                }
+            }
+        }
         let mut roster = Roster {
             slots: state.slots,
             free: state.free,
@@ -461,8 +476,12 @@ impl<'de> Deserialize<'de> for Roster {
                 .map(|task| task_tag(&roster.hasher, &task.task_id))
                 .collect();
         }
+        let mut agent_ids = std::collections::HashSet::new();
         for (slot, agent) in roster.slots.iter().enumerate() {
             if let Some(agent) = agent {
+                if !agent_ids.insert(agent.agent_id.as_str()) {
+                    return Err(serde::de::Error::custom("an agent appears twice in the roster"));
+                }
                 roster.task_count += agent.tasks.len();
                 let hash = roster.hasher.hash_one(agent.agent_id.as_str());
                 Self::index_slot(&mut roster.index, &roster.slots, &roster.hasher, hash, slot as u32);
@@ -652,6 +671,27 @@ mod tests {
         let claim = task_claim("t2", 2, 0, TaskClaimKind::Delivering, 0);
         assert!(read.apply_task_claim(a, claim, 4, u64::MAX).unwrap().on_time_review);
         assert_eq!(read.task_count(), 3);
+    }
+
+    #[test]
+    fn a_damaged_roster_is_refused_when_read() {
+        let mut roster = Roster::default();
+        for agent in ["a", "b"] {
+            roster.agent(agent, u64::MAX).unwrap();
+        }
+        let read = |roster: &Roster| postcard::from_bytes::<Roster>(&postcard::to_stdvec(roster).unwrap());
+        assert!(read(&roster).is_ok());
+        // A free slot past the slab (found by the `checkpoint` fuzz target:
+        // the next new agent indexed it), a live one, one listed twice.
+        for free in [vec![64], vec![0], vec![2, 2]] {
+            let mut spoiled = roster.clone();
+            spoiled.slots.push(None);
+            spoiled.free = free.clone();
+            assert!(read(&spoiled).is_err(), "free slots {free:?}");
+        }
+        let mut spoiled = roster.clone();
+        spoiled.slots[1].as_mut().unwrap().agent_id = "a".into();
+        assert!(read(&spoiled).is_err(), "an agent twice");
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Reply {
 }
 
 /// The content type of an HTTP batch of claims (one per line).
-pub const NDJSON_CONTENT_TYPE: &str = "application/x-ndjson";
+pub use backbeat_ingest_core::batch::NDJSON_CONTENT_TYPE;
 
 /// The body of a batch's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

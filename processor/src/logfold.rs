@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Write};
 
-use backbeat_schemas::logfile::LogLineError;
+use backbeat_schemas::logfile::{strip_line_end, LogLineError};
 use backbeat_schemas::LogEntry;
 
 use backbeat_fold::{Fold, FoldConfig};
@@ -48,13 +48,7 @@ pub fn fold_log(config: FoldConfig, mut input: impl BufRead, mut output: impl Wr
             break;
         }
         // What `BufRead::lines` gives: without its "\n" or "\r\n".
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-        }
-        let text = std::str::from_utf8(&line).map_err(|_| FoldLogError::Read {
+        let text = std::str::from_utf8(strip_line_end(&line)).map_err(|_| FoldLogError::Read {
             line: line_number,
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
         })?;

@@ -156,11 +156,15 @@ impl HlcClock {
     }
 
     /// logical+1; a full counter moves physical on by one millisecond instead,
-    /// so timestamps stay strictly increasing.
+    /// so timestamps stay strictly increasing. The largest timestamp
+    /// (`HLC_PHYSICAL_MAX` with a full counter, in the year 10889) stays as it
+    /// is: the clock cannot move past it, and must never wrap back to a
+    /// smaller one (found by the `hlc_timestamp` fuzz target).
     fn tick(&mut self, physical_ms: u64, logical: u16) {
         match logical.checked_add(1) {
             Some(next) => self.set(physical_ms, next),
-            None => self.set((physical_ms + 1).min(HLC_PHYSICAL_MAX), 0),
+            None if physical_ms < HLC_PHYSICAL_MAX => self.set(physical_ms + 1, 0),
+            None => self.set(HLC_PHYSICAL_MAX, u16::MAX),
         }
     }
 }
@@ -169,6 +173,25 @@ impl HlcClock {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_largest_timestamp_stays_and_never_wraps_back() {
+        let largest = Hlc::new(HLC_PHYSICAL_MAX, u16::MAX, 0);
+        // A remote clock at the largest timestamp: the merge is not below it.
+        let mut clock = HlcClock::new(0);
+        assert_eq!(clock.receive(largest, 1_000), largest);
+        // Sending and receiving from there stays there.
+        assert_eq!(clock.send(u64::MAX), largest);
+        assert_eq!(clock.receive(Hlc::new(5, 0, 1), 0), largest);
+        // One short of it: a full counter still moves on by a millisecond.
+        let mut clock = HlcClock::new(0);
+        clock.receive(Hlc::new(HLC_PHYSICAL_MAX - 1, u16::MAX - 1, 1), 0);
+        assert_eq!(
+            (clock.last().physical_ms, clock.last().logical),
+            (HLC_PHYSICAL_MAX - 1, u16::MAX)
+        );
+        assert_eq!(clock.send(0), Hlc::new(HLC_PHYSICAL_MAX, 0, 0));
+    }
 
     #[test]
     fn parses_and_formats() {

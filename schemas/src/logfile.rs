@@ -174,6 +174,16 @@ fn read_written_line(text: &str, subject: &mut String, payload: &mut Vec<u8>) ->
     Some(seq)
 }
 
+/// A line as read up to and with its `\n` (the last line of a file may have
+/// none), without its line end: the `\n`, and a `\r` before it. What
+/// `BufRead::lines` gives, and what `backbeat-processor fold --log` reads.
+pub fn strip_line_end(line: &[u8]) -> &[u8] {
+    match line.strip_suffix(b"\n") {
+        Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+        None => line,
+    }
+}
+
 /// Reads a whole log file, naming the first bad line.
 pub fn parse_log(text: &str) -> Result<Vec<LogEntry>, LogLineError> {
     let mut entries = Vec::new();
@@ -205,6 +215,17 @@ mod tests {
         assert_eq!(e.payload, vec![0xff]);
         assert_eq!(e.to_line(), r#"{"seq":4,"subject":"s","payload_b64":"/w=="}"#);
         assert_eq!(LogEntry::parse_line("   ", 1), Ok(None));
+    }
+
+    #[test]
+    fn a_line_end_is_a_newline_or_a_carriage_return_and_newline() {
+        assert_eq!(strip_line_end(b"a\r\n"), b"a");
+        assert_eq!(strip_line_end(b"a\n"), b"a");
+        assert_eq!(strip_line_end(b"a\r\r\n"), b"a\r");
+        // The last line of a file may have no newline: a `\r` alone is kept.
+        assert_eq!(strip_line_end(b"a\r"), b"a\r");
+        assert_eq!(strip_line_end(b"\n"), b"");
+        assert_eq!(strip_line_end(b""), b"");
     }
 
     #[test]

@@ -22,22 +22,13 @@ use futures::StreamExt as _;
 
 use super::clusters::REASON_CLUSTER_NOT_ALLOWED;
 use super::publisher::{Input, Publisher, Source};
-use crate::answer::{BatchReply, LineResult, Outcome, Reply, NDJSON_CONTENT_TYPE};
+use crate::answer::{BatchReply, LineResult, Outcome, Reply};
+pub use backbeat_ingest_core::batch::{body_bytes_read_max, ndjson_lines, TooManyLines};
+use backbeat_ingest_core::batch::{declared_too_large, is_ndjson, BodyReader};
 
 /// The reason given for a batch without a single non-blank line (no dead letter:
 /// nothing was sent). Not a SPEC reason: the fold never sees batches.
 pub const REASON_EMPTY_BATCH: &str = "empty_batch";
-
-/// How far past `batch_bytes_max` a body is still read (and dropped) so that
-/// its sender gets the 413.
-const DISCARD_BYTES_MAX: usize = 1024 * 1024;
-
-/// The most of a request body the claims route ever reads: the HTTP
-/// listener's own body limit must not be below it, or a sender over the limit
-/// would not get the claims route's own 413.
-pub(crate) fn body_bytes_read_max(batch_bytes_max: usize) -> usize {
-    batch_bytes_max.saturating_add(DISCARD_BYTES_MAX)
-}
 
 /// Limits of HTTP intake.
 #[derive(Debug, Clone, Copy)]
@@ -73,42 +64,6 @@ pub fn claims_router(publisher: Arc<Publisher>, limits: HttpLimits) -> Router {
         .with_state(Arc::new(HttpIntake { publisher, limits }))
 }
 
-/// A body with more non-blank lines than allowed (the splitter stopped at the first one too many).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyLines {
-    /// The limit that was passed.
-    pub lines_max: usize,
-}
-
-/// Splits an NDJSON body into its non-blank lines: (1-based line number, bytes
-/// without the line end). A trailing `\r` is part of the line end. Stops at
-/// the first non-blank line beyond `lines_max`: a body of a million short lines
-/// costs no more than one of `lines_max + 1`.
-pub fn ndjson_lines(body: &Bytes, lines_max: usize) -> Result<Vec<(u64, Bytes)>, TooManyLines> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut number = 0u64;
-    while start < body.len() {
-        number += 1;
-        let end = body[start..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(body.len(), |i| start + i);
-        let mut line_end = end;
-        if line_end > start && body[line_end - 1] == b'\r' {
-            line_end -= 1;
-        }
-        if !body[start..line_end].iter().all(u8::is_ascii_whitespace) {
-            if lines.len() == lines_max {
-                return Err(TooManyLines { lines_max });
-            }
-            lines.push((number, body.slice(start..line_end)));
-        }
-        start = end + 1;
-    }
-    Ok(lines)
-}
-
 async fn post_claims(
     State(intake): State<Arc<HttpIntake>>,
     Path(cluster): Path<String>,
@@ -117,17 +72,14 @@ async fn post_claims(
     body: Body,
 ) -> Response {
     let limit = intake.limits.batch_bytes_max;
-    let declared_len = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     // A body far beyond the limit is refused before it is read; one a little
     // over it is read (and dropped) first, so the client, still sending it,
     // gets the 413 instead of a reset connection.
-    let discard_max = body_bytes_read_max(limit);
-    if declared_len.is_some_and(|len| len > discard_max as u64) {
+    let declared_len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    if declared_too_large(declared_len, limit) {
         return body_too_large(&intake, limit);
     }
+    let discard_max = body_bytes_read_max(limit);
     // The admin router's default body limit does not apply to a raw `Body`:
     // this route reads it with its own, larger one.
     let bytes = match read_body(body, limit, discard_max).await {
@@ -145,8 +97,7 @@ async fn post_claims(
     let is_batch = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON_CONTENT_TYPE));
+        .is_some_and(is_ndjson);
     let origin = uri.path().to_string();
     if is_batch {
         post_batch(&intake, cluster, origin, bytes).await
@@ -251,50 +202,11 @@ fn error_response(status: StatusCode, reason: &str, message: &str) -> Response {
 /// at `limit`), beyond that the rest is not read.
 async fn read_body(body: Body, limit: usize, discard_max: usize) -> Result<Option<Bytes>, axum::Error> {
     let mut stream = body.into_data_stream();
-    let mut collected = bytes::BytesMut::new();
-    let mut total = 0usize;
+    let mut reader = BodyReader::new(limit, discard_max);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        total = total.saturating_add(chunk.len());
-        if total > discard_max {
+        if !reader.chunk(&chunk?) {
             return Ok(None);
         }
-        if total <= limit {
-            collected.extend_from_slice(&chunk);
-        }
     }
-    Ok((total <= limit).then(|| collected.freeze()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn split(body: &'static [u8], lines_max: usize) -> Result<Vec<(u64, Vec<u8>)>, TooManyLines> {
-        ndjson_lines(&Bytes::from_static(body), lines_max)
-            .map(|lines| lines.into_iter().map(|(n, l)| (n, l.to_vec())).collect())
-    }
-
-    #[test]
-    fn splits_ndjson() {
-        assert_eq!(
-            split(b"a\n\n  \r\nb\r\nc", 10),
-            Ok(vec![(1, b"a".to_vec()), (4, b"b".to_vec()), (5, b"c".to_vec())])
-        );
-        assert_eq!(split(b"\n\n", 10), Ok(vec![]));
-        assert_eq!(split(b"x\n", 10).map(|l| l.len()), Ok(1));
-    }
-
-    #[test]
-    fn the_splitter_stops_at_the_line_limit_plus_one() {
-        assert_eq!(split(b"a\nb\n\n\n", 2).map(|l| l.len()), Ok(2));
-        assert_eq!(split(b"a\nb\nc", 2), Err(TooManyLines { lines_max: 2 }));
-        // A body of a million lines over a limit of 3: the splitter gives up
-        // after the fourth line and never holds more than three.
-        let body = Bytes::from("x\n".repeat(1_000_000));
-        assert_eq!(ndjson_lines(&body, 3), Err(TooManyLines { lines_max: 3 }));
-        // Blank lines count for the numbering only.
-        let body = Bytes::from(format!("{}y", "\n".repeat(100_000)));
-        assert_eq!(ndjson_lines(&body, 1), Ok(vec![(100_001, Bytes::from_static(b"y"))]));
-    }
+    Ok(reader.finish())
 }
