@@ -455,7 +455,7 @@ mod tests {
             ),
             (
                 "f32",
-                Arc::new(Float32Array::from(vec![Some(0.1), Some(16777217.0), Some(1e-30)])),
+                Arc::new(Float32Array::from(vec![Some(0.1), Some(16777216.0), Some(1e-30)])),
             ),
             (
                 "decimal",
