@@ -25,6 +25,7 @@ use backbeat_processor::metrics::Metrics;
 use backbeat_processor::status::SharedStatus;
 use backbeat_processor::FoldConfig;
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM};
+use backbeat_tests::bench::{cpu_seconds, read_stream_ordered};
 use backbeat_tests::NatsServer;
 use futures::StreamExt as _;
 
@@ -33,19 +34,6 @@ mod generator;
 use generator::{log_chunks, BAR};
 
 const BATCH: usize = 1000;
-
-/// CPU seconds this process has used (user + system, all threads), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
-}
 
 /// Stores the generated log; returns the sequence of its last event.
 async fn store_log(js: &jetstream::Context, claims: u64, agents: u64) -> anyhow::Result<u64> {
@@ -64,30 +52,6 @@ async fn store_log(js: &jetstream::Context, claims: u64, agents: u64) -> anyhow:
         }
     }
     Ok(last_seq)
-}
-
-/// Reads every message of BACKBEAT_EVENTS with an ordered consumer; returns the count.
-async fn raw_ordered(js: &jetstream::Context) -> anyhow::Result<u64> {
-    let stream = js.get_stream(EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    let mut count = 0u64;
-    let mut bytes = 0usize;
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        count += 1;
-        bytes += message.payload.len();
-        if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
-            break;
-        }
-    }
-    std::hint::black_box(bytes);
-    Ok(count)
 }
 
 /// Reads every message with a durable pull consumer configured as `run`'s.
@@ -209,23 +173,23 @@ async fn main() -> anyhow::Result<()> {
     // Per reader: (seconds, client CPU seconds) of each round.
     let mut times: [Vec<(f64, f64)>; 3] = Default::default();
     for round in 0..rounds {
-        let (started, cpu) = (Instant::now(), cpu_seconds());
-        let n = raw_ordered(&js).await?;
+        let (started, cpu) = (Instant::now(), cpu_seconds("self"));
+        let n = read_stream_ordered(&js, EVENTS_STREAM).await?;
         anyhow::ensure!(n == last_seq, "the ordered consumer read {n} of {last_seq} events");
-        times[0].push((started.elapsed().as_secs_f64(), cpu_seconds() - cpu));
+        times[0].push((started.elapsed().as_secs_f64(), cpu_seconds("self") - cpu));
 
-        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let (started, cpu) = (Instant::now(), cpu_seconds("self"));
         let n = raw_durable(&js).await?;
         anyhow::ensure!(n == last_seq, "the durable consumer read {n} of {last_seq} events");
-        times[1].push((started.elapsed().as_secs_f64(), cpu_seconds() - cpu));
+        times[1].push((started.elapsed().as_secs_f64(), cpu_seconds("self") - cpu));
 
         // An empty BACKBEAT_BARS (and its duplicate window) and a fresh name:
         // every round's run publishes every report.
         js.delete_stream(BARS_STREAM).await?;
         backbeat_service::streams::ensure_all_streams(&js, Default::default()).await?;
-        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let (started, cpu) = (Instant::now(), cpu_seconds("self"));
         let published = run_catch_up(client.clone(), format!("catchup-bench-{round}"), last_seq, reports).await?;
-        times[2].push((started.elapsed().as_secs_f64(), cpu_seconds() - cpu));
+        times[2].push((started.elapsed().as_secs_f64(), cpu_seconds("self") - cpu));
         anyhow::ensure!(
             published == reports,
             "run published {published} reports, expected {reports}"

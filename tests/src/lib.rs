@@ -8,6 +8,7 @@
 //! `nats-server` is missing (it fails, saying how to install it), or leave a
 //! process running after the value that owns it is dropped.
 
+pub mod bench;
 mod faults;
 mod http;
 mod nats;

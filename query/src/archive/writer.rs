@@ -239,34 +239,45 @@ impl Archiver {
 
     /// Writes one sealing as a file; the file as the archive names it.
     async fn write(&self, sealing: &Sealing) -> anyhow::Result<ArchivedFile> {
-        let (table, batches, row_group_rows) = (sealing.table, sealing.batches.clone(), self.options.row_group_rows);
-        let encoded = tokio::task::spawn_blocking(move || encode(table, &batches, row_group_rows))
-            .await
-            .context("the Parquet encoder's task")??;
-        let mut file = ArchivedFile {
-            table: sealing.table,
-            cluster: sealing.cluster.clone(),
-            date: encoded.date,
-            from: sealing.from,
-            to: sealing.to,
-            window_min: encoded.window_min,
-            window_max: encoded.window_max,
-            path: Default::default(),
-            size: encoded.bytes.len() as u64,
-        };
-        file.path = self.archive.path(&file.relative_path());
-        self.archive.put(&file.path, encoded.bytes).await?;
+        let (file, rows) = write_file(&self.archive, sealing, self.options.row_group_rows).await?;
         let name = sealing.table.name();
-        self.metrics
-            .archive_rows
-            .with_label_values(&[name])
-            .inc_by(encoded.rows as u64);
+        self.metrics.archive_rows.with_label_values(&[name]).inc_by(rows as u64);
         self.metrics.archive_files.with_label_values(&[name]).inc();
         self.update(|s| {
             s.files_written += 1;
-            *s.rows_written.entry(name).or_default() += encoded.rows as u64;
+            *s.rows_written.entry(name).or_default() += rows as u64;
         });
-        tracing::debug!(path = %file.path, rows = encoded.rows, "archived");
+        tracing::debug!(path = %file.path, rows, "archived");
         Ok(file)
     }
+}
+
+/// Encodes one sealing as a Parquet file (on a blocking thread, `row_group_rows`
+/// rows a row group) and puts it whole into `archive` under the name that
+/// records what it holds; the file as the archive names it, and its rows.
+/// The archive's writer writes every file through it, and so does anything
+/// that must lay out an archive as the service does (the query benchmarks).
+pub async fn write_file(
+    archive: &Archive,
+    sealing: &Sealing,
+    row_group_rows: usize,
+) -> anyhow::Result<(ArchivedFile, usize)> {
+    let (table, batches) = (sealing.table, sealing.batches.clone());
+    let encoded = tokio::task::spawn_blocking(move || encode(table, &batches, row_group_rows))
+        .await
+        .context("the Parquet encoder's task")??;
+    let mut file = ArchivedFile {
+        table: sealing.table,
+        cluster: sealing.cluster.clone(),
+        date: encoded.date,
+        from: sealing.from,
+        to: sealing.to,
+        window_min: encoded.window_min,
+        window_max: encoded.window_max,
+        path: Default::default(),
+        size: encoded.bytes.len() as u64,
+    };
+    file.path = archive.path(&file.relative_path());
+    archive.put(&file.path, encoded.bytes).await?;
+    Ok((file, encoded.rows))
 }
