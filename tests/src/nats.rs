@@ -39,6 +39,12 @@ pub struct NatsServerOptions {
     pub max_payload: &'static str,
     /// Require clients to log in with this user and password.
     pub user_password: Option<(&'static str, &'static str)>,
+    /// A config file the server's config includes (an absolute path), e.g. the
+    /// shipped `deploy/nats/permissions.conf`.
+    pub include: Option<PathBuf>,
+    /// Environment variables of the server process (the credentials an
+    /// included config reads as `$NAME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NatsServerOptions {
@@ -47,6 +53,8 @@ impl Default for NatsServerOptions {
             sync_always: false,
             max_payload: "8MB",
             user_password: None,
+            include: None,
+            env: Vec::new(),
         }
     }
 }
@@ -60,6 +68,7 @@ pub struct NatsServer {
     monitor_port: u16,
     conf: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<ChildGuard>,
     // Last, so the directory is removed after the process is gone.
     _dir: std::sync::Arc<tempfile::TempDir>,
@@ -116,6 +125,16 @@ impl NatsServer {
                 "authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n"
             ));
         }
+        if let Some(include) = &options.include {
+            // nats-server resolves an include against the including file's
+            // directory (an absolute path is not taken as one), so the file is
+            // linked in beside the config, unchanged.
+            let name = include
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("{} names no file", include.display()))?;
+            std::os::unix::fs::symlink(include, node_dir.join(name))?;
+            conf_text.push_str(&format!("include {:?}\n", name.to_string_lossy()));
+        }
         if let Some((cluster_port, routes)) = cluster {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
             conf_text.push_str(&format!(
@@ -131,6 +150,7 @@ impl NatsServer {
             monitor_port,
             conf,
             log,
+            env: options.env.clone(),
             child: None,
             _dir: dir,
         })
@@ -141,6 +161,7 @@ impl NatsServer {
         command
             .arg("-c")
             .arg(&self.conf)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -45,36 +45,87 @@ pub fn run_ok(output: std::io::Result<Output>, what: &str) -> anyhow::Result<Str
     Ok(String::from_utf8(output.stdout)?)
 }
 
-/// A running system: one pulse node (600 BPM, bars of 8), the gateway and the processor.
+/// What [`Stack::start_with`] varies; the default is [`Stack::start`]'s system.
+#[derive(Default)]
+pub struct StackOptions {
+    /// The server the system runs on (default: a plain single node).
+    pub server: Option<NatsServer>,
+    /// The cluster the pulse emits for (default [`CLUSTER`]).
+    pub cluster: Option<&'static str>,
+    /// Flags added to one service's command line, by binary name
+    /// (`backbeat-pulse`, `backbeat-ingest`, `backbeat-processor`,
+    /// `backbeat-query`): credentials, HTTP limits.
+    pub extra_args: Vec<(&'static str, Vec<String>)>,
+    /// Start `backbeat-query serve` too (HTTP and pg-wire).
+    pub query: bool,
+}
+
+impl StackOptions {
+    fn extra(&self, binary: &str) -> Vec<String> {
+        self.extra_args
+            .iter()
+            .filter(|(name, _)| *name == binary)
+            .flat_map(|(_, args)| args.iter().cloned())
+            .collect()
+    }
+}
+
+/// The query service of a stack.
+pub struct QueryNode {
+    pub child: ChildGuard,
+    pub port: u16,
+    pub pg_port: u16,
+}
+
+/// A running system: one pulse node (600 BPM, bars of 8), the gateway and the
+/// processor; the query service when asked for.
 pub struct Stack {
     pub server: NatsServer,
     pub dir: tempfile::TempDir,
     pub pulse: ChildGuard,
     pub pulse_port: u16,
+    pub raft_port: u16,
     /// Kept to stop the gateway with the stack.
-    pub _ingest: ChildGuard,
+    pub ingest: ChildGuard,
     pub ingest_port: u16,
     pub processor: ChildGuard,
     pub processor_port: u16,
+    pub query: Option<QueryNode>,
+}
+
+/// Spawns `name` with `args` and then `extra`.
+fn spawn_with(name: &str, dir: &Path, args: &[&str], extra: &[String]) -> anyhow::Result<ChildGuard> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    spawn(name, dir, &all)
 }
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Stack> {
-        let server = NatsServer::start()?;
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(mut options: StackOptions) -> anyhow::Result<Stack> {
+        let server = match options.server.take() {
+            Some(server) => server,
+            None => NatsServer::start()?,
+        };
+        let cluster = options.cluster.unwrap_or(CLUSTER);
         let url = server.url();
         let dir = tempfile::tempdir()?;
         let logs = dir.path().to_path_buf();
 
         let pulse_port = free_port();
         let pulse_listen = format!("127.0.0.1:{pulse_port}");
-        let raft_listen = format!("127.0.0.1:{}", free_port());
+        let raft_port = free_port();
+        let raft_listen = format!("127.0.0.1:{raft_port}");
         let peers = format!("1={raft_listen}");
         let data_dir = logs.join("pulse-data");
         let secret = logs.join("raft-secret");
         std::fs::write(&secret, "an end-to-end test's shared raft secret")?;
         let token = logs.join("admin-token");
         std::fs::write(&token, "test-token")?;
-        let pulse = spawn(
+        let pulse = spawn_with(
             "backbeat-pulse",
             &logs,
             &[
@@ -95,7 +146,7 @@ impl Stack {
                 "--data-dir",
                 path_str(&data_dir),
                 "--cluster",
-                CLUSTER,
+                cluster,
                 "--bpm",
                 "600",
                 "--bar-length",
@@ -105,13 +156,19 @@ impl Stack {
                 "--election-timeout-ms",
                 "300",
             ],
+            &options.extra("backbeat-pulse"),
         )?;
         let ingest_port = free_port();
         let ingest_listen = format!("127.0.0.1:{ingest_port}");
-        let ingest = spawn("backbeat-ingest", &logs, &["--nats", &url, "--listen", &ingest_listen])?;
+        let ingest = spawn_with(
+            "backbeat-ingest",
+            &logs,
+            &["--nats", &url, "--listen", &ingest_listen],
+            &options.extra("backbeat-ingest"),
+        )?;
         let processor_port = free_port();
         let processor_listen = format!("127.0.0.1:{processor_port}");
-        let processor = spawn(
+        let processor = spawn_with(
             "backbeat-processor",
             &logs,
             &[
@@ -125,19 +182,50 @@ impl Stack {
                 "--lateness",
                 LATENESS,
             ],
+            &options.extra("backbeat-processor"),
         )?;
+        let query = if options.query {
+            let port = free_port();
+            let pg_port = free_port();
+            let child = spawn_with(
+                "backbeat-query",
+                &logs,
+                &[
+                    "serve",
+                    "--nats",
+                    &url,
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--pg-listen",
+                    &format!("127.0.0.1:{pg_port}"),
+                    "--data-dir",
+                    path_str(&logs.join("query-data")),
+                    "--bar-length",
+                    BAR,
+                ],
+                &options.extra("backbeat-query"),
+            )?;
+            Some(QueryNode { child, port, pg_port })
+        } else {
+            None
+        };
         wait_ready("backbeat-pulse", pulse_port).await?;
         wait_ready("backbeat-ingest", ingest_port).await?;
         wait_ready("backbeat-processor", processor_port).await?;
+        if let Some(query) = &query {
+            wait_ready("backbeat-query", query.port).await?;
+        }
         Ok(Stack {
             server,
             dir,
             pulse,
             pulse_port,
-            _ingest: ingest,
+            raft_port,
+            ingest,
             ingest_port,
             processor,
             processor_port,
+            query,
         })
     }
 
