@@ -6,6 +6,8 @@ mod cli;
 mod dashboards;
 mod deploy_files;
 mod hostile;
+mod hostile_http;
+mod permissions;
 mod pipeline;
 mod stack;
 mod streams;
