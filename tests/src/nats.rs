@@ -164,7 +164,8 @@ impl NatsServer {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            // What it says before its log file is open (a config it cannot parse).
+            .stderr(std::fs::File::create(self.stderr_path())?);
         self.child = Some(ChildGuard::spawn(format!("nats-server {}", self.name), &mut command)?);
         Ok(())
     }
@@ -184,9 +185,10 @@ impl NatsServer {
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(())) => anyhow::bail!(
-                "nats-server {} exited at start; its log:\n{}",
+                "nats-server {} exited at start; its log:\n{}\n{}",
                 self.name,
-                self.log_tail()
+                self.log_tail(),
+                std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
             ),
             Err(e) => anyhow::bail!("{e}; its log:\n{}", self.log_tail()),
         }
@@ -246,6 +248,11 @@ impl NatsServer {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Where the process's standard error goes, beside its log.
+    fn stderr_path(&self) -> PathBuf {
+        self.log.with_extension("stderr")
     }
 }
 

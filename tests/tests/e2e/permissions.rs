@@ -16,6 +16,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM, REJECTS_STREAM};
 use backbeat_tests::{http_post_json, wait_until_async, workspace_root, FaultRecord, NatsServer, NatsServerOptions};
@@ -43,9 +44,10 @@ const USERS: &[(&str, &str)] = &[
     ("agent-us-1", "NATS_AGENT_US_1_PASSWORD"),
 ];
 
-/// The test's password of `user` (distinct for each).
+/// The test's password of `user` (distinct for each). One word: nats-server
+/// parses a variable's value as a config value, and a space ends one.
 fn password(user: &str) -> String {
-    format!("test password of {user}")
+    format!("test-password-of-{user}")
 }
 
 fn login_args(user: &str) -> Vec<String> {
@@ -193,22 +195,25 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     let (agent, agent_errors) = connect_as(&stack.server, AGENT).await?;
     let agent_js = jetstream::new(agent.clone());
     let beat_subject = format!("backbeat.{CLUSTER}.beat");
-    let last_beat = |js: jetstream::Context, subject: String| async move {
-        let events = js.get_stream(EVENTS_STREAM).await.ok()?;
-        let last = events.get_last_raw_message_by_subject(&subject).await.ok()?;
-        let value: serde_json::Value = serde_json::from_slice(&last.payload).ok()?;
-        value["beat_index"].as_u64()
-    };
-    let beat = wait_until_async("the agent to read the last beat", TIMEOUT, || {
-        last_beat(agent_js.clone(), beat_subject.clone())
-    })
-    .await?;
+    // Its cluster's live beats (the agent library also reads the last stored
+    // one, through a consumer filtered to the beat subject: agent-sim did).
+    let mut beats = agent.subscribe(beat_subject.clone()).await?;
+    let next_beat = tokio::time::timeout(TIMEOUT, futures::StreamExt::next(&mut beats))
+        .await
+        .map_err(|_| anyhow::anyhow!("no beat reached the agent"))?
+        .ok_or_else(|| anyhow::anyhow!("the agent's beats ended"))?;
+    let beat: serde_json::Value = serde_json::from_slice(&next_beat.payload)?;
+    let beat = beat["beat_index"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("a beat without an index: {beat}"))?;
+    drop(beats);
     let answer = agent
         .request(
             format!("backbeat.{CLUSTER}.intake"),
             claim("alice", beat, "honest").into(),
         )
-        .await?;
+        .await
+        .context("the agent's claim through its intake")?;
     let answer: serde_json::Value = serde_json::from_slice(&answer.payload)?;
     assert_eq!(answer["ok"], true, "the agent's claim through its intake: {answer}");
     let claim_subject = format!("backbeat.{CLUSTER}.claim");
@@ -219,14 +224,21 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
 
     // The agent reads its cluster's reports (an ordered consumer, as the client library does).
     let bar_subject = format!("backbeat.{CLUSTER}.bar");
-    let bars = agent_js.get_stream(BARS_STREAM).await?;
+    let bars = agent_js
+        .get_stream(BARS_STREAM)
+        .await
+        .context("the agent's BARS info")?;
     let consumer = bars
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            // Named, as the agent library names them: the create request's
+            // subject then names the filter, which the permissions check.
+            name: Some("agent-reports".into()),
             filter_subject: bar_subject.clone(),
             ..Default::default()
         })
-        .await?;
-    let mut reports = consumer.messages().await?;
+        .await
+        .context("the agent's consumer of its reports")?;
+    let mut reports = consumer.messages().await.context("the agent's reports")?;
     let first_report = tokio::time::timeout(TIMEOUT, futures::StreamExt::next(&mut reports))
         .await
         .map_err(|_| anyhow::anyhow!("no BarReport reached the agent"))?
@@ -237,19 +249,24 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
 
     // The query service answers SQL over what the others stored.
     let query_port = stack.query.as_ref().expect("a query node").port;
+    const COUNTS: &str =
+        r#"{"sql": "SELECT (SELECT count(*) FROM bar_reports) AS reports, (SELECT count(*) FROM claims) AS claims"}"#;
     let counts = wait_until_async("the query service to hold reports and claims", TIMEOUT, || async move {
-        let (status, body) = http_post_json(
-            query_port,
-            "/api/v1/sql",
-            r#"{"sql": "SELECT (SELECT count(*) FROM bar_reports) AS reports, (SELECT count(*) FROM claims) AS claims"}"#,
-        )?;
+        let (status, body) = http_post_json(query_port, "/api/v1/sql", COUNTS)?;
         (status == 200).then_some(())?;
-        let rows: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let row = rows.as_array()?.first()?.clone();
-        (row["reports"].as_u64()? >= 1 && row["claims"].as_u64()? >= 201).then_some(row)
+        // {"columns": [...], "rows": [[reports, claims]]}
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let row = answer["rows"].as_array()?.first()?.clone();
+        (row[0].as_u64()? >= 1 && row[1].as_u64()? >= 201).then_some(row)
     })
-    .await?;
-    eprintln!("query under its permissions: {counts}");
+    .await
+    .with_context(|| {
+        format!(
+            "the last answer: {:?}",
+            http_post_json(query_port, "/api/v1/sql", COUNTS)
+        )
+    })?;
+    eprintln!("query under its permissions: [reports, claims] = {counts}");
     let quiet = violations(&stack.server);
     assert!(
         quiet.is_empty(),
@@ -332,6 +349,7 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     // Another cluster's reports: no consumer for them.
     let other_bars = bars
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            name: Some("agent-other-reports".into()),
             filter_subject: format!("backbeat.{OTHER_CLUSTER}.bar"),
             ..Default::default()
         })
@@ -377,6 +395,51 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
         "delete or edit BACKBEAT_EVENTS with an agent's or a service's credentials",
         attempts,
         "5 users × (STREAM.DELETE, STREAM.UPDATE): each a publish violation; the stream keeps every message".into(),
+    )?;
+
+    // Pulling from the processor's durable consumer (its default --name):
+    // refused, so an agent cannot take the processor's messages from it.
+    let processor_next = format!("$JS.API.CONSUMER.MSG.NEXT.{EVENTS_STREAM}.backbeat-processor");
+    agent
+        .publish_with_reply(processor_next.clone(), agent.new_inbox(), r#"{"batch":1}"#.into())
+        .await?;
+    wait_for_violation(&agent_errors, &processor_next).await?;
+    record(
+        "an agent pulls from the processor's durable consumer",
+        1,
+        format!("{processor_next}: publish violation"),
+    )?;
+
+    // The pulse's other doors: the raft listener without the group secret
+    // and the tempo endpoint without the admin token answer 401 (both
+    // compared in constant time: pulse/src/auth.rs, service/src/secret.rs).
+    let raft_port = stack.raft_port;
+    let pulse_port = stack.pulse_port;
+    let (raft, tempo) = tokio::task::spawn_blocking(move || {
+        (
+            http_post_json(
+                raft_port,
+                "/raft/vote",
+                r#"{"vote":{"leader_id":{"term":99,"node_id":9},"committed":false},"last_log_id":null}"#,
+            ),
+            http_post_json(pulse_port, "/api/v1/tempo", r#"{"bpm":610}"#),
+        )
+    })
+    .await?;
+    assert_eq!(
+        raft.as_ref().map(|(status, _)| *status),
+        Some(401),
+        "raft without the secret: {raft:?}"
+    );
+    assert_eq!(
+        tempo.as_ref().map(|(status, _)| *status),
+        Some(401),
+        "tempo without the token: {tempo:?}"
+    );
+    record(
+        "a raft vote without the group secret; a tempo change without the token",
+        2,
+        "raft /raft/vote: 401; /api/v1/tempo: 401".into(),
     )?;
 
     // The admin may: the refusals above are the permissions' doing.

@@ -34,6 +34,18 @@ pub async fn wait_ready(name: &str, port: u16) -> anyhow::Result<()> {
     .await
 }
 
+/// As [`wait_ready`]; a failure ends with the last lines of `{logs}/{name}.log`.
+pub async fn wait_ready_logged(name: &str, port: u16, logs: &Path) -> anyhow::Result<()> {
+    wait_ready(name, port).await.map_err(|e| {
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        e.context(format!(
+            "{name}'s log ends:\n{}",
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        ))
+    })
+}
+
 pub fn run_ok(output: std::io::Result<Output>, what: &str) -> anyhow::Result<String> {
     let output = output?;
     anyhow::ensure!(
@@ -74,7 +86,6 @@ impl StackOptions {
 pub struct QueryNode {
     pub child: ChildGuard,
     pub port: u16,
-    pub pg_port: u16,
 }
 
 /// A running system: one pulse node (600 BPM, bars of 8), the gateway and the
@@ -186,7 +197,6 @@ impl Stack {
         )?;
         let query = if options.query {
             let port = free_port();
-            let pg_port = free_port();
             let child = spawn_with(
                 "backbeat-query",
                 &logs,
@@ -196,8 +206,6 @@ impl Stack {
                     &url,
                     "--listen",
                     &format!("127.0.0.1:{port}"),
-                    "--pg-listen",
-                    &format!("127.0.0.1:{pg_port}"),
                     "--data-dir",
                     path_str(&logs.join("query-data")),
                     "--bar-length",
@@ -205,15 +213,15 @@ impl Stack {
                 ],
                 &options.extra("backbeat-query"),
             )?;
-            Some(QueryNode { child, port, pg_port })
+            Some(QueryNode { child, port })
         } else {
             None
         };
-        wait_ready("backbeat-pulse", pulse_port).await?;
-        wait_ready("backbeat-ingest", ingest_port).await?;
-        wait_ready("backbeat-processor", processor_port).await?;
+        wait_ready_logged("backbeat-pulse", pulse_port, &logs).await?;
+        wait_ready_logged("backbeat-ingest", ingest_port, &logs).await?;
+        wait_ready_logged("backbeat-processor", processor_port, &logs).await?;
         if let Some(query) = &query {
-            wait_ready("backbeat-query", query.port).await?;
+            wait_ready_logged("backbeat-query", query.port, &logs).await?;
         }
         Ok(Stack {
             server,
