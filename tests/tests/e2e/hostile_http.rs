@@ -15,8 +15,10 @@
 //!   `Retry-After` while JetStream does not ack; every service's peak RSS
 //!   (`VmHWM`) stays far below what reading the bodies would take.
 //!
-//! `BACKBEAT_FAULTS_LONG=1` opens 10,000 idle connections per listener
-//! instead of a few hundred.
+//! The test raises its own open-files limit (soft to hard) for the 10,000
+//! idle connections it holds at once; the services keep theirs: each holds at
+//! most `--http-connections-max` (512 by default) of a listener's connections
+//! and closes the rest as it accepts them.
 
 use std::time::{Duration, Instant};
 
@@ -34,10 +36,6 @@ const RSS_BOUND_BYTES: u64 = 512 << 20;
 /// The most a client sends of a chunked body before it must have been
 /// refused: every listener's limit is below 8 MiB, the rest is the sockets' buffers.
 const CHUNKED_SEND_MAX: u64 = 64 << 20;
-
-fn long_mode() -> bool {
-    std::env::var("BACKBEAT_FAULTS_LONG").is_ok_and(|v| v == "1")
-}
 
 /// One listener under attack.
 #[derive(Clone, Debug)]
@@ -285,17 +283,20 @@ async fn idle_connections(target: &Target, count: usize, connections_max: usize)
         }
     }
     let opened_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // The listener still answers a fresh request once the idle ones are cut off.
+    // The listener still answers a fresh request once the idle ones are cut
+    // off (any status: the raft listener answers only signed requests).
     let port = target.port;
-    let answered = tokio::task::spawn_blocking(move || {
+    let (answered, probes) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
+        let mut probes = 0u32;
         while started.elapsed() < TIMEOUT {
-            if http_get(port, "/health").is_some_and(|(status, _)| status == 200) {
-                return Some(started.elapsed());
+            probes += 1;
+            if http_get(port, "/health").is_some() {
+                return (Some(started.elapsed()), probes);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
+        (None, probes)
     })
     .await?;
     let answered = answered.ok_or_else(|| anyhow::anyhow!("{}: /health never answered", target.name))?;
@@ -303,7 +304,7 @@ async fn idle_connections(target: &Target, count: usize, connections_max: usize)
     drop(idle);
     let past_cap = count.saturating_sub(connections_max) as f64;
     assert!(
-        refused >= past_cap / 2.0 && refused <= count as f64,
+        refused >= past_cap / 2.0 && refused <= (count + probes as usize) as f64,
         "{}: {count} idle connections with a cap of {connections_max}: {refused} refused",
         target.name
     );
@@ -352,9 +353,9 @@ fn raise_open_files_limit() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_survives_huge_slow_idle_and_overloading_clients() -> anyhow::Result<()> {
     let open_files = raise_open_files_limit();
-    let long = long_mode();
-    let connections_max: usize = if long { 512 } else { 64 };
-    let idle_count: usize = if long { 10_000 } else { 300 };
+    // The services' default connection cap; 10,000 idle connections per listener.
+    let connections_max: usize = 512;
+    let idle_count: usize = 10_000;
     anyhow::ensure!(
         open_files as usize > idle_count + 1000,
         "the open-files limit ({open_files}) is too low for {idle_count} idle connections"
