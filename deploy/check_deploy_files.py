@@ -406,7 +406,9 @@ def permission_variables(deploy):
     if not path.exists():
         finding(path, "missing")
         return []
-    return sorted(set(re.findall(r"password:\s*\$([A-Z0-9_]+)", path.read_text())))
+    # Comment lines name examples (`password: $X`), not variables the server reads.
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    return sorted(set(re.findall(r"password:\s*\$([A-Z0-9_]+)", text)))
 
 
 def check_nats(deploy):
