@@ -42,6 +42,21 @@ step "psql and psycopg (the query service's pg-wire tests)"
 bash deploy/install-psql.sh
 bash deploy/install-psycopg.sh
 
+# The workspace's own crates carry their checkout's path (CARGO_MANIFEST_DIR:
+# golden logs, the console's files, the pg-wire clients' scripts), and cargo
+# does not rebuild them when the same target directory serves another
+# checkout: they are rebuilt here when it did. Dependencies stay warm.
+stamp="$CARGO_TARGET_DIR/.backbeat-checkout"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$PWD" ]; then
+    step "the target directory was last built from $(cat "$stamp"): the workspace's crates rebuilt for $PWD"
+    members=$(cargo metadata --no-deps --format-version 1 --locked |
+        python3 -c 'import json, sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))')
+    # shellcheck disable=SC2086 # one word per flag
+    cargo clean $members
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+echo "$PWD" >"$stamp"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

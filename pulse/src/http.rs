@@ -31,7 +31,7 @@ use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{ClientWriteError, Raft};
 use crate::state::Request;
 use crate::status::SharedStatus;
-use crate::tempo::{check_change, target_beat, At};
+use crate::tempo::{check_change, check_range, target_beat, At};
 
 /// A change is aimed past any beat due sooner than this, so that it is committed
 /// (a raft round trip and an fsync on a majority) before that beat is emitted.
@@ -110,6 +110,12 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
             )
         }
     };
+    let bpm = u32::try_from(request.bpm).unwrap_or(u32::MAX);
+    // A request that no state could accept is answered as such, before a
+    // pending change, the leader or the schedule is consulted.
+    if let Err(e) = check_range(bpm) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "tempo_rejected", e.to_string());
+    }
     let metrics = api.raft.metrics().borrow().clone();
     if metrics.state != ServerState::Leader {
         return forward(&api, metrics.current_leader, &headers, body).await;
@@ -129,7 +135,6 @@ async fn tempo(State(api): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
             "the group is not configured yet",
         );
     }
-    let bpm = u32::try_from(request.bpm).unwrap_or(u32::MAX);
     let now = api.clock.now_unix_us();
     // Under the status lock: the lowest beat whose tempo the emitter has not
     // fixed yet, and the gate that holds that beat until this write is decided.

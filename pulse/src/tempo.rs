@@ -30,11 +30,18 @@ pub enum TempoError {
     },
 }
 
-/// The 10% rule: `requested` must be within ±10% of `current` (inclusive) and in 1..=1000.
-pub fn check_change(current: u32, requested: u32) -> Result<(), TempoError> {
+/// SPEC's range of tempos, whatever the tempo in force: a request outside it
+/// is refused before anything else is looked at (a pending change, the leader).
+pub fn check_range(requested: u32) -> Result<(), TempoError> {
     if !(1..=BPM_MAX).contains(&requested) {
         return Err(TempoError::OutOfRange(requested));
     }
+    Ok(())
+}
+
+/// The 10% rule: `requested` must be within ±10% of `current` (inclusive) and in 1..=1000.
+pub fn check_change(current: u32, requested: u32) -> Result<(), TempoError> {
+    check_range(requested)?;
     // Integer bounds: min = ceil(0.9·c), max = floor(1.1·c), so e.g. 120 allows 108..=132.
     // In u64: `current` comes from the replicated state and must not overflow here.
     let min = u32::try_from((u64::from(current) * 9).div_ceil(10)).unwrap_or(u32::MAX);
