@@ -138,7 +138,7 @@ impl NatsServer {
         if let Some((cluster_port, routes)) = cluster {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
             conf_text.push_str(&format!(
-                "cluster {{\n  name: backbeat-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: backbeat\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
                 routes.join(", ")
             ));
         }
@@ -199,6 +199,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Its `server_name` (`n1`, … in a cluster).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -256,7 +261,9 @@ impl NatsServer {
     }
 }
 
-/// A JetStream cluster of real nats-server processes, routes on free ports.
+/// A JetStream cluster of real nats-server processes, routes on free ports,
+/// in the shape of `deploy/nats/cluster-*.conf` (cluster `backbeat`, every
+/// node fsyncs before it acks).
 #[derive(Debug)]
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
@@ -269,7 +276,12 @@ impl NatsCluster {
         anyhow::ensure!(size >= 1, "a cluster needs at least one node");
         let dir = std::sync::Arc::new(tempfile::Builder::new().prefix("backbeat-nats-cluster-").tempdir()?);
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let options = NatsServerOptions::default();
+        // As deploy/nats/cluster-*.conf: every node fsyncs each write before it
+        // acknowledges it, so a node killed with -9 loses nothing it acked.
+        let options = NatsServerOptions {
+            sync_always: true,
+            ..NatsServerOptions::default()
+        };
         let mut nodes = Vec::with_capacity(size);
         for i in 0..size {
             let routes: Vec<u16> = cluster_ports
@@ -286,6 +298,12 @@ impl NatsCluster {
             node.wait_ready()?;
         }
         Ok(NatsCluster { nodes })
+    }
+
+    /// The index in [`NatsCluster::nodes`] of the node named `server_name`
+    /// (as stream info names a leader or replica: `n1`, `n2`, …).
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name() == server_name)
     }
 
     /// Every node's URL, comma-separated, as `--nats` takes it.

@@ -26,7 +26,7 @@ use backbeat_tests::{http_get, FaultRecord, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::stack::{metric_sum, Stack, StackOptions, CLUSTER, TIMEOUT};
+use crate::stack::{metric_sum, ServicesOptions, Stack, StackOptions, CLUSTER, TIMEOUT};
 
 const HEADER_TIMEOUT_MS: u64 = 1000;
 const REQUEST_TIMEOUT_MS: u64 = 2000;
@@ -376,14 +376,17 @@ async fn every_listener_survives_huge_slow_idle_and_overloading_clients() -> any
             .map(|s| s.to_string()),
     );
     let stack = Stack::start_with(StackOptions {
-        extra_args: vec![
-            ("backbeat-pulse", limits.clone()),
-            ("backbeat-ingest", gateway_args),
-            ("backbeat-processor", limits.clone()),
-            ("backbeat-query", limits.clone()),
-        ],
-        query: true,
-        ..StackOptions::default()
+        server: None,
+        services: ServicesOptions {
+            extra_args: vec![
+                ("backbeat-pulse", limits.clone()),
+                ("backbeat-ingest", gateway_args),
+                ("backbeat-processor", limits.clone()),
+                ("backbeat-query", limits.clone()),
+            ],
+            query: true,
+            ..ServicesOptions::default()
+        },
     })
     .await?;
     let query = stack.query.as_ref().expect("a query node");

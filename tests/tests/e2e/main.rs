@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod dashboards;
 mod deploy_files;
+mod faults;
 mod hostile;
 mod hostile_http;
 mod permissions;

@@ -19,9 +19,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM, REJECTS_STREAM};
-use backbeat_tests::{http_post_json, wait_until_async, workspace_root, FaultRecord, NatsServer, NatsServerOptions};
+use backbeat_tests::{http_post, wait_until_async, workspace_root, FaultRecord, NatsServer, NatsServerOptions};
 
-use crate::stack::{messages_on, spawn, Stack, StackOptions, BAR, TIMEOUT};
+use crate::stack::{messages_on, spawn, ServicesOptions, Stack, StackOptions, BAR, TIMEOUT};
 
 /// The agents' cluster: one the shipped file has an agent user for.
 const CLUSTER: &str = "local";
@@ -146,14 +146,17 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     })?;
     let mut stack = Stack::start_with(StackOptions {
         server: Some(server),
-        cluster: Some(CLUSTER),
-        extra_args: vec![
-            ("backbeat-pulse", login_args("backbeat-pulse")),
-            ("backbeat-ingest", login_args("backbeat-ingest")),
-            ("backbeat-processor", login_args("backbeat-processor")),
-            ("backbeat-query", login_args("backbeat-query")),
-        ],
-        query: true,
+        services: ServicesOptions {
+            cluster: CLUSTER,
+            extra_args: vec![
+                ("backbeat-pulse", login_args("backbeat-pulse")),
+                ("backbeat-ingest", login_args("backbeat-ingest")),
+                ("backbeat-processor", login_args("backbeat-processor")),
+                ("backbeat-query", login_args("backbeat-query")),
+            ],
+            query: true,
+            ..ServicesOptions::default()
+        },
     })
     .await?;
     let (admin, _) = connect_as(&stack.server, ADMIN).await?;
@@ -252,7 +255,7 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     const COUNTS: &str =
         r#"{"sql": "SELECT (SELECT count(*) FROM bar_reports) AS reports, (SELECT count(*) FROM claims) AS claims"}"#;
     let counts = wait_until_async("the query service to hold reports and claims", TIMEOUT, || async move {
-        let (status, body) = http_post_json(query_port, "/api/v1/sql", COUNTS)?;
+        let (status, body) = http_post(query_port, "/api/v1/sql", "application/json", COUNTS)?;
         (status == 200).then_some(())?;
         // {"columns": [...], "rows": [[reports, claims]]}
         let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -263,7 +266,7 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     .with_context(|| {
         format!(
             "the last answer: {:?}",
-            http_post_json(query_port, "/api/v1/sql", COUNTS)
+            http_post(query_port, "/api/v1/sql", "application/json", COUNTS)
         )
     })?;
     eprintln!("query under its permissions: [reports, claims] = {counts}");
@@ -417,12 +420,13 @@ async fn the_system_runs_under_the_shipped_permissions_and_an_agent_cannot_forge
     let pulse_port = stack.pulse_port;
     let (raft, tempo) = tokio::task::spawn_blocking(move || {
         (
-            http_post_json(
+            http_post(
                 raft_port,
                 "/raft/vote",
+                "application/json",
                 r#"{"vote":{"leader_id":{"term":99,"node_id":9},"committed":false},"last_log_id":null}"#,
             ),
-            http_post_json(pulse_port, "/api/v1/tempo", r#"{"bpm":610}"#),
+            http_post(pulse_port, "/api/v1/tempo", "application/json", r#"{"bpm":610}"#),
         )
     })
     .await?;
