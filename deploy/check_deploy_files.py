@@ -20,8 +20,10 @@
   `kubectl kustomize` output passes the same checks.
 - Every `--flag` and BACKBEAT_ variable given to a BACKBEAT binary (compose
   command and environment, manifest args and env) is one its `--help` lists.
-- nats-server accepts every config (`nats-server -t`), and the cluster
-  configs sync always.
+- nats-server accepts every config (`nats-server -t`, test passwords in the
+  environment for the variables deploy/nats/permissions.conf reads), the
+  cluster configs sync always and include permissions.conf, and the
+  Kubernetes NATS pods get permissions.conf and every password it reads.
 - The image (deploy/docker/Dockerfile) copies in every binary they run.
 
 Usage: check_deploy_files.py DEPLOY_DIR --help-text "BINARY [SUBCOMMAND]=FILE"...
@@ -398,22 +400,57 @@ def check_k8s(deploy, helps):
 # ---------------------------------------------------------------- nats-server
 
 
+def permission_variables(deploy):
+    """The password variables deploy/nats/permissions.conf reads from the server's environment."""
+    path = deploy / "nats" / "permissions.conf"
+    if not path.exists():
+        finding(path, "missing")
+        return []
+    # Comment lines name examples (`password: $X`), not variables the server reads.
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    return sorted(set(re.findall(r"password:\s*\$([A-Z0-9_]+)", text)))
+
+
 def check_nats(deploy):
     configs = sorted((deploy / "nats").glob("*.conf")) + [deploy / "k8s" / "nats" / "nats.conf"]
     server = shutil.which("nats-server")
     if server is None:
         finding("nats-server", "not on PATH: run `bash deploy/install-nats.sh` (deploy/test.sh does)")
+    variables = permission_variables(deploy)
     for config in configs:
         text = config.read_text()
         if "cluster {" in text:
             if not re.search(r"^\s*sync_interval:\s*always\s*$", text, re.M):
                 finding(config, "a cluster config without `sync_interval: always`")
+            if not re.search(r"^include \./permissions\.conf$", text, re.M):
+                finding(config, "a cluster config without `include ./permissions.conf`")
         if server:
-            env = dict(os.environ, POD_NAME="nats-0")
+            # Test passwords for the variables permissions.conf reads.
+            env = dict(os.environ, POD_NAME="nats-0", **{v: f"test-{v.lower()}" for v in variables})
             run = subprocess.run([server, "-t", "-c", str(config)], capture_output=True, text=True, env=env,
                                  cwd=deploy.parent)
             if run.returncode != 0:
                 finding(config, f"nats-server -t: {run.stdout}{run.stderr}".strip())
+
+
+def check_k8s_permissions(deploy):
+    """The k8s NATS ConfigMap ships permissions.conf and the nats pods get every password it reads."""
+    kustomization = (load_all(deploy / "k8s" / "kustomization.yaml") or [{}])[0]
+    files = [f for g in kustomization.get("configMapGenerator") or [] for f in g.get("files") or []]
+    if "permissions.conf=nats/permissions.conf" not in files:
+        finding("deploy/k8s/kustomization.yaml", "the nats-config ConfigMap does not ship permissions.conf")
+    # Kustomize loads nothing outside deploy/k8s: a copy, kept the same.
+    shipped, copy = deploy / "nats" / "permissions.conf", deploy / "k8s" / "nats" / "permissions.conf"
+    if not copy.exists() or copy.read_bytes() != shipped.read_bytes():
+        finding(copy, f"differs from {shipped.relative_to(deploy.parent)} (copy it: kustomize reads only deploy/k8s)")
+    env = set()
+    for doc in load_all(deploy / "k8s" / "nats.yaml"):
+        spec = pod_spec(doc)
+        for container in (spec or {}).get("containers") or []:
+            env |= {e["name"] for e in container.get("env") or []}
+    for variable in permission_variables(deploy):
+        if variable not in env:
+            finding("deploy/k8s/nats.yaml", f"the nats container does not set {variable} (permissions.conf reads it)")
 
 
 def check_image(deploy, binaries):
@@ -445,6 +482,7 @@ def main():
     check_compose(deploy, helps)
     check_k8s(deploy, helps)
     check_nats(deploy)
+    check_k8s_permissions(deploy)
     check_image(deploy, helps.binaries_used)
     for note in notes:
         print(f"note: {note}")

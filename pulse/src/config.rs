@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backbeat_schemas::names::is_valid_cluster_id;
 use backbeat_service::secret;
-use backbeat_service::{LogFormat, NatsArgs};
+use backbeat_service::{HttpArgs, LogFormat, NatsArgs};
 
 use crate::auth::{GroupSecret, SecretError};
 
@@ -93,6 +93,9 @@ pub struct Config {
     pub stream_replicas: usize,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// The limits of both HTTP listeners (--listen and --raft-listen).
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// A flag that breaks its rule: each message names the flag and the rule
@@ -193,6 +196,7 @@ pub struct Settings {
     pub max_skip_beats: u64,
     pub stream_replicas: usize,
     pub nats: NatsArgs,
+    pub http: HttpArgs,
 }
 
 impl Config {
@@ -282,6 +286,7 @@ impl Config {
             max_skip_beats,
             stream_replicas: self.stream_replicas,
             nats: self.nats,
+            http: self.http,
         })
     }
 }

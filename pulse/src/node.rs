@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::Context;
-use backbeat_service::admin::{admin_router, serve_admin, serve_http, AdminState, HttpLimits};
+use backbeat_service::admin::{admin_router, serve_http, AdminState, HttpLimits};
 use backbeat_service::streams::{ensure_stream, events_config, StreamOptions};
 use backbeat_service::ServiceError;
 use tokio::sync::watch;
@@ -124,9 +124,18 @@ pub async fn run_until(
     );
     let router = admin_router(admin).merge(http::router(api.clone()));
     let mut stop_rx = http_stop_rx.clone();
-    let (addr, http_task) = serve_admin(&settings.listen, router, async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    })
+    let limits = settings.http.limits(HttpLimits {
+        registry: Some(metrics.registry.clone()),
+        ..HttpLimits::default()
+    });
+    let (addr, http_task) = serve_http(
+        &settings.listen,
+        router,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+        limits,
+    )
     .await
     .map_err(NodeError::Listen)?;
     tracing::info!(%addr, node_id = settings.node_id, "pulse node serving");
@@ -156,10 +165,12 @@ pub async fn run_until(
             };
             let mut stop_rx = http_stop_rx.clone();
             // Raft's own body limit; the rest (timeouts, connection caps) as every listener.
-            let limits = HttpLimits {
+            let limits = settings.http.limits(HttpLimits {
                 body_bytes_max: raft::rpc::RAFT_BODY_BYTES_MAX,
+                registry: Some(metrics.registry.clone()),
+                metrics_prefix: "backbeat_pulse_raft_http",
                 ..HttpLimits::default()
-            };
+            });
             let router = raft::rpc::router(started.raft.clone(), context);
             let stopped = async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use backbeat_service::secret::{self, SecretError};
-use backbeat_service::{LogFormat, NatsArgs};
+use backbeat_service::{HttpArgs, LogFormat, NatsArgs};
 
 use crate::archive::writer::ArchiveOptions;
 use crate::engine::QueryLimits;
@@ -102,6 +102,8 @@ pub struct ServeArgs {
     pub replicas: u64,
     #[command(flatten)]
     pub pg: crate::pg::PgArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// `serve`'s configuration, validated.
@@ -123,6 +125,8 @@ pub struct ServeConfig {
     pub archive_options: ArchiveOptions,
     /// The pg-wire front end, when --pg-listen is set.
     pub pg: Option<crate::pg::PgConfig>,
+    /// The HTTP listener's limits (flags).
+    pub http: HttpArgs,
 }
 
 impl ServeArgs {
@@ -183,6 +187,7 @@ impl ServeArgs {
                 replicas: self.replicas as usize,
             },
             pg: self.pg.validate()?,
+            http: self.http,
         })
     }
 }

@@ -132,12 +132,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(url) = &config.nats_monitor_url {
         router = router.merge(crate::nats_metrics::router(url)?);
     }
-    let limits = HttpLimits {
+    let limits = config.http.limits(HttpLimits {
         body_bytes_max: config.max_sql_bytes,
         request_timeout: config.limits.timeout + REQUEST_SLACK,
         registry: Some(metrics.registry.clone()),
         ..HttpLimits::default()
-    };
+    });
     let (_addr, mut server) = serve_http(&config.listen, router, shutdown_signal(), limits).await?;
     tokio::select! {
         result = &mut server => {

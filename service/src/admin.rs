@@ -109,6 +109,10 @@ pub struct HttpLimits {
     pub concurrency_max: usize,
     /// Where the listener's own metrics go (the service's registry), if anywhere.
     pub registry: Option<prometheus::Registry>,
+    /// The names of those metrics start with this (`{prefix}_connections_open`,
+    /// `{prefix}_connections_refused_total`): a second listener of one
+    /// service (the pulse's raft listener) registers under a prefix of its own.
+    pub metrics_prefix: &'static str,
 }
 
 impl Default for HttpLimits {
@@ -120,6 +124,72 @@ impl Default for HttpLimits {
             connections_max: 512,
             concurrency_max: 128,
             registry: None,
+            metrics_prefix: "backbeat_http",
+        }
+    }
+}
+
+/// The flags that set a listener's [`HttpLimits`], flattened into each
+/// service's `Config` (`#[command(flatten)]`); the defaults are
+/// [`HttpLimits::default`]'s. A service with more than one listener applies
+/// them to each; its body limit stays its own (it depends on what its routes take).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// HTTP: milliseconds a client has to send a request's head once its
+    /// connection is open or idle (an idle keep-alive connection is closed then too).
+    #[arg(
+        long = "http-header-timeout-ms",
+        env = "BACKBEAT_HTTP_HEADER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_timeout_ms: u64,
+    /// HTTP: milliseconds a whole request (body and answer) may take, else 408
+    /// [default: 30000; backbeat-query: its --query-timeout-ms + 5000].
+    #[arg(long = "http-request-timeout-ms", env = "BACKBEAT_HTTP_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// HTTP: most open connections; the next one is closed at once
+    /// (backbeat_http_connections_refused_total).
+    #[arg(
+        long = "http-connections-max",
+        env = "BACKBEAT_HTTP_CONNECTIONS_MAX",
+        default_value_t = 512
+    )]
+    pub connections_max: usize,
+    /// HTTP: most requests handled at once; the others wait their turn (within the request timeout).
+    #[arg(
+        long = "http-concurrency-max",
+        env = "BACKBEAT_HTTP_CONCURRENCY_MAX",
+        default_value_t = 128
+    )]
+    pub concurrency_max: usize,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        let limits = HttpLimits::default();
+        HttpArgs {
+            header_timeout_ms: limits.header_read_timeout.as_millis() as u64,
+            request_timeout_ms: None,
+            connections_max: limits.connections_max,
+            concurrency_max: limits.concurrency_max,
+        }
+    }
+}
+
+impl HttpArgs {
+    /// The limits these flags set, over `base` (the service's body limit and
+    /// registry); `base`'s request timeout stays when the flag is absent.
+    /// Zero timeouts and caps are raised to 1 (ms, connection, request): a
+    /// listener that refuses everything is never what was meant.
+    pub fn limits(&self, base: HttpLimits) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            request_timeout: self
+                .request_timeout_ms
+                .map_or(base.request_timeout, |ms| Duration::from_millis(ms.max(1))),
+            connections_max: self.connections_max.max(1),
+            concurrency_max: self.concurrency_max.max(1),
+            ..base
         }
     }
 }
@@ -155,7 +225,7 @@ pub async fn serve_http(
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
     tracing::info!(%addr, "HTTP listening");
-    let metrics = ListenerMetrics::new(limits.registry.as_ref());
+    let metrics = ListenerMetrics::new(limits.registry.as_ref(), limits.metrics_prefix);
     let router = router
         .layer(DefaultBodyLimit::max(limits.body_bytes_max))
         .layer(RequestBodyLimitLayer::new(limits.body_bytes_max))
@@ -230,12 +300,12 @@ struct ListenerMetrics {
 impl ListenerMetrics {
     /// Panics when `registry` has them already (two listeners on one
     /// registry): a programmer's error, as every name registered twice.
-    fn new(registry: Option<&prometheus::Registry>) -> Self {
+    fn new(registry: Option<&prometheus::Registry>, prefix: &str) -> Self {
         let metrics = ListenerMetrics {
-            connections_open: prometheus::IntGauge::new("backbeat_http_connections_open", "Open HTTP connections.")
+            connections_open: prometheus::IntGauge::new(format!("{prefix}_connections_open"), "Open HTTP connections.")
                 .expect("a valid metric name"),
             connections_refused: prometheus::IntCounter::new(
-                "backbeat_http_connections_refused_total",
+                format!("{prefix}_connections_refused_total"),
                 "HTTP connections closed at once because the connection limit was reached.",
             )
             .expect("a valid metric name"),

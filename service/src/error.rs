@@ -17,6 +17,11 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the NATS nkey seed")]
+    NkeySeed {
+        #[source]
+        source: crate::secret::SecretError,
+    },
     #[error("connecting to NATS at {url}")]
     Connect {
         url: String,

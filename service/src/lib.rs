@@ -18,7 +18,7 @@ pub mod nats_monitor;
 pub mod secret;
 pub mod streams;
 
-pub use admin::{serve_admin, serve_http, AdminState, HttpLimits};
+pub use admin::{serve_admin, serve_http, AdminState, HttpArgs, HttpLimits};
 pub use error::ServiceError;
 pub use logging::{init_logging, LogFormat};
 pub use nats::NatsArgs;

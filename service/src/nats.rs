@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::ServiceError;
 
+/// An nkey seed is 58 characters; a file much larger is not one.
+const NKEY_SEED_FILE_BYTES_MAX: u64 = 4096;
+
 /// NATS flags, flattened into each binary's `Config` (`#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
@@ -25,6 +28,10 @@ pub struct NatsArgs {
         requires = "user"
     )]
     pub password: Option<String>,
+    /// File holding the NATS user's nkey seed (SU…); the server knows the user by
+    /// its public key (nkey: U… in its authorization, see deploy/nats/permissions.conf).
+    #[arg(long = "nats-nkey-seed-file", env = "BACKBEAT_NATS_NKEY_SEED_FILE")]
+    pub nkey_seed_file: Option<PathBuf>,
     /// NATS token.
     #[arg(long = "nats-token", env = "BACKBEAT_NATS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -48,6 +55,7 @@ impl NatsArgs {
         NatsArgs {
             url: url.into(),
             creds: None,
+            nkey_seed_file: None,
             user: None,
             password: None,
             token: None,
@@ -81,6 +89,11 @@ impl NatsArgs {
                     path: path.clone(),
                     source,
                 })?;
+        }
+        if let Some(path) = &self.nkey_seed_file {
+            let seed = crate::secret::read_file(path, NKEY_SEED_FILE_BYTES_MAX)
+                .map_err(|source| ServiceError::NkeySeed { source })?;
+            options = options.nkey(seed);
         }
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
             options = options.user_and_password(user.clone(), password.clone());

@@ -5,9 +5,29 @@ use std::time::Duration;
 /// One plain `GET path` to `127.0.0.1:port`: `(status, body)`, or `None` while
 /// nothing answers there. Enough for the admin endpoints every service has.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    request(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// One plain `POST path` of `body` (`content_type`) to `127.0.0.1:port`:
+/// `(status, body)`, or `None` when the connection fails or no answer comes
+/// within 10 s.
+pub fn http_post(port: u16, path: &str, content_type: &str, body: &str) -> Option<(u16, String)> {
+    request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn request(port: u16, request: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;

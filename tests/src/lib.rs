@@ -17,7 +17,7 @@ mod rng;
 mod wait;
 
 pub use faults::{FaultRecord, FAULT_REPORT_ENV};
-pub use http::http_get;
+pub use http::{http_get, http_post};
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, NatsServerOptions};
 pub use process::{bin_path, free_port, ChildGuard, Signal};
 pub use rng::{seed_from_env, TestRng};

@@ -39,6 +39,12 @@ pub struct NatsServerOptions {
     pub max_payload: &'static str,
     /// Require clients to log in with this user and password.
     pub user_password: Option<(&'static str, &'static str)>,
+    /// A config file the server's config includes (an absolute path), e.g. the
+    /// shipped `deploy/nats/permissions.conf`.
+    pub include: Option<PathBuf>,
+    /// Environment variables of the server process (the credentials an
+    /// included config reads as `$NAME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NatsServerOptions {
@@ -47,6 +53,8 @@ impl Default for NatsServerOptions {
             sync_always: false,
             max_payload: "8MB",
             user_password: None,
+            include: None,
+            env: Vec::new(),
         }
     }
 }
@@ -60,6 +68,7 @@ pub struct NatsServer {
     monitor_port: u16,
     conf: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<ChildGuard>,
     // Last, so the directory is removed after the process is gone.
     _dir: std::sync::Arc<tempfile::TempDir>,
@@ -116,10 +125,20 @@ impl NatsServer {
                 "authorization {{\n  user: {user:?}\n  password: {password:?}\n}}\n"
             ));
         }
+        if let Some(include) = &options.include {
+            // nats-server resolves an include against the including file's
+            // directory (an absolute path is not taken as one), so the file is
+            // linked in beside the config, unchanged.
+            let name = include
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("{} names no file", include.display()))?;
+            std::os::unix::fs::symlink(include, node_dir.join(name))?;
+            conf_text.push_str(&format!("include {:?}\n", name.to_string_lossy()));
+        }
         if let Some((cluster_port, routes)) = cluster {
             let routes: Vec<String> = routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
             conf_text.push_str(&format!(
-                "cluster {{\n  name: backbeat-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: backbeat\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{}]\n}}\n",
                 routes.join(", ")
             ));
         }
@@ -131,6 +150,7 @@ impl NatsServer {
             monitor_port,
             conf,
             log,
+            env: options.env.clone(),
             child: None,
             _dir: dir,
         })
@@ -141,9 +161,11 @@ impl NatsServer {
         command
             .arg("-c")
             .arg(&self.conf)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            // What it says before its log file is open (a config it cannot parse).
+            .stderr(std::fs::File::create(self.stderr_path())?);
         self.child = Some(ChildGuard::spawn(format!("nats-server {}", self.name), &mut command)?);
         Ok(())
     }
@@ -163,9 +185,10 @@ impl NatsServer {
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(())) => anyhow::bail!(
-                "nats-server {} exited at start; its log:\n{}",
+                "nats-server {} exited at start; its log:\n{}\n{}",
                 self.name,
-                self.log_tail()
+                self.log_tail(),
+                std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
             ),
             Err(e) => anyhow::bail!("{e}; its log:\n{}", self.log_tail()),
         }
@@ -174,6 +197,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Its `server_name` (`n1`, … in a cluster).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn port(&self) -> u16 {
@@ -226,9 +254,16 @@ impl NatsServer {
     pub fn log_path(&self) -> &Path {
         &self.log
     }
+
+    /// Where the process's standard error goes, beside its log.
+    fn stderr_path(&self) -> PathBuf {
+        self.log.with_extension("stderr")
+    }
 }
 
-/// A JetStream cluster of real nats-server processes, routes on free ports.
+/// A JetStream cluster of real nats-server processes, routes on free ports,
+/// in the shape of `deploy/nats/cluster-*.conf` (cluster `backbeat`, every
+/// node fsyncs before it acks).
 #[derive(Debug)]
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
@@ -241,7 +276,12 @@ impl NatsCluster {
         anyhow::ensure!(size >= 1, "a cluster needs at least one node");
         let dir = std::sync::Arc::new(tempfile::Builder::new().prefix("backbeat-nats-cluster-").tempdir()?);
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let options = NatsServerOptions::default();
+        // As deploy/nats/cluster-*.conf: every node fsyncs each write before it
+        // acknowledges it, so a node killed with -9 loses nothing it acked.
+        let options = NatsServerOptions {
+            sync_always: true,
+            ..NatsServerOptions::default()
+        };
         let mut nodes = Vec::with_capacity(size);
         for i in 0..size {
             let routes: Vec<u16> = cluster_ports
@@ -258,6 +298,12 @@ impl NatsCluster {
             node.wait_ready()?;
         }
         Ok(NatsCluster { nodes })
+    }
+
+    /// The index in [`NatsCluster::nodes`] of the node named `server_name`
+    /// (as stream info names a leader or replica: `n1`, `n2`, …).
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name() == server_name)
     }
 
     /// Every node's URL, comma-separated, as `--nats` takes it.

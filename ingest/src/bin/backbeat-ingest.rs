@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backbeat_ingest::gateway::{Gateway, GatewayConfig};
-use backbeat_service::{init_logging, serve_http, shutdown_signal, LogFormat, NatsArgs};
+use backbeat_service::{init_logging, serve_http, shutdown_signal, HttpArgs, LogFormat, NatsArgs};
 use clap::Parser;
 
 /// BACKBEAT claim gateway: validates status claims (NATS intake and HTTP) and
@@ -23,6 +23,8 @@ struct Config {
     /// HTTP address: claims (POST /api/v1/clusters/{cluster}/claims), /health, /ready, /metrics, /api/v1/status.
     #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8082")]
     listen: String,
+    #[command(flatten)]
+    http: HttpArgs,
     /// Log format.
     #[arg(long, env = "BACKBEAT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -108,7 +110,13 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async move {
         let _ = http_stop_rx.await;
     };
-    let (addr, http) = serve_http(&config.listen, gateway.router(), shutdown, gateway.http_limits()).await?;
+    let (addr, http) = serve_http(
+        &config.listen,
+        gateway.router(),
+        shutdown,
+        config.http.limits(gateway.http_limits()),
+    )
+    .await?;
     tracing::info!(%addr, "backbeat-ingest ready");
 
     shutdown_signal().await;

@@ -41,6 +41,8 @@ impl BarReports {
         };
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                // Named, so its creation names the filter (see `consumer_name`).
+                name: Some(super::consumer_name("bars")),
                 filter_subject: subject(cluster, SubjectKind::Bar),
                 deliver_policy,
                 ..Default::default()

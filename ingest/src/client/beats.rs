@@ -96,11 +96,9 @@ impl BeatFollower {
         // The latest stored beat, placed by its deadline: the live subscription
         // is already open, so no frame falls between the two.
         let js = jetstream::new(client.clone());
-        if let Ok(stream) = js.get_stream(EVENTS_STREAM).await {
-            if let Ok(message) = stream.get_last_raw_message_by_subject(&beat_subject).await {
-                if let Ok(frame) = serde_json::from_slice::<BeatFrame>(&message.payload) {
-                    observe_stored(&shared, &frame, clock.as_ref(), &frames_tx);
-                }
+        if let Some(payload) = last_stored_beat(&js, &beat_subject).await {
+            if let Ok(frame) = serde_json::from_slice::<BeatFrame>(&payload) {
+                observe_stored(&shared, &frame, clock.as_ref(), &frames_tx);
             }
         }
 
@@ -273,3 +271,35 @@ async fn follow(
         frames.send_modify(|n| *n += 1);
     }
 }
+
+/// The payload of the last beat stored on `beat_subject`, read through a
+/// short-lived consumer filtered to that subject: its JetStream API subjects
+/// name the beat subject, so NATS permissions can let an agent read its own
+/// cluster's beats and nothing else of BACKBEAT_EVENTS (a `STREAM.MSG.GET`
+/// names no subject: allowing it lets a client read every message).
+/// The consumer is not deleted (an agent may not delete consumers): the
+/// server removes it after [`LAST_BEAT_CONSUMER_INACTIVE`].
+/// `None` when nothing is stored or the stream cannot be read.
+async fn last_stored_beat(js: &jetstream::Context, beat_subject: &str) -> Option<bytes::Bytes> {
+    use jetstream::consumer::{pull, DeliverPolicy};
+    let stream = js.get_stream(EVENTS_STREAM).await.ok()?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            name: Some(super::consumer_name("last-beat")),
+            filter_subject: beat_subject.to_string(),
+            deliver_policy: DeliverPolicy::Last,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: LAST_BEAT_CONSUMER_INACTIVE,
+            memory_storage: true,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    // `fetch` answers at once with what is there: one beat, or none.
+    let mut messages = consumer.fetch().max_messages(1).messages().await.ok()?;
+    let message = messages.next().await?.ok()?;
+    Some(message.payload.clone())
+}
+
+/// How long the server keeps [`last_stored_beat`]'s consumer after its one fetch.
+const LAST_BEAT_CONSUMER_INACTIVE: Duration = Duration::from_secs(5);

@@ -38,6 +38,21 @@ pub use claims::{Accepted, ClaimSender, Transport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use retry::RetryPolicy;
 
+/// A name for one of this process's short-lived consumers, unique enough
+/// (`{purpose}-{pid}-{nanos}-{count}`; no dots, as a name must be). The
+/// library names every consumer it creates: a named consumer is created on
+/// `$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}`, a subject NATS
+/// permissions can limit to the agent's cluster (an unnamed one is created
+/// on `$JS.API.CONSUMER.CREATE.{stream}`, which names no subject).
+pub(crate) fn consumer_name(purpose: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{purpose}-{}-{nanos}-{count}", std::process::id())
+}
+
 /// Errors an agent can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

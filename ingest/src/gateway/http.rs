@@ -85,6 +85,9 @@ async fn post_claims(
     let bytes = match read_body(body, limit, discard_max).await {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return body_too_large(&intake, limit),
+        // The listener's own limit (the same bytes) cut a body without a
+        // Content-Length (chunked) short: too large, not malformed.
+        Err(e) if is_length_limit(&e) => return body_too_large(&intake, limit),
         Err(e) => {
             intake.refused("invalid_body");
             return error_response(
@@ -195,6 +198,19 @@ fn body_too_large(intake: &HttpIntake, limit: usize) -> Response {
 
 fn error_response(status: StatusCode, reason: &str, message: &str) -> Response {
     (status, Json(Reply::error(reason, message))).into_response()
+}
+
+/// Whether reading a body failed because the listener's body limit
+/// (`RequestBodyLimitLayer`) was passed.
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Reads at most `limit` bytes of `body`; `None` when it is longer. The

@@ -11,7 +11,7 @@ use backbeat_processor::metrics::Metrics;
 use backbeat_processor::publisher::{BarPublisher, PublishOutcome};
 use backbeat_processor::status::SharedStatus;
 use backbeat_schemas::names::is_valid_cluster_id;
-use backbeat_service::{init_logging, LogFormat, NatsArgs};
+use backbeat_service::{init_logging, HttpArgs, HttpLimits, LogFormat, NatsArgs};
 use clap::{Parser, Subcommand};
 
 /// BACKBEAT processor: folds beats and claims into BarReports (SPEC §5-§6).
@@ -52,6 +52,8 @@ enum Command {
         /// Admin HTTP address (/health, /ready, /metrics, /api/v1/...).
         #[arg(long, env = "BACKBEAT_LISTEN", default_value = "127.0.0.1:8081")]
         listen: String,
+        #[command(flatten)]
+        http: HttpArgs,
         /// Checkpoint at most this often when reports are published, in milliseconds.
         #[arg(long, env = "BACKBEAT_CHECKPOINT_MIN_INTERVAL_MS", default_value_t = 1000)]
         checkpoint_min_interval_ms: u64,
@@ -206,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             clusters,
             name,
             listen,
+            http,
             checkpoint_min_interval_ms,
             checkpoint_interval_ms,
             batch,
@@ -247,9 +250,18 @@ async fn main() -> anyhow::Result<()> {
                 connected_client.connection_state() == async_nats::connection::State::Connected
             });
             let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-            let (_addr, http) = backbeat_service::serve_admin(&listen, router, async move {
-                let _ = stop_http_rx.await;
-            })
+            let limits = http.limits(HttpLimits {
+                registry: Some(metrics.registry.clone()),
+                ..HttpLimits::default()
+            });
+            let (_addr, http) = backbeat_service::serve_http(
+                &listen,
+                router,
+                async move {
+                    let _ = stop_http_rx.await;
+                },
+                limits,
+            )
             .await?;
             let result = backbeat_processor::driver::run(
                 client.clone(),

@@ -12,6 +12,11 @@
 //!   `serve` and restarts (also with the positions lost); pruning in
 //!   `EXPLAIN ANALYZE`; `sql --archive` offline; the S3 path against
 //!   `moto_server` (`deploy/install-moto.sh`).
+//! - `nodes` (a fault test of issue 22, recorded for `deploy/faults.sh`): two
+//!   `serve` nodes on one archive on moto's S3, one writer at a time, the
+//!   same rows from both; kill -9 of the writer under load, the other takes
+//!   over within the lease TTL, no row archived twice or missing.
+//!   `BACKBEAT_FAULTS_LONG=1` kills it more often.
 //! - `limits`: every forbidden statement kind and every limit gives its 4xx
 //!   naming the rule or the limit, and the server goes on answering; the token.
 //! - `foreign`: garbage and forged messages on bar and beat subjects are left
@@ -26,9 +31,11 @@
 //! - `pg_clients`: psql (`\dt`, `\d bar_reports`, `\l`) and psycopg.
 
 mod archive;
+mod archive_log;
 mod console;
 mod foreign;
 mod limits;
+mod nodes;
 mod pg;
 mod pg_clients;
 mod support;

@@ -18,11 +18,11 @@ use std::collections::BTreeSet;
 
 use async_nats::jetstream;
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM};
-use backbeat_schemas::window::{is_downbeat, phase_of, window_id, window_of};
+use backbeat_schemas::window::{window_id, window_of};
 use backbeat_schemas::BarReport;
 use backbeat_tests::{wait_until_async, Signal};
 
-use crate::stack::{messages_on, wait_for_metric, Stack, CLUSTER, TIMEOUT};
+use crate::stack::{beat_frame, messages_on, wait_for_metric, Stack, CLUSTER, TIMEOUT};
 
 const BAR_LENGTH: u64 = 8;
 const BEAT_SUBJECT: &str = "backbeat.e2e.beat";
@@ -30,13 +30,7 @@ const BAR_SUBJECT: &str = "backbeat.e2e.bar";
 
 /// A beat frame as the pulse writes it (valid for cluster `e2e`, L = 8), for any index and HLC.
 fn forged_beat(beat_index: u64, hlc: &str) -> String {
-    let window = window_of(beat_index, BAR_LENGTH);
-    format!(
-        r#"{{"type":"backbeat.beatframe.v1","cluster_id":"{CLUSTER}","beat_index":{beat_index},"downbeat":{},"phase":"{}","hlc":"{hlc}","deadline_at":"2026-12-04T10:00:00Z","tempo_bpm":600,"window_id":"{}"}}"#,
-        is_downbeat(beat_index, BAR_LENGTH),
-        phase_of(beat_index, BAR_LENGTH).as_str(),
-        window_id(CLUSTER, BAR_LENGTH, window),
-    )
+    beat_frame(CLUSTER, beat_index, hlc)
 }
 
 /// A report that looks like the processor's, for `window`.
