@@ -39,6 +39,10 @@ pub struct NatsServerOptions {
     pub max_payload: &'static str,
     /// Require clients to log in with this user and password.
     pub user_password: Option<(&'static str, &'static str)>,
+    /// The address clients connect to (the monitoring port stays on
+    /// 127.0.0.1): another than loopback for clients in other network
+    /// namespaces ([`crate::PeerNetwork`]).
+    pub host: std::net::Ipv4Addr,
 }
 
 impl Default for NatsServerOptions {
@@ -47,6 +51,7 @@ impl Default for NatsServerOptions {
             sync_always: false,
             max_payload: "8MB",
             user_password: None,
+            host: std::net::Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -56,6 +61,7 @@ impl Default for NatsServerOptions {
 #[derive(Debug)]
 pub struct NatsServer {
     name: String,
+    host: std::net::Ipv4Addr,
     port: u16,
     monitor_port: u16,
     conf: PathBuf,
@@ -106,10 +112,11 @@ impl NatsServer {
             ""
         };
         let mut conf_text = format!(
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
+            "server_name: {name}\nlisten: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
              max_payload: {max_payload}\nlog_file: {log:?}\n\
              jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 8GB{sync}\n}}\n",
             max_payload = options.max_payload,
+            host = options.host,
         );
         if let Some((user, password)) = options.user_password {
             conf_text.push_str(&format!(
@@ -127,6 +134,7 @@ impl NatsServer {
         std::fs::write(&conf, conf_text)?;
         Ok(NatsServer {
             name: name.to_string(),
+            host: options.host,
             port,
             monitor_port,
             conf,
@@ -171,9 +179,9 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://HOST:PORT` (`127.0.0.1` unless [`NatsServerOptions::host`] says otherwise).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Its `server_name` (`n1`, … in a cluster).
@@ -183,6 +191,11 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id (0 while it is not running), for memory figures.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.pid())
     }
 
     pub fn monitor_url(&self) -> String {

@@ -6,6 +6,8 @@
 //!   the one leading `BACKBEAT_BARS`, of a 3-node cluster with R3 streams,
 //!   under claim load through the gateway and a raw JetStream publisher
 //!   beside it (the reference for unavailability).
+//! - `partition`: the pulse leader cut off from its peers (network
+//!   namespaces, its raft link off the bridge) while it keeps NATS, and healed.
 //! - `processors`: processors sharded by cluster (`--cluster`, `--name`), a
 //!   standby waiting on the lease, kill -9 of one at seeded random points.
 //!
@@ -18,6 +20,7 @@
 //! load.
 
 mod nats_cluster;
+mod partition;
 mod processors;
 
 use std::future::Future;
