@@ -9,21 +9,30 @@
 #   bash deploy/faults.sh            the CI mode: each fault a few times (minutes)
 #   bash deploy/faults.sh --long     the long mode: 20 processor kills, 10 query
 #                                    writer kills, three rounds of NATS leader
-#                                    kills, longer load; and fuzzing
+#                                    kills, ten pulse partitions, longer load;
+#                                    fuzzing; and the soak
+#   bash deploy/faults.sh --soak     only the soak: 10,000 simulated agents for
+#                                    BACKBEAT_SOAK_SECS (default 1800) through
+#                                    the whole stack
 #   bash deploy/faults.sh --fuzz     the CI mode plus deploy/fuzz.sh (when present)
 #
 # The CI mode of the same tests also runs in every `cargo test --workspace`
-# (deploy/test.sh); BACKBEAT_FAULTS_LONG=1 is what selects the long mode.
+# (deploy/test.sh); BACKBEAT_FAULTS_LONG=1 is what selects the long mode, and
+# BACKBEAT_SOAK_SECS the soak's length (its CI mode is a 20 s run). The
+# partition test needs root (network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 long=0
 fuzz=0
+soak=0
+faults=1
 for arg in "$@"; do
     case "$arg" in
-        --long) long=1; fuzz=1 ;;
+        --long) long=1; fuzz=1; soak=1 ;;
+        --soak) soak=1; faults=0 ;;
         --fuzz) fuzz=1 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +42,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/backbeat-target}"
 # test at a time, so no other test's processes share the two cores.
 TEST_THREADS="${BACKBEAT_TEST_THREADS:-1}"
 FUZZ_SECONDS="${BACKBEAT_FUZZ_SECONDS:-$([[ $long == 1 ]] && echo 300 || echo 30)}"
+SOAK_SECS="${BACKBEAT_SOAK_SECS:-1800}"
 
 step() { printf '\n==> %s\n' "$*"; }
 scripts_dir() { python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'; }
@@ -65,10 +75,15 @@ run() {
     fi
 }
 
-run "NATS cluster and sharded processors (e2e faults::)" \
-    cargo test --locked -p backbeat-tests --test e2e -- --test-threads "$TEST_THREADS" faults::
-run "query nodes on one S3 archive (query nodes::)" \
-    cargo test --locked -p backbeat-query --test it -- --test-threads "$TEST_THREADS" nodes::
+if [[ $faults == 1 ]]; then
+    # The soak runs on its own below when asked for; here its 20 s CI mode.
+    soak_filter=()
+    [[ $soak == 1 ]] && soak_filter=(--skip faults::soak::)
+    run "NATS cluster, pulse partition, sharded processors (e2e faults::)" \
+        cargo test --locked -p backbeat-tests --test e2e -- --test-threads "$TEST_THREADS" faults:: "${soak_filter[@]}"
+    run "query nodes on one S3 archive (query nodes::)" \
+        cargo test --locked -p backbeat-query --test it -- --test-threads "$TEST_THREADS" nodes::
+fi
 
 # Other engineers' fault tests, when they exist: their records join the table.
 others=()
@@ -77,6 +92,12 @@ others=()
 if (( ${#others[@]} > 0 )); then
     run "permissions and hostile HTTP (e2e ${others[*]})" \
         cargo test --locked -p backbeat-tests --test e2e -- --test-threads "$TEST_THREADS" "${others[@]}"
+fi
+
+if [[ $soak == 1 ]]; then
+    run "soak: 10,000 simulated agents for ${SOAK_SECS} s (e2e faults::soak::)" \
+        env BACKBEAT_SOAK_SECS="$SOAK_SECS" \
+        cargo test --locked -p backbeat-tests --test e2e -- --test-threads 1 --nocapture faults::soak::
 fi
 
 if [[ $fuzz == 1 ]]; then
@@ -88,7 +109,8 @@ if [[ $fuzz == 1 ]]; then
     fi
 fi
 
-step "fault table ($([[ $long == 1 ]] && echo long || echo CI) mode; records in $report)"
+mode="$([[ $long == 1 ]] && echo long || { [[ $faults == 1 ]] && echo CI || echo soak; })"
+step "fault table ($mode mode; records in $report)"
 python3 deploy/fault_table.py "$report" || failed+=("fault table")
 
 if (( ${#failed[@]} > 0 )); then

@@ -1,13 +1,21 @@
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// One plain `GET path` to `127.0.0.1:port`: `(status, body)`, or `None` while
 /// nothing answers there. Enough for the admin endpoints every service has.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_at(SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// [`http_get`] to any address (a service in another network namespace).
+pub fn http_get_at(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     request(
-        port,
-        &format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+        address,
+        &format!(
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            address.ip()
+        ),
     )
 }
 
@@ -16,7 +24,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// within 10 s.
 pub fn http_post(port: u16, path: &str, content_type: &str, body: &str) -> Option<(u16, String)> {
     request(
-        port,
+        SocketAddr::from(([127, 0, 0, 1], port)),
         &format!(
             "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\n\
              Content-Length: {}\r\n\r\n{body}",
@@ -25,8 +33,10 @@ pub fn http_post(port: u16, path: &str, content_type: &str, body: &str) -> Optio
     )
 }
 
-fn request(port: u16, request: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn request(address: SocketAddr, request: &str) -> Option<(u16, String)> {
+    // A bounded connect: an address cut off by a test's network fault must
+    // not hang the caller for the kernel's SYN retries.
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();

@@ -1,8 +1,9 @@
 //! Test support for every BACKBEAT crate: real `nats-server` processes (one
 //! node or a 3-node JetStream cluster) on free loopback ports with temporary
 //! stores, child processes of the project's own binaries that are killed on
-//! drop, waiting on conditions instead of sleeping, and the seeded random
-//! generator of the randomized tests.
+//! drop, network namespaces whose links a partition test can cut, waiting on
+//! conditions instead of sleeping, and the seeded random generator of the
+//! randomized tests.
 //!
 //! What this crate must never do: mock JetStream, skip a test silently when
 //! `nats-server` is missing (it fails, saying how to install it), or leave a
@@ -12,13 +13,15 @@ pub mod bench;
 mod faults;
 mod http;
 mod nats;
+mod netns;
 mod process;
 mod rng;
 mod wait;
 
 pub use faults::{FaultRecord, FAULT_REPORT_ENV};
-pub use http::{http_get, http_post};
+pub use http::{http_get, http_get_at, http_post};
 pub use nats::{nats_server_binary, NatsCluster, NatsServer, NatsServerOptions};
+pub use netns::PeerNetwork;
 pub use process::{bin_path, free_port, ChildGuard, Signal};
 pub use rng::{seed_from_env, TestRng};
 pub use wait::{wait_until, wait_until_async};

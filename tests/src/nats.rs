@@ -45,6 +45,10 @@ pub struct NatsServerOptions {
     /// Environment variables of the server process (the credentials an
     /// included config reads as `$NAME`).
     pub env: Vec<(String, String)>,
+    /// The address clients connect to (the monitoring port stays on
+    /// 127.0.0.1): another than loopback for clients in other network
+    /// namespaces ([`crate::PeerNetwork`]).
+    pub host: std::net::Ipv4Addr,
 }
 
 impl Default for NatsServerOptions {
@@ -55,6 +59,7 @@ impl Default for NatsServerOptions {
             user_password: None,
             include: None,
             env: Vec::new(),
+            host: std::net::Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -64,6 +69,7 @@ impl Default for NatsServerOptions {
 #[derive(Debug)]
 pub struct NatsServer {
     name: String,
+    host: std::net::Ipv4Addr,
     port: u16,
     monitor_port: u16,
     conf: PathBuf,
@@ -115,10 +121,11 @@ impl NatsServer {
             ""
         };
         let mut conf_text = format!(
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
+            "server_name: {name}\nlisten: {host}:{port}\nhttp: 127.0.0.1:{monitor_port}\n\
              max_payload: {max_payload}\nlog_file: {log:?}\n\
              jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 8GB{sync}\n}}\n",
             max_payload = options.max_payload,
+            host = options.host,
         );
         if let Some((user, password)) = options.user_password {
             conf_text.push_str(&format!(
@@ -146,6 +153,7 @@ impl NatsServer {
         std::fs::write(&conf, conf_text)?;
         Ok(NatsServer {
             name: name.to_string(),
+            host: options.host,
             port,
             monitor_port,
             conf,
@@ -194,9 +202,9 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://HOST:PORT` (`127.0.0.1` unless [`NatsServerOptions::host`] says otherwise).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Its `server_name` (`n1`, … in a cluster).
@@ -206,6 +214,11 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id (0 while it is not running), for memory figures.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.pid())
     }
 
     pub fn monitor_url(&self) -> String {

@@ -6,8 +6,12 @@
 //!   the one leading `BACKBEAT_BARS`, of a 3-node cluster with R3 streams,
 //!   under claim load through the gateway and a raw JetStream publisher
 //!   beside it (the reference for unavailability).
+//! - `partition`: the pulse leader cut off from its peers (network
+//!   namespaces, its raft link off the bridge) while it keeps NATS, and healed.
 //! - `processors`: processors sharded by cluster (`--cluster`, `--name`), a
 //!   standby waiting on the lease, kill -9 of one at seeded random points.
+//! - `soak`: 10,000 simulated agents through the whole stack, memory and lag
+//!   watched; 20 s in CI, `BACKBEAT_SOAK_SECS` long behind the flag.
 //!
 //! They live in the `e2e` binary (selected with the `faults::` filter) rather
 //! than a test target of their own: they start the system with the same
@@ -18,7 +22,9 @@
 //! load.
 
 mod nats_cluster;
+mod partition;
 mod processors;
+mod soak;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
