@@ -64,6 +64,6 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (every crate, every test)"
-cargo test --workspace --locked -- --test-threads "$TEST_THREADS"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "$TEST_THREADS"
 
 step "all tests passed"

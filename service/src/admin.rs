@@ -16,7 +16,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -104,8 +103,9 @@ pub struct HttpLimits {
     /// At most this many open connections; the next one is accepted and closed
     /// at once (counted in `backbeat_http_connections_refused_total`).
     pub connections_max: usize,
-    /// At most this many requests are handled at once; the others wait their
-    /// turn (within `request_timeout`).
+    /// At most this many requests are handled at once; the others wait for a
+    /// turn up to [`QUEUE_WAIT`], then are answered 503 with `Retry-After`
+    /// (counted in `backbeat_http_requests_shed_total`).
     pub concurrency_max: usize,
     /// Where the listener's own metrics go (the service's registry), if anywhere.
     pub registry: Option<prometheus::Registry>,
@@ -155,7 +155,7 @@ pub struct HttpArgs {
         default_value_t = 512
     )]
     pub connections_max: usize,
-    /// HTTP: most requests handled at once; the others wait their turn (within the request timeout).
+    /// HTTP: most requests handled at once; the others wait up to 1 s for a turn, then get 503 with Retry-After.
     #[arg(
         long = "http-concurrency-max",
         env = "BACKBEAT_HTTP_CONCURRENCY_MAX",
@@ -229,7 +229,13 @@ pub async fn serve_http(
     let router = router
         .layer(DefaultBodyLimit::max(limits.body_bytes_max))
         .layer(RequestBodyLimitLayer::new(limits.body_bytes_max))
-        .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_max))
+        .layer(axum::middleware::from_fn_with_state(
+            Shedder {
+                slots: Arc::new(Semaphore::new(limits.concurrency_max)),
+                shed: metrics.requests_shed.clone(),
+            },
+            shed_over_capacity,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -292,9 +298,44 @@ async fn accept_loop(
 }
 
 /// The listener's own metrics; unregistered when the service gave no registry.
+/// How long a request waits for one of the listener's `concurrency_max`
+/// turns before it is shed: answered 503 with `Retry-After`, so that an
+/// overload is told to clients at once instead of queueing without end.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Shedder {
+    slots: Arc<Semaphore>,
+    shed: prometheus::IntCounter,
+}
+
+async fn shed_over_capacity(
+    State(shedder): State<Shedder>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(QUEUE_WAIT, shedder.slots.clone().acquire_owned()).await {
+        Ok(Ok(_turn)) => next.run(request).await,
+        _ => {
+            shedder.shed.inc();
+            let mut response = Json(serde_json::json!({
+                "error": "overloaded",
+                "message": "too many requests at once (--http-concurrency-max); retry after 1 s",
+            }))
+            .into_response();
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
 struct ListenerMetrics {
     connections_open: prometheus::IntGauge,
     connections_refused: prometheus::IntCounter,
+    requests_shed: prometheus::IntCounter,
 }
 
 impl ListenerMetrics {
@@ -309,11 +350,20 @@ impl ListenerMetrics {
                 "HTTP connections closed at once because the connection limit was reached.",
             )
             .expect("a valid metric name"),
+            requests_shed: prometheus::IntCounter::new(
+                format!("{prefix}_requests_shed_total"),
+                "HTTP requests answered 503 (Retry-After) because every request turn stayed taken for 1 s.",
+            )
+            .expect("a valid metric name"),
         };
         if let Some(registry) = registry {
             register_all(
                 registry,
-                [boxed(&metrics.connections_open), boxed(&metrics.connections_refused)],
+                [
+                    boxed(&metrics.connections_open),
+                    boxed(&metrics.connections_refused),
+                    boxed(&metrics.requests_shed),
+                ],
             );
         }
         metrics

@@ -343,3 +343,54 @@ async fn an_address_in_use_is_a_bind_error_naming_it() {
     );
     assert_eq!(error.to_string(), format!("binding HTTP listener {listen}"));
 }
+
+#[tokio::test]
+async fn a_request_that_finds_every_turn_taken_for_the_queue_wait_is_shed_with_retry_after() {
+    let release = Arc::new(Notify::new());
+    let entered = Arc::new(AtomicUsize::new(0));
+    let router = {
+        let (release, entered) = (release.clone(), entered.clone());
+        Router::new().route(
+            "/slow",
+            get(move || {
+                let (release, entered) = (release.clone(), entered.clone());
+                async move {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+    };
+    let limits = HttpLimits {
+        concurrency_max: 1,
+        ..HttpLimits::default()
+    };
+    let server = Server::start(router, limits).await;
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while entered.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first request never reached the handler"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The only turn is taken and stays taken: the next request waits the
+    // queue wait, then is told to come back.
+    let mut shed = TcpStream::connect(server.addr).await.unwrap();
+    shed.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_response(&mut shed).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("\"error\":\"overloaded\""), "{answer}");
+    assert_eq!(server.metric("backbeat_http_requests_shed_total"), 1.0);
+    // The holder is served once released.
+    release.notify_one();
+    assert!(read_response(&mut holder).await.ends_with("done"));
+    server.stop().await;
+}

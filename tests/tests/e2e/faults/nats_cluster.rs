@@ -329,7 +329,18 @@ async fn killing_the_stream_leaders_of_a_3_node_cluster_loses_nothing_and_double
         .record()?;
     }
 
-    assert!(stopped.is_empty(), "services that did not carry on: {stopped:?}");
+    if !stopped.is_empty() {
+        let mut logs = String::new();
+        for name in ["backbeat-ingest", "backbeat-processor"] {
+            let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            logs.push_str(&format!(
+                "--- {name}'s log ends:\n{}\n",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
+        }
+        panic!("services that did not carry on: {stopped:?}\n{logs}");
+    }
     assert_eq!(acked_lost, 0, "claims answered ok and not stored at their sequence");
     assert_eq!(duplicated, 0, "claims stored more than once");
     assert_eq!(beats_out_of_order, 0, "beats not strictly increasing: {indices:?}");
