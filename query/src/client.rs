@@ -14,7 +14,7 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use crate::archive::Archive;
 use crate::config::{token_from, OutputFormat, SqlArgs};
 use crate::encode::{encode, Format};
-use crate::engine::{QueryEngine, QueryLimits};
+use crate::engine::{QueryEngine, QueryLimits, SpillLimit};
 use crate::metrics::Metrics;
 use crate::tables::TailTables;
 
@@ -72,12 +72,22 @@ async fn run_offline(location: &str, args: &SqlArgs) -> anyhow::Result<String> {
     let archive = Archive::open(location)?;
     let mut tables = TailTables::new(1, 1);
     tables.install(archive.list().await?);
+    // serve's default limits; spills go to a directory of the system's
+    // temporary one, removed when the statement is answered.
+    let spill_dir = tempfile::Builder::new()
+        .prefix("backbeat-query-spill-")
+        .tempdir()
+        .context("creating a spill directory")?;
     let limits = QueryLimits {
         memory_bytes: 256 << 20,
         timeout: Duration::from_millis(args.timeout_ms),
         result_rows_max: 100_000,
         result_bytes_max: 64 << 20,
         concurrent_max: 1,
+        spill: Some(SpillLimit {
+            dir: spill_dir.path().to_path_buf(),
+            bytes_max: 4 << 30,
+        }),
     };
     let metrics = Metrics::new().context("creating the metrics")?;
     let engine = QueryEngine::new(

@@ -9,7 +9,7 @@ use backbeat_service::secret::{self, SecretError};
 use backbeat_service::{HttpArgs, LogFormat, NatsArgs};
 
 use crate::archive::writer::ArchiveOptions;
-use crate::engine::QueryLimits;
+use crate::engine::{QueryLimits, SpillLimit};
 
 /// The largest `--bar-length` (as the pulse's).
 pub const BAR_LENGTH_MAX: u64 = 1_000_000;
@@ -33,9 +33,14 @@ pub struct ServeArgs {
     /// The most rows each table holds in memory (bar_reports: windows); past it the oldest go.
     #[arg(long, env = "BACKBEAT_TAIL_ROWS_MAX", default_value_t = 1_000_000)]
     pub tail_rows_max: usize,
-    /// Memory pool of one query (sorts, aggregations, joins), in bytes; nothing spills to disk.
+    /// Memory pool of one query (sorts, aggregations, joins), in bytes; past it sorts and
+    /// aggregations spill to DATA_DIR/spill (up to --query-spill-bytes-max).
     #[arg(long, env = "BACKBEAT_QUERY_MEMORY_BYTES", default_value_t = 256 << 20)]
     pub query_memory_bytes: usize,
+    /// The most bytes all running queries together may spill to DATA_DIR/spill
+    /// (the query asking for more fails, 422 / SQLSTATE 53100); 0: nothing spills.
+    #[arg(long, env = "BACKBEAT_QUERY_SPILL_BYTES_MAX", default_value_t = 4 << 30)]
+    pub query_spill_bytes_max: u64,
     /// Time limit of one query, from arrival to its last row.
     #[arg(long, env = "BACKBEAT_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
     pub query_timeout_ms: u64,
@@ -170,6 +175,10 @@ impl ServeArgs {
                 result_rows_max: self.max_result_rows,
                 result_bytes_max: self.max_result_bytes,
                 concurrent_max: self.max_concurrent_queries,
+                spill: (self.query_spill_bytes_max > 0).then(|| SpillLimit {
+                    dir: self.data_dir.join("spill"),
+                    bytes_max: self.query_spill_bytes_max,
+                }),
             },
             query_threads: self.query_threads,
             max_sql_bytes: self.max_sql_bytes,

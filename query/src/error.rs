@@ -37,6 +37,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The per-query memory limit was reached.
     MemoryLimit,
+    /// What queries spilled to disk reached `--query-spill-bytes-max`.
+    SpillLimit,
     /// The result has more rows or bytes than allowed.
     ResultTooLarge,
     /// As many queries as allowed are running.
@@ -64,7 +66,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Timeout | ErrorKind::Cancelled => 408,
             // A limit of the query, not of the request body: 422 rather than 413.
-            ErrorKind::MemoryLimit | ErrorKind::ResultTooLarge => 422,
+            ErrorKind::MemoryLimit | ErrorKind::SpillLimit | ErrorKind::ResultTooLarge => 422,
             ErrorKind::TooManyQueries => 429,
             ErrorKind::Internal => 500,
         }
@@ -86,6 +88,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "57014",           // query_canceled
             ErrorKind::Cancelled => "57014",         // query_canceled
             ErrorKind::MemoryLimit => "53200",       // out_of_memory
+            ErrorKind::SpillLimit => "53100",        // disk_full
             ErrorKind::ResultTooLarge => "54000",    // program_limit_exceeded
             ErrorKind::TooManyQueries => "53300",    // too_many_connections
             ErrorKind::NotFound => "02000",          // no_data
@@ -109,6 +112,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::SpillLimit => "spill_limit",
             ErrorKind::ResultTooLarge => "result_too_large",
             ErrorKind::TooManyQueries => "too_many_queries",
             ErrorKind::NotFound => "not_found",
@@ -151,6 +155,12 @@ impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> Self {
         let root = error.find_root();
         let message = root.to_string();
+        // DataFusion's DiskManager: "The used disk space during the spilling
+        // process has exceeded the allowable limit of …", as resources
+        // exhausted or inside the I/O error of a spill writer.
+        if message.contains("spilling process has exceeded") {
+            return QueryError::new(ErrorKind::SpillLimit, message);
+        }
         let kind = match root {
             DataFusionError::SQL(..) => ErrorKind::Syntax,
             DataFusionError::SchemaError(schema_error, _) => match **schema_error {
@@ -197,6 +207,7 @@ mod tests {
             ErrorKind::Timeout,
             ErrorKind::Cancelled,
             ErrorKind::MemoryLimit,
+            ErrorKind::SpillLimit,
             ErrorKind::ResultTooLarge,
             ErrorKind::TooManyQueries,
             ErrorKind::NotFound,

@@ -13,6 +13,10 @@ pub struct Metrics {
     pub queries_running: IntGauge,
     /// Time from a query's arrival to its last row, answered or not.
     pub query_seconds: Histogram,
+    /// Spill files written by queries' sorts and aggregations past their memory pool.
+    pub spills: IntCounter,
+    /// Bytes those spill files held.
+    pub spilled_bytes: IntCounter,
     /// Rows each table holds in memory.
     pub rows_held: IntGaugeVec,
     /// Rows let go from the in-memory tail (the oldest, past `--tail-rows-max`).
@@ -53,6 +57,14 @@ impl Metrics {
             query_seconds: Histogram::with_opts(
                 HistogramOpts::new("backbeat_query_duration_seconds", "Query latency, arrival to last row.")
                     .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            )?,
+            spills: IntCounter::new(
+                "backbeat_query_spills_total",
+                "Spill files written by queries' sorts and aggregations past --query-memory-bytes.",
+            )?,
+            spilled_bytes: IntCounter::new(
+                "backbeat_query_spilled_bytes_total",
+                "Bytes written to spill files by queries' sorts and aggregations.",
             )?,
             rows_held: IntGaugeVec::new(
                 Opts::new("backbeat_query_rows_held", "Rows held in memory per table."),
@@ -119,6 +131,8 @@ impl Metrics {
                 boxed(&metrics.queries),
                 boxed(&metrics.queries_running),
                 boxed(&metrics.query_seconds),
+                boxed(&metrics.spills),
+                boxed(&metrics.spilled_bytes),
                 boxed(&metrics.rows_held),
                 boxed(&metrics.rows_evicted),
                 boxed(&metrics.tail_lag),

@@ -105,6 +105,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 },
                 "limits": {
                     "query_memory_bytes": limits.memory_bytes,
+                    "query_spill_bytes_max": limits.spill.as_ref().map_or(0, |spill| spill.bytes_max),
                     "query_timeout_ms": limits.timeout.as_millis() as u64,
                     "max_result_rows": limits.result_rows_max,
                     "max_result_bytes": limits.result_bytes_max,

@@ -249,8 +249,13 @@ impl Tail {
             .tail_lag
             .with_label_values(&[stream_name])
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        if pending == 0 {
-            progress.caught_up.store(true, Ordering::Relaxed);
+        // The first time a stream is read to its end (a start's catch-up),
+        // the archive's writer seals at once rather than at its next tick:
+        // what a restarted writer read is archived, and its position
+        // recorded, without waiting up to --seal-interval-ms. Only the first
+        // time: live, the pending count touches 0 after every burst.
+        if pending == 0 && !progress.caught_up.swap(true, Ordering::Relaxed) {
+            self.seal_now.notify_one();
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use backbeat_query::archive::Archive;
-use backbeat_query::engine::{QueryEngine, QueryLimits};
+use backbeat_query::engine::{QueryEngine, QueryLimits, SpillLimit};
 use backbeat_query::metrics::Metrics;
 use backbeat_query::tables::TailTables;
 use backbeat_tests::{ChildGuard, Signal};
@@ -154,7 +154,8 @@ fn listening_port(log: &str, marker: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
-/// `serve`'s default limits (its flags' defaults), with `memory_bytes` of query memory.
+/// `serve`'s default limits (its flags' defaults), with `memory_bytes` of
+/// query memory; spills in the system's temporary directory.
 pub fn serve_limits(memory_bytes: usize) -> QueryLimits {
     QueryLimits {
         memory_bytes,
@@ -162,6 +163,10 @@ pub fn serve_limits(memory_bytes: usize) -> QueryLimits {
         result_rows_max: 100_000,
         result_bytes_max: 64 << 20,
         concurrent_max: 4,
+        spill: Some(SpillLimit {
+            dir: std::env::temp_dir().join(format!("backbeat-bench-spill-{}", std::process::id())),
+            bytes_max: 4 << 30,
+        }),
     }
 }
 
