@@ -40,16 +40,33 @@ pub async fn wait_ready(name: &str, port: u16) -> anyhow::Result<()> {
     .await
 }
 
-/// As [`wait_ready`]; a failure ends with the last lines of `{logs}/{log_name}.log`.
+/// As [`wait_ready`]; a failure ends with what [`log_summary`] shows of `{logs}/{log_name}.log`.
 pub async fn wait_ready_logged(log_name: &str, port: u16, logs: &Path) -> anyhow::Result<()> {
-    wait_ready(log_name, port).await.map_err(|e| {
-        let log = std::fs::read_to_string(logs.join(format!("{log_name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        e.context(format!(
-            "{log_name}'s log ends:\n{}",
-            lines[lines.len().saturating_sub(20)..].join("\n")
-        ))
-    })
+    wait_ready(log_name, port)
+        .await
+        .map_err(|e| e.context(log_summary(logs, log_name)))
+}
+
+/// A service's warnings and errors (an exit's error comes before its
+/// backtrace), then its last lines: of `{logs}/{log_name}.log`.
+pub fn log_summary(logs: &Path, log_name: &str) -> String {
+    let log = std::fs::read_to_string(logs.join(format!("{log_name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter(|line| {
+            line.contains(" WARN ")
+                || line.contains(" ERROR ")
+                || line.starts_with("Error")
+                || line.contains("panicked")
+        })
+        .copied()
+        .collect();
+    format!(
+        "--- {log_name}'s warnings and errors:\n{}\n--- {log_name}'s log ends:\n{}\n",
+        errors[errors.len().saturating_sub(40)..].join("\n"),
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    )
 }
 
 pub fn run_ok(output: std::io::Result<Output>, what: &str) -> anyhow::Result<String> {

@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use backbeat_schemas::names::{BARS_STREAM, EVENTS_STREAM};
 use backbeat_tests::{http_post, wait_until_async, FaultRecord, NatsCluster, Signal};
+use futures::TryStreamExt as _;
 
 use super::{last_event_seq, long_mode, SteadyLoad, Successes};
-use crate::stack::{fold_of_the_exported_log, messages_on, stop_processor_after, Services, ServicesOptions, CLUSTER};
+use crate::stack::{
+    fold_of_the_exported_log, log_summary, messages_on, stop_processor_after, Services, ServicesOptions, CLUSTER,
+};
 
 /// How much longer than raw JetStream's the gateway's longest unavailability
 /// may be: it and the raw publisher each lose their connection when their
@@ -119,6 +122,18 @@ async fn leader_of(js: &jetstream::Context, stream: &str, not: Option<&str>) -> 
     .await
 }
 
+/// The names of the streams kept on more than one server.
+async fn replicated_streams(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = js.stream_names().try_collect().await?;
+    let mut replicated = Vec::new();
+    for name in names {
+        if js.get_stream(&name).await?.info().await?.config.num_replicas > 1 {
+            replicated.push(name);
+        }
+    }
+    Ok(replicated)
+}
+
 /// Waits until `server` is current in `stream`'s group (a current replica, or its leader).
 async fn wait_current(js: &jetstream::Context, stream: &str, server: &str) -> anyhow::Result<()> {
     wait_until_async(
@@ -161,6 +176,13 @@ async fn killing_the_stream_leaders_of_a_3_node_cluster_loses_nothing_and_double
         pulse_nodes: 3,
         stream_replicas: 3,
         processor_clusters: vec![CLUSTER.to_string()],
+        // Above JetStream's leader election of the lease bucket (README,
+        // "Durability on a NATS cluster"): with the default 10 s the
+        // processor stops when the bucket's leader is killed.
+        extra_args: vec![(
+            "backbeat-processor",
+            vec!["--lease-ttl-ms".to_string(), "30000".to_string()],
+        )],
         ..ServicesOptions::default()
     };
     let mut services = Services::start(&urls, &options, dir.path()).await?;
@@ -229,8 +251,12 @@ async fn killing_the_stream_leaders_of_a_3_node_cluster_loses_nothing_and_double
             leader_of(&js, stream, Some(&leader)).await?;
             tokio::time::sleep(down).await;
             tokio::task::block_in_place(|| cluster.nodes[index].restart())?;
-            for caught_up in [EVENTS_STREAM, BARS_STREAM] {
-                wait_current(&js, caught_up, &leader).await?;
+            // Every replicated stream, the key-value buckets' (the leases,
+            // the checkpoints) included: killing the next node while this one
+            // still catches up on a bucket would leave that bucket without a
+            // quorum, a double fault this test does not inject.
+            for caught_up in replicated_streams(&js).await? {
+                wait_current(&js, &caught_up, &leader).await?;
             }
             tokio::time::sleep(settle).await;
             let now = Instant::now();
@@ -332,12 +358,7 @@ async fn killing_the_stream_leaders_of_a_3_node_cluster_loses_nothing_and_double
     if !stopped.is_empty() {
         let mut logs = String::new();
         for name in ["backbeat-ingest", "backbeat-processor"] {
-            let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            logs.push_str(&format!(
-                "--- {name}'s log ends:\n{}\n",
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            ));
+            logs.push_str(&log_summary(dir.path(), name));
         }
         panic!("services that did not carry on: {stopped:?}\n{logs}");
     }
