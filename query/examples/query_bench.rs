@@ -49,6 +49,8 @@ import duckdb
 config = json.load(sys.stdin)
 con = duckdb.connect()
 con.execute(f"SET threads = {config['threads']}")
+# DuckDB 2 draws its progress bar on stdout, where the answer is read.
+con.execute("SET enable_progress_bar = false")
 for table in ("claims", "beats", "bar_reports"):
     con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{config['dir']}/{table}/**/*.parquet', hive_partitioning = true)")
 out = []
